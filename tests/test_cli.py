@@ -1,0 +1,42 @@
+import json
+import os
+
+import pytest
+
+from wit_builder import cli
+from wit_builder.common import WitError, atomic_open, atomic_write_json, match_paths
+
+
+def test_help_lists_every_stage(capsys):
+    assert cli.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in cli.COMMANDS:
+        assert name in out
+
+
+def test_unknown_command_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["nonsense"])
+    assert exc.value.code == 2
+    assert "unknown command 'nonsense'" in capsys.readouterr().err
+
+
+def test_atomic_open_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.json"
+    with pytest.raises(RuntimeError):
+        with atomic_open(str(target), "w") as fh:
+            fh.write("half")
+            raise RuntimeError("boom")
+    assert not target.exists()
+    assert os.listdir(tmp_path) == []
+    atomic_write_json(str(target), {"a": 1})
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert os.listdir(tmp_path) == ["out.json"]
+
+
+def test_match_paths_errors_name_the_pattern(tmp_path):
+    with pytest.raises(WitError, match="matches no files"):
+        match_paths([str(tmp_path / "missing-*.xml")])
+    (tmp_path / "b.txt").write_text("x")
+    (tmp_path / "a.txt").write_text("x")
+    assert [os.path.basename(p) for p in match_paths([str(tmp_path)])] == ["a.txt", "b.txt"]
