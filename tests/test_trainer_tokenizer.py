@@ -135,3 +135,30 @@ def test_train_merges_format_and_effect(tmp_path):
     assert tok.decode(tok.encode("Golden Retriever")) == "golden retriever "
     with pytest.raises(WitError):
         train_merges([], 10, str(tmp_path / "empty.txt"))
+
+
+def test_tokenizer_cli_reads_tar_parquet_txt(tmp_path):
+    import io
+    import tarfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from wit_builder.cli import main
+    with tarfile.open(tmp_path / "00000.tar", "w") as tf:
+        for i in range(40):
+            data = b"a zebra grazing on savanna grass"
+            info = tarfile.TarInfo(f"{i:09d}.txt")
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    pq.write_table(pa.table({"text": ["orchestra concert hall"] * 40}), tmp_path / "p.parquet")
+    (tmp_path / "c.txt").write_text("lighthouse on a cliff\n" * 40)
+    out = tmp_path / "merges.txt.gz"
+    spec = f"{tmp_path}/{{00000..00000}}.tar::{tmp_path}/p.parquet::{tmp_path}/c.txt"
+    assert main(["tokenizer", "train", "--captions", spec, "--out", str(out),
+                 "--num-merges", "300"]) == 0
+    tok = Tokenizer.from_merges(str(out))
+    for word in ("zebra", "orchestra", "lighthouse"):
+        assert tok.encode(word) == [tok.encoder[word + "</w>"]]
+    assert main(["tokenizer", "train", "--captions", str(tmp_path / "nope.tar"),
+                 "--out", str(out)]) == 2

@@ -90,12 +90,19 @@ def clean_text(text: str) -> str:
     return whitespace_clean(basic_clean(text)).lower()
 
 
+_NOT_PLAIN = regex.compile(r"[^\t\n\r -%'-~]")  # anything but printable ASCII without '&'
+
+
+def _is_plain(text: str) -> bool:
+    return _NOT_PLAIN.search(text) is None
+
+
 def _clean_fast(text: str) -> str:
-    """Same result as :func:`clean_text`; skips ftfy on printable ASCII (which ftfy leaves
-    unchanged: its fixes concern mojibake, non-ASCII characters, control characters, terminal
-    escapes and HTML entities, all excluded by the test below). Verified against
+    """Same result as :func:`clean_text`; skips ftfy on printable ASCII without ``&`` (which
+    ftfy leaves unchanged: its fixes concern mojibake, non-ASCII characters, control characters,
+    terminal escapes and HTML entities, all excluded by the test). Verified against
     :func:`clean_text` in the tests."""
-    if text.isascii() and "&" not in text and all(" " <= c <= "~" for c in text):
+    if _is_plain(text):
         return whitespace_clean(text).lower()
     return clean_text(text)
 
@@ -256,6 +263,18 @@ class Tokenizer:
         hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
         hf.decoder = decoders.ByteLevel()
         self._hf = hf
+        # Printable-ASCII texts (most captions) are split in Rust too: after cleaning the only
+        # whitespace left is ' ', so CLIP's pattern is equivalent to this one on them
+        # (\p{L} = [a-z], \p{N} = [0-9] on ASCII, so Unicode-table versions cannot differ).
+        from tokenizers import Regex
+        ascii_pat = r"(?i)'s|'t|'re|'ve|'m|'ll|'d|\p{L}+|\p{N}|[^ \p{L}\p{N}]+"
+        hf_ascii = HFTokenizer(models.BPE(vocab=dict(self.encoder), merges=list(merges),
+                                          end_of_word_suffix="</w>", fuse_unk=False))
+        hf_ascii.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(" "), "removed"),
+            pre_tokenizers.Split(Regex(ascii_pat), "isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        self._hf_ascii = hf_ascii
 
     # --- construction -------------------------------------------------------------------
     @classmethod
@@ -280,15 +299,27 @@ class Tokenizer:
         return _PAT.findall(cleaned)
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        pieces = [self._pieces(t) for t in texts]
-        todo = [i for i, p in enumerate(pieces) if p]
         out: list[list[int]] = [[] for _ in texts]
+        plain = [i for i, t in enumerate(texts) if _is_plain(t)]
+        if plain:
+            cleaned = [whitespace_clean(texts[i]).lower() for i in plain]
+            batch = [c for c in cleaned if "<|" not in c]
+            if len(batch) == len(cleaned):
+                for i, enc in zip(plain, self._hf_ascii.encode_batch_fast(
+                        cleaned, add_special_tokens=False)):
+                    out[i] = enc.ids
+            else:
+                plain = []  # literal special tokens somewhere: use the general path below
+        done = set(plain)
+        rest = [i for i in range(len(texts)) if i not in done]
+        pieces = {i: self._pieces(texts[i]) for i in rest}
+        todo = [i for i in rest if pieces[i]]
         if todo:
-            encs = self._hf.encode_batch([pieces[i] for i in todo], is_pretokenized=True,
-                                         add_special_tokens=False)
+            encs = self._hf.encode_batch_fast([pieces[i] for i in todo], is_pretokenized=True,
+                                              add_special_tokens=False)
             for i, enc in zip(todo, encs):
                 out[i] = enc.ids
-        for i, p in enumerate(pieces):
+        for i, p in pieces.items():
             if p is None:
                 out[i] = self.reference.encode(texts[i])
         return out
