@@ -1,0 +1,161 @@
+"""`wit dedup train|calibrate|run|overlap` — thin CLI over wit_builder.detector and wit_builder.dedup."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from wit_builder.common import WitError
+
+DESCRIPTION = (
+    "Learned near-duplicate detector (CLIP paper, appendix C). Typical flow: "
+    "`wit dedup train --shards 'IMAGES/{00000..00009}.tar' --out detector.pt --arch tiny`, then "
+    "`wit dedup calibrate --detector detector.pt --shards ...`, then "
+    "`wit dedup run --shards ... --detector detector.pt --out DEDUP` (writes DEDUP/decisions.parquet "
+    "for `wit shards --dedup DEDUP`), and `wit dedup overlap --eval EVAL --shards ... --detector "
+    "detector.pt --out OVERLAP` for the eval-set contamination report. See docs/dedup.md.")
+
+SHARDS_HELP = ("webdataset shards written by `wit download`: brace patterns like 'IMAGES/{00000..00009}.tar', "
+               "globs, single .tar files or a directory of .tar files (repeatable)")
+
+
+def _layers(text: str) -> list[int]:
+    try:
+        out = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected four comma-separated ints like 3,4,6,3, got {text!r}")
+    if len(out) != 4:
+        raise argparse.ArgumentTypeError(f"expected four block counts, got {text!r}")
+    return out
+
+
+def _common_embed(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-size", type=int, default=64, help="images per model call when embedding")
+    p.add_argument("--threads", type=int, default=None, help="torch/faiss threads per worker (default: torch's)")
+    p.add_argument("--runner", default="DirectRunner", help="Beam runner for the embedding pipeline")
+    p.add_argument("--workers", type=int, default=1, help="DirectRunner worker processes (one shard each at a time)")
+    p.add_argument("--exact-below", type=int, default=100_000,
+                   help="use an exact faiss IndexFlatIP below this many images, IndexIVFFlat at or above it")
+    p.add_argument("--nprobe", type=int, default=32, help="IVF lists searched per query (IVF index only)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="cosine similarity at/above which two images are near-duplicates "
+                        "(default: the calibrated threshold stored in the detector file)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    t = sub.add_parser("train", formatter_class=fmt, help="train the detector on images sampled from the shards",
+                       description="Train the near-duplicate detector with InfoNCE (temperature 0.07) on "
+                       "(image, augmented copy) pairs sampled from the shards; other images of the batch are "
+                       "the negatives. A held-out split (by key hash) is left for `calibrate`. Re-running the "
+                       "same command resumes from --out.")
+    t.add_argument("--shards", nargs="+", action="extend", required=True, help=SHARDS_HELP)
+    t.add_argument("--out", required=True, help="detector file to write (rewritten atomically at each checkpoint)")
+    t.add_argument("--steps", type=int, default=2000, help="total optimisation steps")
+    t.add_argument("--batch-size", type=int, default=64, help="images per step (each gives one positive pair)")
+    t.add_argument("--arch", default="resnet50", choices=["resnet50", "small", "tiny"],
+                   help="preset: resnet50 = the paper's (slow on CPU); small; tiny (CPU in minutes)")
+    t.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate (default per arch: "
+                   "resnet50 3e-4, small 1e-3, tiny 2e-3); linear warmup then cosine decay")
+    t.add_argument("--image-size", type=int, default=None, help="model input side in pixels (default per arch: 224/96/64)")
+    t.add_argument("--embed-dim", type=int, default=256, help="embedding dimension")
+    t.add_argument("--width", type=int, default=None, help="base channel width (overrides the arch preset)")
+    t.add_argument("--layers", type=_layers, default=None, help="blocks per stage, e.g. 3,4,6,3 (overrides the preset)")
+    t.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
+    t.add_argument("--holdout", type=float, default=0.1, help="fraction of images (by key hash) kept out for calibration")
+    t.add_argument("--seed", type=int, default=0, help="seed for initialisation, sampling and augmentations")
+    t.add_argument("--checkpoint-every", type=int, default=100, help="rewrite --out every this many steps")
+    t.add_argument("--restart", action="store_true", help="ignore an existing --out instead of resuming from it")
+    t.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+
+    c = sub.add_parser("calibrate", formatter_class=fmt, help="pick the similarity threshold for a target precision",
+                       description="Make one augmented copy of each held-out image, score every copy against every "
+                       "original, and store in the detector file the lowest similarity threshold whose precision "
+                       "is still >= --target-precision.")
+    c.add_argument("--detector", required=True, help="detector file from `wit dedup train` (rewritten atomically)")
+    c.add_argument("--shards", nargs="+", action="extend", required=True, help=SHARDS_HELP)
+    c.add_argument("--target-precision", type=float, default=0.99, help="precision the threshold must reach")
+    c.add_argument("--max-images", type=int, default=1000, help="held-out images used (pairs grow with its square)")
+    c.add_argument("--all-images", action="store_true",
+                   help="use every image of --shards, not only the training run's held-out split "
+                        "(for shards the detector was not trained on)")
+    c.add_argument("--seed", type=int, default=0, help="seed for image choice and augmentations")
+    c.add_argument("--batch-size", type=int, default=64, help="images per model call")
+    c.add_argument("--threads", type=int, default=None, help="torch threads")
+
+    r = sub.add_parser("run", formatter_class=fmt, help="deduplicate shards: embed, neighbours, clusters, keep rule",
+                       description="Embed every image (Beam), link pairs with similarity >= threshold (faiss k-NN), "
+                       "group linked images into clusters (connected components) and keep one per cluster: the "
+                       "one with the most pixels, then the smallest key. Writes OUT/decisions.parquet, "
+                       "OUT/stats.json and OUT/embeddings/ (reused on re-runs).")
+    r.add_argument("--shards", nargs="+", action="extend", required=True, help=SHARDS_HELP)
+    r.add_argument("--detector", required=True, help="calibrated detector file")
+    r.add_argument("--out", required=True, help="output directory")
+    r.add_argument("--k", type=int, default=16, help="neighbours looked up per image (clusters larger than k+1 are "
+                   "still joined through chains of links)")
+    _common_embed(r)
+
+    o = sub.add_parser("overlap", formatter_class=fmt, help="eval-set contamination report (CLIP section 5)",
+                       description="For each evaluation set, find the examples with a near-duplicate in the training "
+                       "shards; writes OUT/summary.json (overlap fraction per set), OUT/overlap.parquet, and "
+                       "OUT/<set>.overlap.txt / OUT/<set>.clean.txt id lists so accuracy can be reported on each.")
+    o.add_argument("--eval", nargs="+", action="extend", required=True, dest="evals",
+                   help="evaluation set: [NAME=]PATH where PATH is shards (pattern, .tar or a dir of .tar) or a "
+                        "directory of image files (ids are then paths relative to it); repeatable")
+    o.add_argument("--shards", nargs="+", action="extend", required=True, help="training " + SHARDS_HELP)
+    o.add_argument("--detector", required=True, help="calibrated detector file")
+    o.add_argument("--out", required=True, help="output directory")
+    o.add_argument("--drop-overlapping", action="store_true",
+                   help="also write OUT/decisions.parquet marking training images that near-duplicate any eval "
+                        "example kept=False (use with `wit shards --dedup OUT`)")
+    o.add_argument("--decisions", default=None,
+                   help="with --drop-overlapping: a `wit dedup run` output (dir or decisions.parquet) to combine with")
+    o.add_argument("--train-embeddings", default=None,
+                   help="directory with the training shards' embeddings to reuse, e.g. DEDUP/embeddings")
+    _common_embed(o)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.action == "train":
+        from wit_builder.dedup import expand_shards
+        from wit_builder.detector import detector_summary, train_detector
+        res = train_detector(expand_shards(args.shards), args.out, steps=args.steps, batch_size=args.batch_size,
+                             arch=args.arch, lr=args.lr, image_size=args.image_size, embed_dim=args.embed_dim,
+                             width=args.width, layers=args.layers, seed=args.seed, holdout=args.holdout,
+                             checkpoint_every=args.checkpoint_every, weight_decay=args.weight_decay,
+                             restart=args.restart, threads=args.threads)
+        hist = res["loss_history"]
+        tail = hist[-20:]
+        print(json.dumps({"out": args.out, "step": res["step"], "resumed_from": res["resumed_from"],
+                          "training_images": res["images"], "skipped_images": res.get("skipped_images", 0),
+                          "final_loss": (sum(tail) / len(tail)) if tail else None,
+                          "config": detector_summary(args.out)["config"]}, indent=2))
+        return 0
+    if args.action == "calibrate":
+        from wit_builder.dedup import expand_shards
+        from wit_builder.detector import calibrate_detector
+        res = calibrate_detector(args.detector, expand_shards(args.shards), target_precision=args.target_precision,
+                                 max_images=args.max_images, use_all=args.all_images, seed=args.seed,
+                                 batch_size=args.batch_size, threads=args.threads)
+        print(json.dumps(res, indent=2))
+        return 0
+    if args.action == "run":
+        from wit_builder.dedup import run_dedup
+        stats = run_dedup(args.shards, args.detector, args.out, threshold=args.threshold, k=args.k,
+                          exact_below=args.exact_below, nprobe=args.nprobe, batch_size=args.batch_size,
+                          runner=args.runner, workers=args.workers, threads=args.threads)
+        print(json.dumps(stats, indent=2))
+        return 0
+    if args.action == "overlap":
+        from wit_builder.dedup import run_overlap
+        if args.decisions and not args.drop_overlapping:
+            raise WitError("--decisions only makes sense with --drop-overlapping")
+        summary = run_overlap(args.evals, args.shards, args.detector, args.out, threshold=args.threshold,
+                              drop_overlapping=args.drop_overlapping, decisions=args.decisions,
+                              exact_below=args.exact_below, nprobe=args.nprobe, batch_size=args.batch_size,
+                              runner=args.runner, workers=args.workers, threads=args.threads,
+                              train_embeddings=args.train_embeddings)
+        print(json.dumps(summary, indent=2))
+        return 0
+    raise WitError(f"unknown action {args.action!r}")
