@@ -1,0 +1,153 @@
+"""Training data: webdataset loader (workers > shards, corrupt samples, resume) and transforms."""
+import io
+import json
+import random
+import tarfile
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create")
+import torch
+from PIL import Image
+
+from trainer.data import expand_urls, make_train_loader, read_num_samples
+from trainer.transforms import CLIP_MEAN, CLIP_STD, image_transform, random_resized_crop_box
+from wit_builder.common import WitError
+
+
+class NumberTokenizer:
+    """Stand-in tokenizer: caption "N" -> [[N]] so tests can tell which samples came out."""
+
+    def __call__(self, captions):
+        return torch.tensor([[int(c)] for c in captions])
+
+
+def _jpeg(color, size=(40, 30)):
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def _add(tf, name, data):
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tf.addfile(info, io.BytesIO(data))
+
+
+def _shards(tmp_path, n_shards, per_shard, corrupt=(), truncate=None):
+    sizes, ids = {}, []
+    for s in range(n_shards):
+        name = f"{s:05d}.tar"
+        with tarfile.open(tmp_path / name, "w") as tf:
+            for i in range(per_shard):
+                sid = s * 1000 + i
+                key = f"{sid:09d}"
+                img = b"\xff\xd8garbage" if sid in corrupt else _jpeg((sid % 256, 10, 20))
+                _add(tf, key + ".jpg", img)
+                _add(tf, key + ".txt", str(sid).encode())
+                _add(tf, key + ".json", json.dumps({"key": key}).encode())
+                if sid not in corrupt:
+                    ids.append(sid)
+        sizes[name] = per_shard
+        if truncate == s:
+            data = (tmp_path / name).read_bytes()
+            (tmp_path / name).write_bytes(data[:4400])  # cut inside the 2nd jpg
+    (tmp_path / "sizes.json").write_text(json.dumps(sizes))
+    return f"{tmp_path}/{{00000..{n_shards - 1:05d}}}.tar", ids
+
+
+def _ids(loader):
+    out = []
+    for images, tokens in loader:
+        assert images.shape == (4, 3, 32, 32) and images.dtype == torch.float32
+        out.append(tokens[:, 0].tolist())
+    return out
+
+
+def test_more_workers_than_shards_and_corrupt_sample(tmp_path):
+    urls, good = _shards(tmp_path, 2, 9, corrupt={3})
+    loader, n = make_train_loader(urls, NumberTokenizer(), 32, 4, workers=3, seed=0,
+                                  shuffle_buffer=5)
+    assert n == 18
+    batches = _ids(loader)
+    flat = [i for b in batches for i in b]
+    assert len(flat) == len(set(flat)) and set(flat) <= set(good)
+    assert len(batches) == 4          # 8 good in shard 0 -> 2 batches, 9 in shard 1 -> 2 batches
+    assert 3 not in flat and loader.skipped["bad_image"] == 1
+    # the next epoch reshuffles but still covers the same samples
+    loader.set_epoch(1)
+    again = [i for b in _ids(loader) for i in b]
+    assert again != flat and set(again) <= set(good) and len(again) == 16
+    assert loader.skipped["bad_image"] == 2
+
+
+def test_truncated_tar_is_skipped_and_counted(tmp_path):
+    urls, _ = _shards(tmp_path, 3, 6, truncate=1)
+    loader, _ = make_train_loader(urls, NumberTokenizer(), 32, 4, workers=2, seed=1,
+                                  shuffle_buffer=1)
+    flat = [i for b in _ids(loader) for i in b]
+    assert len(flat) == len(set(flat)) and len(flat) >= 8
+    assert sum(loader.skipped.values()) >= 1
+
+
+def test_deterministic_and_resume_with_skip(tmp_path):
+    urls, _ = _shards(tmp_path, 4, 10, corrupt={1002, 2005})
+    kw = dict(tokenizer=NumberTokenizer(), image_size=32, batch_size=4, workers=2, seed=7,
+              shuffle_buffer=6)
+    full, _ = make_train_loader(urls, **kw)
+    a = [(im.clone(), tok.clone()) for im, tok in full]
+    b = [(im, tok) for im, tok in make_train_loader(urls, **kw)[0]]
+    assert len(a) == len(b) >= 6
+    assert all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(a, b))
+    for k in (1, 3):
+        resumed, _ = make_train_loader(urls, skip_batches=k, **kw)
+        rest = list(resumed)
+        assert resumed.state()["batches"] == len(a)
+        assert len(rest) == len(a) - k
+        assert all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(a[k:], rest))
+    # a different epoch gives a different order
+    other, _ = make_train_loader(urls, epoch=1, **kw)
+    assert [t.tolist() for _, t in other] != [t.tolist() for _, t in a]
+
+
+def test_resampled_and_multi_node_split(tmp_path):
+    urls, _ = _shards(tmp_path, 2, 8)
+    kw = dict(tokenizer=NumberTokenizer(), image_size=32, batch_size=4, workers=0, seed=3)
+    loader, n = make_train_loader(urls, resampled=True, world_size=2, rank=1, **kw)
+    assert n == 16 and len(list(loader)) == loader.num_batches == 2
+    ranks = [[i for _, t in make_train_loader(urls, world_size=2, rank=r, **kw)[0]
+              for i in t[:, 0].tolist()] for r in range(2)]
+    assert not set(ranks[0]) & set(ranks[1]) and len(ranks[0]) == len(ranks[1]) == 8
+    both = f"{tmp_path}/00000.tar::{tmp_path}/00001.tar"
+    assert expand_urls(both) == [f"{tmp_path}/00000.tar", f"{tmp_path}/00001.tar"]
+    assert read_num_samples(expand_urls(both)) == 16
+    with pytest.raises(WitError, match="not found"):
+        make_train_loader(f"{tmp_path}/{{00000..00005}}.tar", **kw)
+    with pytest.raises(WitError, match="every rank"):
+        make_train_loader(f"{tmp_path}/00000.tar", world_size=2, **kw)
+
+
+def test_transforms_shapes_values_and_crop_scale():
+    img = Image.new("RGB", (90, 60), (255, 128, 0))
+    for train in (False, True):
+        x = image_transform(48, train)(img, random.Random(0))
+        assert x.shape == (3, 48, 48) and x.dtype == torch.float32
+        expect = (np.array([255, 128, 0]) / 255 - np.array(CLIP_MEAN)) / np.array(CLIP_STD)
+        assert torch.allclose(x.mean(dim=(1, 2)), torch.tensor(expect, dtype=torch.float32), atol=2e-2)
+    # eval: bicubic resize of the shorter side then centre crop -> left/right bands cut off
+    grad = Image.fromarray(np.tile(np.arange(90, dtype=np.uint8)[None, :, None] * 2, (60, 1, 3)))
+    x = image_transform(30, False)(grad)
+    assert x.shape == (3, 30, 30)
+    left = x[0, :, 0].mean() * CLIP_STD[0] + CLIP_MEAN[0]
+    # 90x60 -> 45x30; crop starts at column 8 of 45 = source x (8 + 0.5) * 2 - 0.5 = 16.5 -> 33
+    assert abs(float(left) * 255 - 33) < 2
+    # RGBA / grayscale inputs become RGB
+    assert image_transform(16, False)(Image.new("LA", (20, 20))).shape == (3, 16, 16)
+    rng = random.Random(1)
+    for _ in range(200):
+        left, top, w, h = random_resized_crop_box(120, 100, rng)
+        assert 0.9 * 120 * 100 * 0.98 <= w * h <= 120 * 100 and 0 <= left <= 120 - w
+        assert 3 / 4 - 0.02 <= w / h <= 4 / 3 + 0.02 and 0 <= top <= 100 - h
+    # 2:1 image: no crop of >= 90% area has a ratio in [3/4, 4/3] -> centred 4:3 crop
+    assert random_resized_crop_box(200, 100, rng) == (33, 0, 133, 100)

@@ -1,0 +1,315 @@
+"""WebDataset training data for the CLIP trainer.
+
+``make_train_loader(urls, tokenizer, ...)`` returns ``(loader, num_samples)``. ``loader`` is
+iterable, one pass = one epoch, yielding ``(images FloatTensor[B, 3, H, W], tokens
+LongTensor[B, 77])``; full batches only.
+
+Shards: ``urls`` is a brace pattern (``SHARDS/{00000..00099}.tar``), several sources joined with
+``::``. The epoch size comes from ``sizes.json`` next to each source's shards (``{"00000.tar":
+n, ...}``, as OpenCLIP reads it) unless ``num_samples`` is given.
+
+Splitting: every epoch the shard list is shuffled with ``(seed, epoch)`` (same on every rank),
+split by node (``shards[rank::world_size]``) and by DataLoader worker (``[w::workers]``).
+Non-resampled, an epoch ends when the rank's shards are exhausted (a rank needs at least one
+shard). ``resampled=True`` draws shards with replacement (seeded per rank/worker/epoch) and
+yields exactly ``num_samples // (batch_size * world_size)`` batches per epoch, like OpenCLIP's
+``--dataset-resampled``. Each worker keeps a ``shuffle_buffer``-sample shuffle buffer. More
+workers than shards is fine: the extra workers yield nothing.
+
+Bad samples (unreadable tar members, truncated tars, images PIL cannot decode, missing image or
+caption) are skipped and counted by reason in ``loader.skipped`` (a ``Counter``, summed over the
+workers as their batches and end-of-stream reports arrive); they never crash or stall a worker.
+
+Determinism and resuming: the batch sequence is a pure function of ``(urls, seed, epoch,
+rank, world_size, workers, batch_size, shuffle_buffer)``: shard order, the shuffle buffer and
+each sample's random crop (seeded by ``(seed, epoch, sample key)``) are seeded, and the
+DataLoader takes batches from workers round-robin. To resume, call
+``loader.set_epoch(epoch, skip_batches=k)`` (or pass ``epoch=`` and ``skip_batches=`` to
+``make_train_loader``): the next pass yields the epoch's batches from index ``k`` on, identical
+to those of an uninterrupted pass.  Fast-forwarding decodes the skipped samples' images (to find bad ones, so batch
+boundaries match) but does not crop, resize or tokenise them. Exact for any ``k`` before a
+worker runs out of data near the end of a non-resampled epoch; always exact with
+``workers=0`` or ``resampled=True``.
+``loader.state()`` returns ``{"epoch", "batches"}`` for a checkpoint's ``"data"`` entry, counting
+the batches yielded in the current pass plus the ones skipped.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import random
+from collections import Counter
+from typing import Iterator
+
+from wit_builder.common import WitError
+
+from trainer.transforms import image_transform
+
+__all__ = ["make_train_loader", "expand_urls", "read_num_samples", "WebDatasetLoader",
+           "decode_sample", "iter_samples"]
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+
+
+def expand_urls(urls: str) -> list[str]:
+    """``a::b`` sources and brace ranges -> list of shard paths (kept in order)."""
+    import braceexpand
+    out: list[str] = []
+    for source in str(urls).split("::"):
+        source = source.strip()
+        if source:
+            out.extend(braceexpand.braceexpand(source))
+    if not out:
+        raise WitError(f"no shards in {urls!r}")
+    return out
+
+
+def read_num_samples(shards: list[str]) -> int:
+    """Sum of the shards' sizes from the ``sizes.json`` in each shard's directory."""
+    cache: dict[str, dict] = {}
+    total = 0
+    for shard in shards:
+        directory, name = os.path.split(shard)
+        if directory not in cache:
+            path = os.path.join(directory, "sizes.json")
+            try:
+                with open(path, encoding="utf-8") as fh:
+                    cache[directory] = json.load(fh)
+            except FileNotFoundError:
+                raise WitError(f"{path} not found: pass num_samples / --train-num-samples") from None
+            except (OSError, ValueError) as exc:
+                raise WitError(f"{path}: unreadable sizes file ({exc})") from None
+        if name not in cache[directory]:
+            raise WitError(f"{shard}: not listed in {os.path.join(directory, 'sizes.json')}")
+        total += int(cache[directory][name])
+    return total
+
+
+def _seed(*parts) -> int:
+    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def decode_sample(sample: dict, transform, rng: random.Random | None = None):
+    """(image tensor, caption) from a raw webdataset sample dict; raises ValueError with the
+    skip reason for bad samples."""
+    from PIL import Image
+    img_bytes = next((sample[k] for k in IMAGE_EXTS if k in sample), None)
+    if img_bytes is None:
+        raise ValueError("missing_image")
+    if "txt" not in sample:
+        raise ValueError("missing_text")
+    try:
+        caption = sample["txt"].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("bad_text") from None
+    try:
+        with Image.open(io.BytesIO(img_bytes)) as im:
+            im.load()
+            if transform is None:  # validity check only
+                return None, caption
+            image = transform(im, rng) if rng is not None else transform(im)
+    except Exception:  # PIL raises many types for corrupt data (OSError, SyntaxError, ...)
+        raise ValueError("bad_image") from None
+    return image, caption
+
+
+def iter_samples(shards: list[str], skipped: Counter) -> Iterator[dict]:
+    """Raw samples (dicts of bytes with ``__key__``) from tar shards; read errors are counted."""
+    import webdataset as wds
+
+    def handler(exc: Exception) -> bool:
+        skipped["bad_tar"] += 1
+        return True  # continue with the next member / shard
+
+    yield from wds.tarfile_to_samples(handler=handler)(iter([{"url": s} for s in shards]))
+
+
+def _make_dataset_class():
+    import torch
+
+    class WdsStream(torch.utils.data.IterableDataset):
+        def __init__(self, loader: "WebDatasetLoader"):
+            super().__init__()
+            self.cfg = loader._cfg()
+
+        def __iter__(self):
+            info = torch.utils.data.get_worker_info()
+            physical, workers = (info.id, info.num_workers) if info else (0, 1)
+            yield from _worker_stream(physical=physical, workers=workers, **self.cfg)
+
+    return WdsStream
+
+
+def _worker_stream(*, shards, seed, epoch, skip_batches, rank, world_size, physical, workers,
+                   batch_size, shuffle_buffer, resampled, image_size, tokenizer, max_batches):
+    import torch
+    # rotate roles so that a resumed pass (which starts at physical worker 0) continues the
+    # round-robin at the logical worker an uninterrupted pass would be on
+    logical = (physical + skip_batches) % workers
+    my_skip = skip_batches // workers + (1 if logical < skip_batches % workers else 0)
+    my_max = None
+    if max_batches is not None:
+        my_max = max_batches // workers + (1 if logical < max_batches % workers else 0)
+    skipped: Counter = Counter()
+    transform = image_transform(image_size, train=True)
+
+    if resampled:
+        rng_shards = random.Random(_seed("resample", seed, epoch, rank, logical))
+
+        def shard_iter():
+            while True:
+                yield rng_shards.choice(shards)
+        raw = iter_samples_lazy(shard_iter(), skipped)
+    else:
+        order = list(shards)
+        random.Random(_seed("shards", seed, epoch)).shuffle(order)
+        mine = order[rank::world_size][logical::workers]
+        raw = iter_samples(mine, skipped)
+
+    def shuffled(stream):
+        rng = random.Random(_seed("buffer", seed, epoch, rank, logical))
+        buf: list = []
+        for s in stream:
+            if len(buf) < shuffle_buffer:
+                buf.append(s)
+                continue
+            i = rng.randrange(len(buf))
+            buf[i], s = s, buf[i]
+            yield s
+        rng.shuffle(buf)
+        yield from buf
+
+    def crop_rng(sample):
+        return random.Random(_seed("crop", seed, epoch, sample.get("__key__", "")))
+
+    stream = shuffled(raw) if shuffle_buffer > 1 else raw
+    batch_index, count = 0, 0
+    images, captions = [], []
+    limit = my_max if my_max is not None else float("inf")
+    if limit > my_skip:
+        for s in stream:
+            if batch_index < my_skip:
+                # fast-forward: decode only (no crop) to know which samples are good, so batch
+                # boundaries fall exactly where an uninterrupted pass put them
+                try:
+                    decode_sample(s, None)
+                except ValueError:
+                    continue
+                count += 1
+                if count == batch_size:
+                    batch_index, count = batch_index + 1, 0
+                continue
+            try:
+                img, cap = decode_sample(s, transform, crop_rng(s))
+            except ValueError as exc:
+                skipped[str(exc)] += 1
+                continue
+            images.append(img)
+            captions.append(cap)
+            if len(images) == batch_size:
+                yield {"images": torch.stack(images), "tokens": tokenizer(captions),
+                       "skipped": dict(skipped), "worker": logical}
+                skipped.clear()
+                images, captions = [], []
+                batch_index += 1
+                if batch_index >= limit:
+                    break
+    yield {"images": None, "tokens": None, "skipped": dict(skipped), "worker": logical}
+
+
+def iter_samples_lazy(shard_iter, skipped: Counter) -> Iterator[dict]:
+    for shard in shard_iter:
+        yield from iter_samples([shard], skipped)
+
+
+class WebDatasetLoader:
+    """Iterable over one epoch of training batches; see the module docstring."""
+
+    def __init__(self, shards, tokenizer, image_size, batch_size, workers, seed, shuffle_buffer,
+                 resampled, world_size, rank, num_samples, epoch=0, skip_batches=0):
+        self.shards = shards
+        self.tokenizer = tokenizer
+        self.image_size = int(image_size)
+        self.batch_size = int(batch_size)
+        self.workers = int(workers)
+        self.seed = int(seed)
+        self.shuffle_buffer = int(shuffle_buffer)
+        self.resampled = bool(resampled)
+        self.world_size = int(world_size)
+        self.rank = int(rank)
+        self.num_samples = int(num_samples)
+        self.epoch = int(epoch)
+        self.skip_batches = int(skip_batches)
+        self.skipped: Counter = Counter()
+        self._yielded = 0
+        self._pass_skip = self.skip_batches
+
+    # batches per epoch per rank when resampled (the non-resampled count depends on the data)
+    @property
+    def num_batches(self) -> int:
+        return self.num_samples // (self.batch_size * self.world_size)
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        self.epoch = int(epoch)
+        self.skip_batches = int(skip_batches)
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "batches": self._pass_skip + self._yielded}
+
+    def _cfg(self) -> dict:
+        return dict(shards=self.shards, seed=self.seed, epoch=self.epoch,
+                    skip_batches=self.skip_batches, rank=self.rank, world_size=self.world_size,
+                    batch_size=self.batch_size, shuffle_buffer=self.shuffle_buffer,
+                    resampled=self.resampled, image_size=self.image_size,
+                    tokenizer=self.tokenizer,
+                    max_batches=self.num_batches if self.resampled else None)
+
+    def __iter__(self):
+        import torch
+        self._yielded = 0
+        self._pass_skip = self.skip_batches
+        if self.workers == 0:
+            items = _worker_stream(physical=0, workers=1, **self._cfg())
+        else:
+            ds = _make_dataset_class()(self)
+            items = iter(torch.utils.data.DataLoader(
+                ds, batch_size=None, num_workers=self.workers, persistent_workers=False,
+                prefetch_factor=2))
+        self.skip_batches = 0  # one-shot: the next pass starts at the beginning of its epoch
+        for item in items:
+            self.skipped.update(item["skipped"])
+            if item["images"] is None:
+                continue
+            self._yielded += 1
+            yield item["images"], item["tokens"]
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+
+def make_train_loader(urls: str, tokenizer, image_size: int, batch_size: int, workers: int,
+                      seed: int, shuffle_buffer: int = 1000, resampled: bool = False,
+                      world_size: int = 1, rank: int = 0, num_samples: int | None = None,
+                      epoch: int = 0, skip_batches: int = 0):
+    """Build the training loader. Returns ``(loader, num_samples)``; see the module docstring
+    for sharding, determinism and resuming (``epoch`` / ``skip_batches`` /
+    ``loader.set_epoch``)."""
+    shards = expand_urls(urls)
+    missing = [s for s in shards if "://" not in s and not os.path.exists(s)]
+    if missing:
+        raise WitError(f"{len(missing)} shard(s) not found, e.g. {missing[0]}")
+    if batch_size < 1 or workers < 0 or world_size < 1 or not 0 <= rank < world_size:
+        raise WitError(f"bad loader settings: batch_size={batch_size} workers={workers} "
+                       f"world_size={world_size} rank={rank}")
+    if not resampled and len(shards) < world_size:
+        raise WitError(f"{len(shards)} shard(s) for {world_size} ranks: every rank needs a "
+                       "shard; use more shards or resampling")
+    if num_samples is None:
+        num_samples = read_num_samples(shards)
+    loader = WebDatasetLoader(shards, tokenizer, image_size, batch_size, workers, seed,
+                              shuffle_buffer, resampled, world_size, rank, num_samples,
+                              epoch=epoch, skip_batches=skip_batches)
+    return loader, num_samples
