@@ -177,3 +177,29 @@ def test_bad_detector_files_give_clear_errors(tmp_path):
     save_detector(bad, {"format": FORMAT, "version": 1, "config": cfg, "model": wrong})
     with pytest.raises(WitError, match="do not match"):
         model_from_state(read_detector(bad), bad)
+
+
+def test_cli_train_and_calibrate_on_shards_with_a_corrupt_image(tmp_path, capsys):
+    import json
+
+    from wit_builder.cli import main as wit_main
+    from wit_builder.dedup import write_shard
+
+    imgs = _images(5, 12, (48, 48))
+    items = [{"key": f"00000{i:04d}", "image": im} for i, im in enumerate(imgs)]
+    items.insert(3, {"key": "000009999", "image": b"\x89PNG\r\n\x1a\n broken"})
+    write_shard(str(tmp_path / "00000.tar"), items)
+    det = str(tmp_path / "det.pt")
+    args = ["dedup", "train", "--shards", str(tmp_path / "{00000..00000}.tar"), "--out", det, "--arch", "tiny",
+            "--image-size", "32", "--embed-dim", "32", "--steps", "4", "--batch-size", "12", "--holdout", "0",
+            "--threads", "1"]
+    assert wit_main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["training_images"] == 13 and out["skipped_images"] == 4  # drawn in each of the 4 batches
+    assert wit_main(["dedup", "calibrate", "--detector", det, "--shards", str(tmp_path), "--all-images",
+                     "--target-precision", "0.5", "--threads", "1"]) == 0
+    cal = json.loads(capsys.readouterr().out)
+    assert cal["images"] == 12 and cal["skipped_images"] == 1
+    # calibrating the held-out split of a detector trained with --holdout 0 has nothing to use
+    assert wit_main(["dedup", "calibrate", "--detector", det, "--shards", str(tmp_path)]) == 2
+    assert "calibration images" in capsys.readouterr().err

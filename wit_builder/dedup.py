@@ -211,9 +211,9 @@ def iter_shard_records(path: str) -> Iterator[dict]:
                         except (UnicodeDecodeError, json.JSONDecodeError):
                             current["meta"] = None
         except (tarfile.TarError, OSError, EOFError):
-            if current is not None:
-                yield finish(current)
-                current = None
+            if current is not None and current["image"] is not None:
+                yield finish(current)  # its image arrived whole; the cut hit a later member
+            current = None  # a record cut before its image is part of the truncated_shard count
             yield {"key": "", "image": None, "image_ext": None, "meta": None, "error": "truncated_shard"}
     if current is not None:
         yield finish(current)
