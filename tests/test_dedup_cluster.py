@@ -64,7 +64,7 @@ def test_ivf_index_agrees_with_exact_on_clustered_data():
     flat = cluster_vectors(x, 0.95, k=8)
     ivf = cluster_vectors(x, 0.95, k=8, exact_below=100, nprobe=16)
     assert flat["index"]["index"] == "IndexFlatIP" and ivf["index"]["index"] == "IndexIVFFlat"
-    assert ivf["index"]["nlist"] == 80
+    assert ivf["index"]["nlist"] == 20
     assert flat["labels"].tolist() == ivf["labels"].tolist() == np.repeat(np.arange(100), 4).tolist()
 
 

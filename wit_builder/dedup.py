@@ -10,7 +10,7 @@ Stages of ``wit dedup run``:
    the skip reason and no embedding (counted, never a crash).
 2. **Neighbours** with faiss on the L2-normalised embeddings (inner product = cosine similarity):
    an exact ``IndexFlatIP`` below ``exact_below`` images (default 100,000), otherwise an
-   ``IndexIVFFlat`` (inner product) with ``nlist = clamp(4 * sqrt(n), 16, 65536)`` lists, trained
+   ``IndexIVFFlat`` (inner product) with ``nlist = clamp(sqrt(n), 16, 65536)`` lists, trained
    on a fixed-seed sample of ``min(n, 64 * nlist)`` vectors, searched with ``nprobe`` lists
    (default 32). Each image asks for its ``k`` nearest (default 16).
 3. **Clusters**: an edge joins two images whose similarity is >= the threshold (the calibrated
@@ -381,12 +381,12 @@ def choose_index(n: int, exact_below: int = 100_000) -> str:
 
 
 def ivf_nlist(n: int) -> int:
-    return int(min(65536, max(16, round(4 * math.sqrt(n)))))
+    return int(min(65536, max(16, round(math.sqrt(n)))))
 
 
 def build_index(vectors: np.ndarray, exact_below: int = 100_000, nprobe: int = 32, seed: int = 0):
     """faiss inner-product index over L2-normalised vectors: exact IndexFlatIP for fewer than
-    ``exact_below`` vectors, else IndexIVFFlat (nlist = clamp(4 sqrt(n), 16, 65536), trained on a
+    ``exact_below`` vectors, else IndexIVFFlat (nlist = clamp(sqrt(n), 16, 65536), trained on a
     fixed-seed sample of min(n, 64 nlist) vectors). Returns (index, info dict)."""
     import faiss
 
