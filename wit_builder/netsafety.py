@@ -1,0 +1,350 @@
+"""Network safety for a downloader that fetches attacker-chosen URLs: SSRF guard and limits.
+
+A URL list scraped from the web may point at ``http://169.254.169.254/`` (cloud metadata),
+``http://localhost:6379/`` or a public name whose DNS answer is ``10.0.0.5``; redirects can lead
+there too. :func:`install_guard` replaces the process-wide ``urllib`` opener (which img2dataset's
+``download_image`` uses through ``urllib.request.urlopen``) with one that:
+
+* speaks only http and https (no ``file://``, ``ftp://``, ``data:``) and ignores proxy
+  environment variables (a proxy would hide the real destination from the check);
+* resolves the host once, then for every address it is about to connect to refuses loopback,
+  private, link-local, multicast, reserved, unspecified and other non-global IPv4/IPv6
+  addresses (IPv4-mapped, 6to4 and NAT64 IPv6 forms are checked by their embedded IPv4), and
+  connects to the checked address itself (no second DNS lookup, so no DNS-rebinding gap); after
+  connecting it checks ``sock.getpeername()`` once more. Every redirect hop opens a new
+  connection through the same code, so a redirect to a private address is refused too;
+* rewrites the User-Agent, refuses disallowed Content-Types and bodies larger than
+  ``max_bytes`` (by Content-Length and while reading), enforces a total time per response, and
+  reads the image header (Pillow, no decoding) to refuse images with more than ``max_pixels``
+  pixels before anything decodes them (decompression bombs).
+
+``NetPolicy.resolve`` is a static host -> IP table consulted before DNS, like curl's
+``--resolve``: the demo maps its simulated web's host names to 127.0.0.1 with it, and the tests
+use it to make a name resolve to a private address without any DNS server. The check does not
+care where an address came from: a resolver answer and a ``resolve`` entry go through the same
+code. ``allowed_endpoints`` lists exact ``IP:PORT`` pairs that are exempt from the address check
+(an internal mirror; the tests' stand-in for "the public internet" on 127.0.0.1).
+"""
+from __future__ import annotations
+
+import http.client
+import io
+import ipaddress
+import json
+import socket
+import threading
+import time
+import urllib.request
+import warnings
+from dataclasses import asdict, dataclass, field
+
+__all__ = ["NetPolicy", "SSRFBlocked", "LimitExceeded", "block_reason", "build_opener",
+           "install_guard", "guarded_create_connection", "DEFAULT_USER_AGENT",
+           "DEFAULT_CONTENT_TYPES", "DEFAULT_MAX_PIXELS"]
+
+DEFAULT_USER_AGENT = ("Mozilla/5.0 (compatible; wit/0.1; image-text dataset builder; "
+                      "uses img2dataset; honours X-Robots-Tag noai/noimageai)")
+DEFAULT_CONTENT_TYPES = ("image/*", "application/octet-stream", "binary/octet-stream")
+# Pillow's own decompression-bomb threshold (PIL.Image.MAX_IMAGE_PIXELS = 89,478,485 pixels,
+# "about 0.25 GB for a 24-bit image").
+DEFAULT_MAX_PIXELS = 89_478_485
+DEFAULT_MAX_BYTES = 20 * 1024 * 1024
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052 well-known prefix
+
+
+class SSRFBlocked(OSError):
+    """Refused to connect: the destination is not a public address."""
+
+
+class LimitExceeded(ValueError):
+    """The response broke a size, type, time or pixel limit."""
+
+
+def block_reason(ip: str) -> str | None:
+    """Why a connection to ``ip`` must be refused (``None``: a global unicast address)."""
+    try:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return "not an IP address"
+    if isinstance(addr, ipaddress.IPv6Address):
+        embedded = addr.ipv4_mapped or addr.sixtofour
+        if embedded is None and addr in _NAT64:
+            embedded = ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+        if embedded is None and addr.teredo is not None:
+            embedded = addr.teredo[1]  # the client's (obfuscation removed) IPv4 address
+        if embedded is not None:
+            inner = block_reason(str(embedded))
+            if inner:
+                return f"{inner} (embedded in {addr})"
+    checks = (("unspecified", addr.is_unspecified), ("loopback", addr.is_loopback),
+              ("link-local", addr.is_link_local), ("multicast", addr.is_multicast),
+              ("private", addr.is_private), ("reserved", addr.is_reserved),
+              ("not globally routable", not addr.is_global))
+    for name, hit in checks:
+        if hit:
+            return name
+    return None
+
+
+def _norm_endpoint(text: str) -> tuple[str, int]:
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"endpoint {text!r} is not IP:PORT")
+    host = host.strip("[]")
+    return str(ipaddress.ip_address(host)), int(port)
+
+
+@dataclass
+class NetPolicy:
+    """What the guarded opener allows. JSON-serialisable (it travels to worker processes)."""
+
+    allow_private_networks: bool = False
+    allowed_endpoints: list[str] = field(default_factory=list)   # "IP:PORT", "[v6]:PORT"
+    resolve: dict[str, str] = field(default_factory=dict)        # host -> IP, before DNS
+    max_bytes: int = DEFAULT_MAX_BYTES
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    content_types: list[str] = field(default_factory=lambda: list(DEFAULT_CONTENT_TYPES))
+    allow_missing_content_type: bool = True
+    user_agent: str = DEFAULT_USER_AGENT
+    max_seconds: float | None = 60.0                             # total per response body
+
+    def __post_init__(self):
+        for ep in self.allowed_endpoints:
+            _norm_endpoint(ep)
+        for host, ip in self.resolve.items():
+            ipaddress.ip_address(ip.strip("[]"))
+        if self.max_bytes <= 0 or self.max_pixels <= 0:
+            raise ValueError("max_bytes and max_pixels must be positive")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "NetPolicy":
+        return cls(**json.loads(text))
+
+    # -- checks -------------------------------------------------------------------------------
+    def endpoint_allowed(self, ip: str, port: int) -> bool:
+        ip = str(ipaddress.ip_address(ip.split("%", 1)[0]))
+        return any(_norm_endpoint(ep) == (ip, port) for ep in self.allowed_endpoints)
+
+    def refusal(self, ip: str, port: int) -> str | None:
+        """``None`` if connecting to ``ip:port`` is allowed, else the reason."""
+        if self.allow_private_networks:
+            return None
+        reason = block_reason(ip)
+        if reason is None or self.endpoint_allowed(ip, port):
+            return None
+        return reason
+
+    def content_type_allowed(self, value: str | None) -> bool:
+        if not value:
+            return self.allow_missing_content_type
+        mime = value.split(";", 1)[0].strip().lower()
+        for pattern in self.content_types:
+            pattern = pattern.strip().lower()
+            if pattern == mime or (pattern.endswith("/*") and mime.startswith(pattern[:-1])):
+                return True
+        return False
+
+    def resolve_addresses(self, host: str, port: int) -> list[tuple]:
+        """getaddrinfo for TCP, with the static ``resolve`` table consulted first."""
+        override = self.resolve.get(host.lower().rstrip("."))
+        if override is not None:
+            ip = override.strip("[]")
+            family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+            sockaddr = (ip, port, 0, 0) if family == socket.AF_INET6 else (ip, port)
+            return [(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", sockaddr)]
+        return socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+
+
+def guarded_create_connection(policy: NetPolicy):
+    """A drop-in for ``socket.create_connection`` that refuses non-public destinations."""
+
+    def create_connection(address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_address=None,
+                          *args, **kwargs):
+        host, port = address
+        refused: list[str] = []
+        last_error: Exception | None = None
+        for family, socktype, proto, _, sockaddr in policy.resolve_addresses(host, port):
+            reason = policy.refusal(sockaddr[0], sockaddr[1])
+            if reason:
+                refused.append(f"{sockaddr[0]} is {reason}")
+                continue
+            sock = socket.socket(family, socktype, proto)
+            try:
+                if timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:
+                    sock.settimeout(timeout)
+                if source_address:
+                    sock.bind(source_address)
+                sock.connect(sockaddr)
+                peer = sock.getpeername()
+                reason = policy.refusal(peer[0], peer[1])
+                if reason:  # belt and braces: what we actually reached
+                    raise SSRFBlocked(f"blocked by SSRF guard: {host} connected to {peer[0]}, "
+                                      f"which is {reason}")
+                return sock
+            except BaseException as exc:
+                sock.close()
+                if isinstance(exc, SSRFBlocked):
+                    raise
+                if not isinstance(exc, OSError):
+                    raise
+                last_error = exc
+        if last_error is not None:
+            raise last_error
+        if refused:
+            raise SSRFBlocked(f"blocked by SSRF guard: {host} -> {'; '.join(refused)} "
+                              "(--allow-private-networks to allow)")
+        raise OSError(f"getaddrinfo returned no address for {host}")
+
+    return create_connection
+
+
+def _connection_factory(cls, policy: NetPolicy):
+    connect = guarded_create_connection(policy)
+
+    def factory(host, **kwargs):
+        conn = cls(host, **kwargs)
+        conn._create_connection = connect
+        return conn
+
+    return factory
+
+
+class _GuardedHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, policy: NetPolicy):
+        super().__init__()
+        self._factory = _connection_factory(http.client.HTTPConnection, policy)
+
+    def http_open(self, req):
+        return self.do_open(self._factory, req)
+
+
+class _GuardedHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, policy: NetPolicy):
+        super().__init__()
+        self._factory = _connection_factory(http.client.HTTPSConnection, policy)
+
+    def https_open(self, req):
+        return self.do_open(self._factory, req, context=self._context,
+                            check_hostname=self._check_hostname)
+
+
+def check_image_header(data: bytes, max_pixels: int) -> None:
+    """Refuse an image whose header declares more than ``max_pixels`` pixels (no decoding)."""
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as im:
+                width, height = im.size
+    except Image.DecompressionBombError as exc:
+        raise LimitExceeded(f"decompression bomb: {exc}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return  # not something Pillow can parse; the decoder downstream decides
+    if width * height > max_pixels:
+        raise LimitExceeded(f"decompression bomb: {width}x{height} = {width * height} pixels "
+                            f"> max {max_pixels}")
+
+
+class _LimitsProcessor(urllib.request.BaseHandler):
+    """Rewrites the User-Agent on requests; checks type/size/time/pixels on 2xx responses."""
+
+    handler_order = 1100  # after HTTPErrorProcessor: only final (non-redirect) answers get here
+
+    def __init__(self, policy: NetPolicy):
+        self.policy = policy
+
+    def http_request(self, req):
+        req.add_header("User-Agent", self.policy.user_agent)
+        req.unredirected_hdrs.pop("User-agent", None)  # urllib's default would win otherwise
+        return req
+
+    https_request = http_request
+
+    def http_response(self, req, resp):
+        if getattr(resp, "_wit_limited", False) or not 200 <= resp.status < 300:
+            return resp
+        policy = self.policy
+        ctype = resp.headers.get("Content-Type")
+        if not policy.content_type_allowed(ctype):
+            resp.close()
+            raise LimitExceeded(f"content type {ctype!r} not allowed")
+        length = resp.headers.get("Content-Length")
+        if length and length.strip().isdigit() and int(length) > policy.max_bytes:
+            resp.close()
+            raise LimitExceeded(f"too many bytes: Content-Length {int(length)} > max {policy.max_bytes}")
+        original_read = resp.read
+        started = time.monotonic()
+
+        def read(amt=None):
+            limit = policy.max_bytes
+            want = None if amt is None or amt < 0 else amt
+            out = bytearray()
+            while want is None or len(out) < want:
+                chunk = original_read(65536 if want is None else min(65536, want - len(out)))
+                if not chunk:
+                    break
+                out += chunk
+                resp._wit_bytes += len(chunk)
+                if resp._wit_bytes > limit:
+                    raise LimitExceeded(f"too many bytes: more than max {limit}")
+                if policy.max_seconds is not None and time.monotonic() - started > policy.max_seconds:
+                    raise LimitExceeded(f"body took longer than {policy.max_seconds}s")
+            data = bytes(out)
+            if amt is None:
+                check_image_header(data, policy.max_pixels)
+            return data
+
+        resp._wit_bytes = 0
+        resp.read = read
+        resp._wit_limited = True
+        return resp
+
+    https_response = http_response
+
+
+def build_opener(policy: NetPolicy) -> urllib.request.OpenerDirector:
+    """An opener with only http/https, no proxies, the SSRF guard and the limits."""
+    opener = urllib.request.OpenerDirector()
+    for handler in (urllib.request.ProxyHandler({}), urllib.request.UnknownHandler(),
+                    _GuardedHTTPHandler(policy), _GuardedHTTPSHandler(policy),
+                    urllib.request.HTTPDefaultErrorHandler(), urllib.request.HTTPRedirectHandler(),
+                    urllib.request.HTTPErrorProcessor(), _LimitsProcessor(policy)):
+        opener.add_handler(handler)
+    opener.addheaders = [("User-agent", policy.user_agent)]
+    return opener
+
+
+_install_lock = threading.Lock()
+
+
+class install_guard:  # noqa: N801 - used like a function or a context manager
+    """Install the guarded opener process-wide (``urllib.request.install_opener``).
+
+    ``install_guard(policy)`` installs immediately; used as a context manager it restores the
+    previous opener on exit. Pool worker processes call it and never restore.
+    """
+
+    def __init__(self, policy: NetPolicy):
+        with _install_lock:
+            self.previous = urllib.request._opener
+            self.opener = build_opener(policy)
+            urllib.request.install_opener(self.opener)
+        import os
+        # second layer for OpenCV's own decoder (read when it first decodes)
+        os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(policy.max_pixels))
+
+    def __enter__(self) -> "install_guard":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
+
+    def restore(self) -> None:
+        with _install_lock:
+            if urllib.request._opener is self.opener:
+                urllib.request._opener = self.previous
+
