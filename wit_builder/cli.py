@@ -66,8 +66,16 @@ def main(argv: list[str] | None = None) -> int:
     sub = argparse.ArgumentParser(prog=f"wit {name}", description=getattr(module, "DESCRIPTION", help_),
                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     module.add_arguments(sub)
-    args = sub.parse_args(argv[1:])
+    if getattr(module, "BEAM_OPTIONS", False):
+        # unknown --options go to Beam as pipeline options (pipelines/options.py)
+        args, extra = sub.parse_known_args(argv[1:])
+        args.pipeline_args = extra
+    else:
+        args = sub.parse_args(argv[1:])
     try:
+        if getattr(module, "BEAM_OPTIONS", False):
+            from pipelines.options import check_pipeline_args
+            args.pipeline_args = check_pipeline_args(args.pipeline_args, f"wit {name}")
         return int(module.run(args) or 0)
     except WitError as exc:
         print(f"wit {name}: error: {exc}", file=sys.stderr)
