@@ -1,0 +1,111 @@
+"""The demo's held-out zero-shot evaluation set: freshly rendered scenes, never on the simulated web.
+
+Two class sets, each in the image-folder layout ``wit eval --zeroshot-dir`` reads
+(``DIR/<class>/<image>``, see ``trainer/evaluate.py``), with a class-names file and a prompt
+template file for prompt ensembling (``--classes``, ``--templates``)::
+
+    OUT/shapes/<shape>/<shape>-NNNN.jpg     balanced over the 8 shapes, random colours
+    OUT/shapes_classes.txt                  one shape per line
+    OUT/shapes_templates.txt                "a photo of a {}.", "a drawing of a {}.", ...
+    OUT/colours/<colour>/<colour>-NNNN.jpg  balanced over the 8 colours, random shapes
+    OUT/colours_classes.txt
+    OUT/colours_templates.txt
+    OUT/heldout.json                        parameters, sets, counts, chance accuracy
+
+Scenes come from their own seed streams (``scene_seed("eval-shapes", seed, i)``), disjoint from
+the web's (``"web"``), and carry fewer distractors than the web (10% instead of 20%) so that each
+image's label is unambiguous. The set is written to a temporary folder and renamed into place, so
+it is either complete or absent; calling again with the same parameters finds ``heldout.json`` and
+returns at once (``force=True`` rebuilds it).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+from wit_builder.common import WitError, atomic_write_json
+from wit_builder.render import COLOURS, SHAPES, render, sample_scene, scene_seed
+
+__all__ = ["SHAPE_TEMPLATES", "COLOUR_TEMPLATES", "write_heldout", "class_sets"]
+
+SHAPE_TEMPLATES = (
+    "a photo of a {}.",
+    "a drawing of a {}.",
+    "{} clip art.",
+    "a {} icon.",
+    "a picture of a {}.",
+    "a simple {} shape.",
+    "a small {}.",
+    "a large {}.",
+)
+COLOUR_TEMPLATES = (
+    "a {} shape.",
+    "a {} object.",
+    "something {}.",
+    "{} clip art.",
+    "a photo of a {} shape.",
+    "a drawing of something {}.",
+    "a {} icon.",
+    "a {} sticker.",
+)
+
+
+def class_sets() -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
+    """``{set name: (class names, templates)}``."""
+    return {"shapes": (SHAPES, SHAPE_TEMPLATES), "colours": (tuple(COLOURS), COLOUR_TEMPLATES)}
+
+
+def _params(per_class: int, seed: int) -> dict:
+    return {"version": 1, "per_class": int(per_class), "seed": int(seed)}
+
+
+def write_heldout(out: str, per_class: int = 50, seed: int = 0, force: bool = False,
+                  quality: int = 92) -> dict:
+    """Write the held-out set under ``out`` (see the module docstring); returns its summary
+    (also ``out/heldout.json``): per set the folder, classes and templates files, the number of
+    images and the chance top-1 accuracy."""
+    if per_class < 1:
+        raise WitError(f"held-out set: per_class must be >= 1, got {per_class}")
+    marker = os.path.join(out, "heldout.json")
+    if not force and os.path.exists(marker):
+        with open(marker, encoding="utf-8") as fh:
+            done = json.load(fh)
+        if done.get("params") == _params(per_class, seed):
+            return done
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out))}.tmp-", dir=parent)
+    try:
+        summary = {"params": _params(per_class, seed), "sets": {}}
+        for name, (classes, templates) in class_sets().items():
+            for k, cls in enumerate(classes):
+                folder = os.path.join(tmp, name, cls.replace(" ", "_"))
+                os.makedirs(folder)
+                for i in range(per_class):
+                    fixed = {"shape": cls} if name == "shapes" else {"colour": cls}
+                    scene = sample_scene(scene_seed(f"eval-{name}", seed, k * per_class + i),
+                                         distractor_prob=0.1, **fixed)
+                    render(scene).save(os.path.join(folder, f"{cls}-{i:04d}.jpg"), "JPEG",
+                                       quality=quality)
+            with open(os.path.join(tmp, f"{name}_classes.txt"), "w", encoding="utf-8") as fh:
+                fh.write("\n".join(classes) + "\n")
+            with open(os.path.join(tmp, f"{name}_templates.txt"), "w", encoding="utf-8") as fh:
+                fh.write("\n".join(templates) + "\n")
+            summary["sets"][name] = {
+                "dir": os.path.join(out, name),
+                "classes": os.path.join(out, f"{name}_classes.txt"),
+                "templates": os.path.join(out, f"{name}_templates.txt"),
+                "class_names": list(classes),
+                "images": per_class * len(classes),
+                "chance_top1": 1.0 / len(classes),
+            }
+        atomic_write_json(os.path.join(tmp, "heldout.json"), summary)
+        if os.path.exists(out):
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return summary
