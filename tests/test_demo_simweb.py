@@ -61,10 +61,16 @@ def test_manifest_counts_every_problem_case(web):
 
 
 def test_head_concept_dominates(web):
-    cc = web.manifest()["concept_counts"]
+    m = web.manifest()
+    assert CFG.tail_max_uses <= m["recommended"]["per_query_cap"] < min(
+        m["concept_counts"][s] for s in SHAPES)
+    cc = m["concept_counts"]
     others = [cc[s] for s in SHAPES if s != "heart"]
     assert cc["heart"] > 2 * max(others)
     assert cc["red heart"] > 5 * max(v for k, v in cc.items() if " " in k and k != "red heart")
+    # boilerplate captions: few distinct words, so balancing caps every query a head pair matches
+    vocab = {w for l in web.case_links("head") for w in re.findall(r"[A-Za-z]+", l["alt"])}
+    assert len(vocab) <= 12 and {"red", "heart"} <= vocab
 
 
 def test_alt_texts(web):
@@ -145,6 +151,11 @@ def test_pages_html_matches_links(web):
         if link["image"] is not None:
             assert urljoin(link["page_url"], link["src"]) == link["url"] == link["image_url"]
             assert urlsplit(link["url"]).port == 8123
+        if link["alt"] and link["image"] is not None:
+            text = f"{link['url']}\n{link['alt']}".encode()
+            assert link["uid"] == __import__("hashlib").sha256(text).hexdigest()[:32]
+        else:
+            assert link["uid"] is None
 
 
 @pytest.fixture(scope="module")

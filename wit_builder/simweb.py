@@ -187,6 +187,17 @@ _EN_TEMPLATES = (
 )
 _EN_SHAPE_ONLY = ("a {s} {bg}", "{S} clip art", "photo of a {sz}{s}")
 _EN_COLOUR_ONLY = ("a {c} sticker {bg}", "something {c} {bg}")
+# The head concept's alt texts are boilerplate (as the most frequent captions on the web are):
+# only frequent words, so that every query a head pair matches is capped by balancing.
+_EN_HEAD = (
+    "{c} {s}",
+    "{C} {s} clip art",
+    "a {c} {s}",
+    "{c} {s} icon",
+    "{C} {s} sticker",
+    "{c} {s} symbol, vector illustration",
+    "{C} {s} clip art, vector illustration",
+)
 _EN_TAIL = (
     "a {c} {s} sticker on a {t}",
     "{C} {s} pattern on a {t}",
@@ -198,13 +209,17 @@ _EN_TAIL = (
 
 
 def english_alt(rng: np.random.Generator, scene: Scene, tail: str | None = None,
-                partial: bool = True) -> tuple[str, set[str]]:
+                partial: bool = True, head: bool = False) -> tuple[str, set[str]]:
     """An English alt text for ``scene`` and the tags it earned ('distractor_mentioned', ...).
     With ``tail`` the text names that everyday object too. With ``partial`` some texts name only
-    the shape or only the colour, as real alt texts often do."""
+    the shape or only the colour, as real alt texts often do. ``head``: boilerplate captions of
+    frequent words only (the head concept's)."""
     c, s = scene.colour, scene.shape
     sz = size_word(scene)
     tags: set[str] = set()
+    if head:
+        t = _EN_HEAD[int(rng.integers(len(_EN_HEAD)))]
+        return _a(t.format(c=c, C=_cap(c), s=s)), tags
     if tail:
         pool = _EN_TAIL
     else:
@@ -410,6 +425,13 @@ class SimWeb:
         queries = list(SHAPES) + list(COLOURS) + [f"{c} {s}" for c in COLOURS for s in SHAPES]
         return {q: sum(1 for t in texts if match_words(t, q)) for q in queries}
 
+    def recommended_cap(self) -> int:
+        """A per-query cap for the demo's balancing: small enough that the head concept loses
+        most of its pairs (about 60% at 3,000 scenes, measured against the demo corpus's words as
+        queries) while other concepts keep most of theirs, and >= ``tail_max_uses`` so that every
+        problem-case pair is kept."""
+        return max(self.config.tail_max_uses, self.config.scenes // 60)
+
     def manifest(self) -> dict:
         """JSON-able ground truth: config, counts per case, the head concept, near-duplicate
         groups, tail words, expected per-stage outcomes, and every link and image."""
@@ -434,6 +456,7 @@ class SimWeb:
             "tail_max_uses": max(self.tail_uses.values(), default=0),
             "near_duplicate_groups": [{"group": g, "urls": u} for g, u in sorted(groups.items())],
             "expect": {"collect": dict(collect), "download_of_kept": dict(download)},
+            "recommended": {"per_query_cap": self.recommended_cap()},
             "links": self.links,
             "images": [im.to_dict() for im in self.images],
         }
@@ -501,7 +524,7 @@ class _Builder:
                              "expect": {"collect": collect, "download": download}})
 
     def english(self, image: WebImage, cases=(), tail: str | None = None, download="success"):
-        alt, tags = english_alt(self.rng, image.scene, tail=tail)
+        alt, tags = english_alt(self.rng, image.scene, tail=tail, head="head" in cases)
         self.link(image, alt, "en", {"english", *cases, *tags}, "keep", download)
 
     # the populations
@@ -746,6 +769,10 @@ def build_web(config: WebConfig | None = None, port: int | None = None, **overri
     for link in web.links:
         if link["image"] is not None:
             link["image_url"] = images[link["image"]].url
+        # the contract's uid (docs/schemas.md), assuming collect's cleaning leaves these alt
+        # texts unchanged (they have no entities, control characters or extra whitespace)
+        link["uid"] = (hashlib.sha256(f"{link['url']}\n{link['alt']}".encode()).hexdigest()[:32]
+                       if link["alt"] and link["url"].startswith("http") else None)
     return web
 
 
