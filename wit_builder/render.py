@@ -366,7 +366,9 @@ def _col(c) -> np.ndarray:
 def _lerp(a, b, t: np.ndarray) -> np.ndarray:
     """``a + (b - a) * t``: colours or 3 x H x W images ``a``/``b``, an H x W field ``t``."""
     a, b = _col(a), _col(b)
-    return a + (b - a) * t
+    out = (b - a) * t  # then in place: much faster than a + (b - a) * t's temporaries
+    out += a
+    return out
 
 
 def _normalise(t: np.ndarray) -> np.ndarray:
@@ -476,8 +478,11 @@ def render(scene: Scene, with_mask: bool = False):
         _paint(img, box, _col(scene.rgb) * 0.5, grown)
     alpha = _mask(box, scene.shape, scene.cx, scene.cy, scene.radius, scene.rotation)
     _paint(img, box, _col(scene.rgb) * _fill(scene, rng, box), alpha)
-    pixels = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    out = Image.fromarray(np.ascontiguousarray(pixels.transpose(1, 2, 0)), "RGB")
+    img *= 255.0
+    img += 0.5
+    np.clip(img, 0, 255, out=img)
+    pixels = img.astype(np.uint8)
+    out = Image.merge("RGB", [Image.fromarray(channel, "L") for channel in pixels])
     if not with_mask:
         return out
     full = np.zeros((h, w), np.float32)
