@@ -77,8 +77,11 @@ def write_heldout(out: str, per_class: int = 50, seed: int = 0, force: bool = Fa
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out))}.tmp-", dir=parent)
+    from tqdm import tqdm
+    total = per_class * sum(len(c) for c, _ in class_sets().values())
     try:
         summary = {"params": _params(per_class, seed), "sets": {}}
+        bar = tqdm(total=total, desc="held-out set", unit="img", leave=False)
         for name, (classes, templates) in class_sets().items():
             for k, cls in enumerate(classes):
                 folder = os.path.join(tmp, name, cls.replace(" ", "_"))
@@ -89,6 +92,7 @@ def write_heldout(out: str, per_class: int = 50, seed: int = 0, force: bool = Fa
                                          distractor_prob=0.1, **fixed)
                     render(scene).save(os.path.join(folder, f"{cls}-{i:04d}.jpg"), "JPEG",
                                        quality=quality)
+                    bar.update(1)
             with open(os.path.join(tmp, f"{name}_classes.txt"), "w", encoding="utf-8") as fh:
                 fh.write("\n".join(classes) + "\n")
             with open(os.path.join(tmp, f"{name}_templates.txt"), "w", encoding="utf-8") as fh:
@@ -101,6 +105,7 @@ def write_heldout(out: str, per_class: int = 50, seed: int = 0, force: bool = Fa
                 "images": per_class * len(classes),
                 "chance_top1": 1.0 / len(classes),
             }
+        bar.close()
         atomic_write_json(os.path.join(tmp, "heldout.json"), summary)
         if os.path.exists(out):
             shutil.rmtree(out)

@@ -430,7 +430,8 @@ class SimWeb:
         most of its pairs (about 60% at 3,000 scenes, measured against the demo corpus's words as
         queries) while other concepts keep most of theirs, and >= ``tail_max_uses`` so that every
         problem-case pair is kept."""
-        return max(self.config.tail_max_uses, self.config.scenes // 60)
+        used = max(self.tail_uses.values(), default=0)
+        return max(self.config.tail_max_uses, used, self.config.scenes // 60)
 
     def manifest(self) -> dict:
         """JSON-able ground truth: config, counts per case, the head concept, near-duplicate
