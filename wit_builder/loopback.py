@@ -16,7 +16,9 @@ API
       ``headers`` (dict of header name -> value; ``Content-Length`` is added for you),
       ``body`` (bytes or str; str is UTF-8 encoded; default empty),
       ``delay`` (seconds to sleep before answering, e.g. to exceed a client's timeout),
-      ``redirect`` (a ``Location``: absolute URL, or a path on this same server);
+      ``redirect`` (a ``Location``: absolute URL, or a path on this same server),
+      ``no_length`` (true: send no ``Content-Length``, close the connection after the body),
+      ``chunk_delay`` (seconds to sleep between 1 KiB pieces of the body: a trickling server);
     - or a callable ``fn(path: str, headers: dict) -> dict`` returning such a spec, called per
       request (for generated content or request-dependent answers).
 
@@ -77,16 +79,27 @@ class _Handler(BaseHTTPRequestHandler):
         body = spec.get("body", b"")
         if isinstance(body, str):
             body = body.encode("utf-8")
+        chunk_delay = float(spec.get("chunk_delay", 0) or 0)
         try:
             self.send_response(status)
             for name, value in dict(spec.get("headers", {}) or {}).items():
                 self.send_header(name, str(value))
             if redirect:
                 self.send_header("Location", redirect)
-            self.send_header("Content-Length", str(len(body)))
+            if spec.get("no_length"):
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            else:
+                self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             if send_body and body:
-                self.wfile.write(body)
+                if chunk_delay > 0:
+                    for start in range(0, len(body), 1024):
+                        self.wfile.write(body[start:start + 1024])
+                        self.wfile.flush()
+                        time.sleep(chunk_delay)
+                else:
+                    self.wfile.write(body)
         except (BrokenPipeError, ConnectionResetError):  # client gave up (e.g. its timeout)
             self.close_connection = True
 
