@@ -57,3 +57,52 @@ def write_balanced(path: str, urls: list[str], texts: list[str] | None = None, f
     }, schema=BALANCED_SCHEMA)
     pq.write_table(table, path)
     return table
+
+
+DOWNLOAD_SCHEMA = pa.schema([
+    ("uid", pa.string()), ("query_ids", pa.list_(pa.int32())), ("page_url", pa.string()),
+    ("caption", pa.string()), ("url", pa.string()), ("key", pa.string()), ("status", pa.string()),
+    ("error_message", pa.string()), ("width", pa.int32()), ("height", pa.int32()),
+    ("original_width", pa.int32()), ("original_height", pa.int32()), ("sha256", pa.string()),
+    ("error_kind", pa.string()),
+])
+
+
+def fake_download_shard(folder: str, shard: int, statuses: list[str], done: bool = True,
+                        order: list[int] | None = None) -> list[dict]:
+    """An IMAGES/NNNNN.{tar,parquet,_stats.json} shard in `wit download`'s format (as
+    img2dataset writes it: rows in completion order ``order``), without any network."""
+    import json
+    import os
+
+    import webdataset as wds
+    rows = []
+    for i, status in enumerate(statuses):
+        url = f"http://img.test/{shard}/{i}.jpg"
+        text = f"caption {shard}-{i}"
+        ok = status == "success"
+        img = image_bytes("JPEG", (32, 32), ((37 * i) % 256, (11 * shard) % 256, 90)) if ok else None
+        rows.append({
+            "uid": uid_of(url, text), "query_ids": [i, i + 7], "page_url": None, "caption": text,
+            "url": url, "key": f"{shard:05d}{i:04d}", "status": status,
+            "error_message": None if ok else "HTTP Error 404: Not Found",
+            "width": 32 if ok else None, "height": 32 if ok else None,
+            "original_width": 40 if ok else None, "original_height": 30 if ok else None,
+            "sha256": hashlib.sha256(img).hexdigest() if ok else None,
+            "error_kind": None if ok else "http_404", "_img": img,
+        })
+    order = order if order is not None else list(range(len(rows)))
+    name = f"{folder}/{shard:05d}"
+    with wds.TarWriter(name + ".tar") as tar:
+        for i in order:
+            r = rows[i]
+            if r["_img"] is not None:
+                meta = {k: v for k, v in r.items() if k != "_img"}
+                tar.write({"__key__": r["key"], "jpg": r["_img"], "txt": r["caption"], "json": json.dumps(meta)})
+    pq.write_table(pa.Table.from_pylist([{k: v for k, v in rows[i].items() if k != "_img"} for i in order],
+                                        schema=DOWNLOAD_SCHEMA), name + ".parquet")
+    if done:
+        with open(name + "_stats.json", "w") as fh:
+            json.dump({"count": len(rows), "successes": sum(s == "success" for s in statuses)}, fh)
+    os.makedirs(f"{folder}/_wit", exist_ok=True)
+    return rows
