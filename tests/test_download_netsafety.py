@@ -7,6 +7,7 @@ one that fails the test if a socket is ever created, so a broken guard cannot se
 from __future__ import annotations
 
 import socket
+import ssl
 import urllib.error
 import urllib.request
 
@@ -78,7 +79,8 @@ def test_default_policy_refuses_loopback_before_any_request(servers):
     public.add_route("/a.jpg", {"body": JPEG, "headers": {"Content-Type": "image/jpeg"}})
     with guarded(NetPolicy()):
         for url in (public.url("/a.jpg"), f"http://localhost:{public.port}/a.jpg",
-                    f"http://[::ffff:127.0.0.1]:{public.port}/a.jpg"):
+                    f"http://[::ffff:127.0.0.1]:{public.port}/a.jpg", f"http://2130706433:{public.port}/a.jpg",
+                    f"http://0x7f.0.0.1:{public.port}/a.jpg", f"https://127.0.0.1:{public.port}/a.jpg"):
             with pytest.raises(urllib.error.URLError, match="blocked by SSRF guard"):
                 fetch(url)
     assert public.requests == []
@@ -98,6 +100,20 @@ def test_allowed_endpoint_and_resolve_table(servers):
     assert [r.path for r in public.requests] == ["/a.jpg"]
     assert public.requests[0].headers["User-Agent"] == "wit-test-agent/1"
     assert internal.requests == []
+
+
+def test_https_goes_through_the_guarded_connection(servers):
+    """An https URL to an allowed endpoint connects (the plain-HTTP test server then fails the
+    TLS handshake); the same URL under the default policy never connects at all."""
+    public, _ = servers
+    with guarded(policy_for(public)):
+        with pytest.raises(urllib.error.URLError) as err:
+            fetch(f"https://img.test:{public.port}/a.jpg")
+        assert isinstance(err.value.reason, ssl.SSLError)  # it connected and tried TLS
+    assert public.requests == []  # a TLS ClientHello is not an HTTP request
+    with guarded(NetPolicy(resolve={"img.test": "127.0.0.1"})):
+        with pytest.raises(urllib.error.URLError, match="blocked by SSRF guard"):
+            fetch(f"https://img.test:{public.port}/a.jpg")
 
 
 def test_redirects_are_checked_hop_by_hop(servers):

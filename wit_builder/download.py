@@ -1,26 +1,26 @@
 """Download balanced (url, text) pairs into img2dataset WebDataset shards, safely and resumably.
 
-The engine is img2dataset's ``download()`` (its multiprocessing distributor, reader, resizer,
-downloader and WebDataset writer). What this module adds around it:
+The engine is img2dataset (its reader, resizer, downloader, WebDataset writer and, locally, its
+``download()`` with the multiprocessing distributor). What this module adds around it:
 
 * **Planning.** Every non-empty input parquet (``OUT/balanced/part-*.parquet``) becomes exactly
-  one img2dataset shard: inputs are staged as ``IMAGES/_wit/input/NNNNN.parquet`` symlinks and
-  ``number_sample_per_shard`` is at least the largest input's row count (and at least 10000, so
-  keys are img2dataset's usual 9 digits: 5 for the shard, 4 for the row). The plan is stored in
-  ``IMAGES/_wit/plan.json``; re-running against different inputs is refused.
-* **Our writer class.** ``download()`` picks its writer by name from ``img2dataset.main``; for
-  the call we bind that name to :class:`WitShardWriter`, a subclass of img2dataset's
-  ``WebDatasetSampleWriter`` (pickled by reference into the spawned workers). In each worker it
-  (1) installs the SSRF guard and limits of :mod:`wit_builder.netsafety`, read from
-  ``IMAGES/_wit/policy.json``, before the shard's first request; (2) writes the tar and parquet
-  under ``IMAGES/_wit/partial/`` and renames them into place on close, so shard files appear
-  atomically; (3) adds an ``error_kind`` column; (4) reports progress for the progress bar;
-  (5) exits if its parent dies (kill -9), so an orphan never finishes a shard behind a re-run.
-* **Resume.** Before each run, a shard counts as done only if its ``_stats.json`` parses and
-  its tar and parquet exist; anything else of that shard is deleted, then img2dataset's
-  ``incremental`` mode skips the done shards and redoes the rest.
-* **Summary.** Counts by status and by error kind, from the per-shard parquets, printed and
-  written to ``IMAGES/_wit/summary.json``.
+  one img2dataset shard ``NNNNN`` (inputs in sorted order): ``number_sample_per_shard`` is at
+  least the largest input's row count and at least 10000, so keys are img2dataset's usual 9
+  digits (5 for the shard, 4 for the row) while inputs hold <= 10000 rows. The plan is stored
+  in ``IMAGES/_wit/plan.json``; re-running with other inputs or image settings is refused.
+* **Our classes inside img2dataset.** ``download()`` looks its writer and logger-process classes
+  up by name in ``img2dataset.main``; for the call we bind them to
+  :class:`~wit_builder.download_worker.WitShardWriter` (installs the SSRF guard of
+  :mod:`wit_builder.netsafety` in each worker before the shard's first request, writes the tar
+  and parquet in a private folder and renames them into place, writes the stats file
+  atomically, adds ``error_kind``, reports progress) and ``WitLoggerProcess``; both exit when
+  their parent is killed. The Beam runner (``pipelines/download_pipeline.py``) builds
+  img2dataset's ``Downloader`` with the same writer, one element per input shard.
+* **Resume.** A shard is done when its ``NNNNN_stats.json`` (written last) parses with the right
+  count and its tar and parquet exist. Before each run everything else of unfinished shards is
+  deleted; img2dataset's ``incremental`` mode (local) or the DoFn (Beam) skips done shards.
+* **Summary.** Counts by status and error kind from the per-shard parquets, printed and written
+  to ``IMAGES/_wit/summary.json``.
 """
 from __future__ import annotations
 
@@ -121,7 +121,11 @@ class InputShard:
 def plan_inputs(pairs: str | list[str]) -> tuple[list[InputShard], list[str], int, int]:
     """(shards, additional columns, samples per img2dataset shard, skipped empty inputs)."""
     patterns = [pairs] if isinstance(pairs, str) else list(pairs)
-    paths = [_absolute(p) for p in match_paths(patterns, what="--pairs") if p.endswith(".parquet")]
+    if all(is_local(p) for p in patterns):
+        paths = _match_local(patterns)
+    else:
+        paths = [_absolute(p) for p in match_paths(patterns, what="--pairs")]
+    paths = [p for p in paths if p.endswith(".parquet")]
     if not paths:
         raise WitError(f"--pairs {patterns}: no .parquet files found")
     shards: list[InputShard] = []
@@ -152,6 +156,22 @@ def plan_inputs(pairs: str | list[str]) -> tuple[list[InputShard], list[str], in
         raise WitError(f"--pairs {patterns}: every input file is empty")
     per_shard = max(MIN_SAMPLES_PER_SHARD, max(s.rows for s in shards))
     return shards, extra or [], per_shard, empty
+
+
+def _match_local(patterns: list[str]) -> list[str]:
+    """``common.match_paths`` for local patterns, without importing Beam (saves seconds per run)."""
+    import glob
+    out: list[str] = []
+    for pattern in patterns:
+        pattern = _absolute(pattern)
+        if os.path.isdir(pattern):
+            pattern = os.path.join(pattern, "*")
+        files = sorted(p for p in glob.glob(pattern) if os.path.isfile(p)
+                       and not os.path.basename(p).startswith("."))
+        if not files:
+            raise WitError(f"--pairs path {pattern!r} matches no files")
+        out.extend(files)
+    return out
 
 
 def _fs(path: str):
@@ -383,22 +403,23 @@ def _redirect_fds(log_path: str):
 
 
 @contextlib.contextmanager
-def _wit_writer_bound():
-    """Make img2dataset's ``download()`` use :class:`WitShardWriter` for webdataset output.
+def _wit_classes_bound():
+    """Make img2dataset's ``download()`` use our writer and logger-process classes.
 
-    ``download()`` looks the writer class up by name in ``img2dataset.main`` when it runs; the
-    class travels to the spawned workers by reference (module and name), not by value.
+    ``download()`` looks ``WebDatasetSampleWriter`` and ``LoggerProcess`` up by name in
+    ``img2dataset.main`` when it runs; the classes travel to the spawned processes by reference
+    (module and name), not by value.
     """
     import img2dataset  # noqa: F401 - the package binds the name `main` to a function
 
-    from wit_builder.download_worker import WitShardWriter
+    from wit_builder.download_worker import WitLoggerProcess, WitShardWriter
     i2d_main = sys.modules["img2dataset.main"]
-    original = i2d_main.WebDatasetSampleWriter
-    i2d_main.WebDatasetSampleWriter = WitShardWriter
+    originals = i2d_main.WebDatasetSampleWriter, i2d_main.LoggerProcess
+    i2d_main.WebDatasetSampleWriter, i2d_main.LoggerProcess = WitShardWriter, WitLoggerProcess
     try:
         yield
     finally:
-        i2d_main.WebDatasetSampleWriter = original
+        i2d_main.WebDatasetSampleWriter, i2d_main.LoggerProcess = originals
 
 
 @contextlib.contextmanager
@@ -619,7 +640,7 @@ def _run_local(plan: Plan, quiet: bool, progress: bool) -> None:
     log_path = os.path.join(plan.out, WORK, "img2dataset.log")
     redirect = _redirect_fds(log_path) if quiet else contextlib.nullcontext(sys.stderr)
     try:
-        with redirect as stream, _wit_writer_bound():
+        with redirect as stream, _wit_classes_bound():
             bar = _Progress(plan.out, plan.shards, plan.done, stream) if progress else contextlib.nullcontext()
             with bar:
                 img2dataset.download(url_list=stage, output_folder=plan.out, **kwargs)

@@ -15,13 +15,14 @@ import time
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # before img2dataset imports albumentations
 
 import pyarrow as pa
+from img2dataset.logger import LoggerProcess
 from img2dataset.writer import WebDatasetSampleWriter
 
 from wit_builder.common import is_local
 from wit_builder.download import WORK, _fs, error_kind
 from wit_builder.netsafety import NetPolicy, install_guard
 
-__all__ = ["WitShardWriter"]
+__all__ = ["WitShardWriter", "WitLoggerProcess"]
 
 _setup_lock = threading.Lock()
 _watchdog_started = False
@@ -33,10 +34,29 @@ def _url_join(folder: str, *parts: str) -> str:
     return "/".join([folder.rstrip("/"), *parts])
 
 
+def _start_watchdog() -> None:
+    """In a multiprocessing child: exit as soon as the parent is gone (killed with -9), so an
+    orphan never keeps running, or finishes a shard, behind a re-run."""
+    global _watchdog_started
+    with _setup_lock:
+        if _watchdog_started or multiprocessing.parent_process() is None:
+            return
+        _watchdog_started = True
+    parent = os.getppid()
+
+    def watch():
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:  # re-parented: the parent died
+                os._exit(3)
+
+    threading.Thread(target=watch, name="wit-parent-watchdog", daemon=True).start()
+
+
 def _worker_setup(output_folder: str) -> None:
     """Once per worker process (idempotent): the SSRF guard for this output's policy, atomic
-    stats files, and a watchdog that ends a pool worker whose parent was killed."""
-    global _watchdog_started, _stats_patched
+    stats files, and the parent watchdog."""
+    global _stats_patched
     fs, root = _fs(output_folder)
     with fs.open(f"{root}/{WORK}/policy.json", "r") as fh:  # missing/broken: the shard fails (closed)
         policy = NetPolicy(**json.load(fh))
@@ -46,17 +66,7 @@ def _worker_setup(output_folder: str) -> None:
             import img2dataset.downloader as i2d_downloader
             i2d_downloader.write_stats = _atomic_stats_writer(i2d_downloader.write_stats)
             _stats_patched = True
-        if not _watchdog_started and multiprocessing.parent_process() is not None:
-            _watchdog_started = True
-            parent = os.getppid()
-
-            def watch():
-                while True:
-                    time.sleep(0.5)
-                    if os.getppid() != parent:  # the parent died (kill -9): stop, don't finish
-                        os._exit(3)
-
-            threading.Thread(target=watch, name="wit-parent-watchdog", daemon=True).start()
+    _start_watchdog()
 
 
 def _atomic_stats_writer(write_stats):
@@ -129,3 +139,12 @@ class WitShardWriter(WebDatasetSampleWriter):
         self._fs.rm(self._partial, recursive=True)
         if self._progress_path:
             self._report()
+
+
+class WitLoggerProcess(LoggerProcess):
+    """img2dataset's stats-logger process, plus the parent watchdog (img2dataset's own would
+    poll forever if its parent were killed with -9)."""
+
+    def run(self):
+        _start_watchdog()
+        super().run()

@@ -240,8 +240,10 @@ class _GuardedHTTPSHandler(urllib.request.HTTPSHandler):
         self._factory = _connection_factory(http.client.HTTPSConnection, policy)
 
     def https_open(self, req):
-        return self.do_open(self._factory, req, context=self._context,
-                            check_hostname=self._check_hostname)
+        # TLS (SNI, certificate check) uses the URL's host name; the socket under it comes from
+        # the guarded connect. check_hostname only exists before Python 3.12.
+        extra = {"check_hostname": self._check_hostname} if hasattr(self, "_check_hostname") else {}
+        return self.do_open(self._factory, req, context=self._context, **extra)
 
 
 class _RedirectHandler(urllib.request.HTTPRedirectHandler):
