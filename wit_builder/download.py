@@ -320,6 +320,9 @@ def summarize_shard(out: str, shard: InputShard) -> dict:
 def format_summary(summary: dict) -> str:
     lines = [f"downloaded {summary['success']}/{summary['samples']} images "
              f"({100 * summary['success_rate']:.1f}%) in {summary['shards']} shards"]
+    if summary.get("images_this_run"):
+        lines.append(f"  this run: {summary['images_this_run']} rows in {summary['seconds']:.1f} s "
+                     f"({summary['images_per_s']:.1f} rows/s, start-up included)")
     lines += [f"  status {k:<20} {v}" for k, v in summary["by_status"].items()]
     lines += [f"  error  {k:<20} {v}" for k, v in summary["by_error_kind"].items()]
     if summary.get("incomplete_shards"):
@@ -626,13 +629,18 @@ def download_pairs(pairs, out: str, options: DownloadOptions | None = None, *, r
         summary["empty_inputs_skipped"] = plan.empty_inputs
         summary["shards_already_done"] = len(plan.done)
         summary["seconds"] = round(time.time() - started, 3)
+        this_run = sum(s.rows for s in plan.todo())  # rows of the shards this run downloaded
+        summary["images_this_run"] = this_run
+        summary["images_per_s"] = round(this_run / summary["seconds"], 2) if summary["seconds"] else None
         atomic_write_json(f"{out}/{WORK}/summary.json", summary)
     return summary
 
 
 def _run_local(plan: Plan, quiet: bool, progress: bool) -> None:
     import signal
-
+    if threading.current_thread() is not threading.main_thread():
+        raise WitError("the local runner must be called from the main thread (img2dataset installs a "
+                       "SIGINT handler); call it from the main thread or use runner='DirectRunner'")
     import img2dataset
     stage = _stage_inputs(plan.out, plan.shards)
     kwargs = img2dataset_kwargs(plan.options, plan.extra_columns, plan.per_shard)

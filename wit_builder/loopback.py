@@ -22,7 +22,8 @@ API
     - or a callable ``fn(path: str, headers: dict) -> dict`` returning such a spec, called per
       request (for generated content or request-dependent answers).
 
-    Paths not in the table get ``default`` (a spec; by default a 404 with a short body).
+    Paths not in the table get ``default`` (a spec or a callable like a route; by default a 404
+    with a short body).
 
 Use it as a context manager (``with LoopbackServer(routes) as srv: ...``) or call
 ``start()`` / ``stop()``. Once started:
@@ -114,10 +115,10 @@ class LoopbackServer:
     """Threaded HTTP server bound to 127.0.0.1 (see the module docstring for the API)."""
 
     def __init__(self, routes: Mapping[str, Route] | None = None, *, host: str = "127.0.0.1",
-                 port: int = 0, default: Spec | None = None):
+                 port: int = 0, default: Route | None = None):
         self._routes: dict[str, Route] = dict(routes or {})
-        self._default: Spec = dict(default or {"status": 404, "body": b"not found",
-                                                  "headers": {"Content-Type": "text/plain"}})
+        self._default: Route = default or {"status": 404, "body": b"not found",
+                                           "headers": {"Content-Type": "text/plain"}}
         self._host = host
         self._port = port
         self._lock = threading.Lock()
@@ -192,7 +193,7 @@ class LoopbackServer:
             if route is None:
                 route = self._routes.get(urlsplit(raw_path).path)
         if route is None:
-            return self._default
+            route = self._default
         if callable(route):
             return dict(route(raw_path, headers))
         return route
