@@ -2,14 +2,17 @@
 
 A URL list scraped from the web may point at ``http://169.254.169.254/`` (cloud metadata),
 ``http://localhost:6379/`` or a public name whose DNS answer is ``10.0.0.5``; redirects can lead
-there too. :func:`install_guard` replaces the process-wide ``urllib`` opener (which img2dataset's
-``download_image`` uses through ``urllib.request.urlopen``) with one that:
+there too. :func:`install_guard` (for good, in a worker process) or :func:`guarded` (for a
+``with`` block, reference counted) replaces the process-wide ``urllib`` opener, which
+img2dataset's ``download_image`` uses through ``urllib.request.urlopen`` from its threads, with
+one built by :func:`build_opener` that:
 
 * speaks only http and https (no ``file://``, ``ftp://``, ``data:``) and ignores proxy
   environment variables (a proxy would hide the real destination from the check);
 * resolves the host once, then for every address it is about to connect to refuses loopback,
   private, link-local, multicast, reserved, unspecified and other non-global IPv4/IPv6
-  addresses (IPv4-mapped, 6to4 and NAT64 IPv6 forms are checked by their embedded IPv4), and
+  addresses (IPv4-mapped, 6to4, NAT64 and Teredo IPv6 forms are checked by their embedded
+  IPv4), and
   connects to the checked address itself (no second DNS lookup, so no DNS-rebinding gap); after
   connecting it checks ``sock.getpeername()`` once more. Every redirect hop opens a new
   connection through the same code, so a redirect to a private address is refused too (and a
