@@ -86,4 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m wit_builder.cli`: run the importable module's main, so that the WitError the
+    # stages raise (wit_builder.cli.WitError) is the class caught above, not a __main__ copy
+    from wit_builder.cli import main as _main
+    sys.exit(_main())

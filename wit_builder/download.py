@@ -1,33 +1,32 @@
 """Download balanced (url, text) pairs into img2dataset WebDataset shards, safely and resumably.
 
-The engine is img2dataset's ``download()`` (its multiprocessing distributor, reader, resizer,
-downloader and WebDataset writer). What this module adds around it:
+The engine is img2dataset (its reader, resizer, downloader, WebDataset writer and, locally, its
+``download()`` with the multiprocessing distributor). What this module adds around it:
 
 * **Planning.** Every non-empty input parquet (``OUT/balanced/part-*.parquet``) becomes exactly
-  one img2dataset shard: inputs are staged as ``IMAGES/_wit/input/NNNNN.parquet`` symlinks and
-  ``number_sample_per_shard`` is at least the largest input's row count (and at least 10000, so
-  keys are img2dataset's usual 9 digits: 5 for the shard, 4 for the row). The plan is stored in
-  ``IMAGES/_wit/plan.json``; re-running against different inputs is refused.
-* **Our writer class.** ``download()`` picks its writer by name from ``img2dataset.main``; for
-  the call we bind that name to :class:`WitShardWriter`, a subclass of img2dataset's
-  ``WebDatasetSampleWriter`` (pickled by reference into the spawned workers). In each worker it
-  (1) installs the SSRF guard and limits of :mod:`wit_builder.netsafety`, read from
-  ``IMAGES/_wit/policy.json``, before the shard's first request; (2) writes the tar and parquet
-  under ``IMAGES/_wit/partial/`` and renames them into place on close, so shard files appear
-  atomically; (3) adds an ``error_kind`` column; (4) reports progress for the progress bar;
-  (5) exits if its parent dies (kill -9), so an orphan never finishes a shard behind a re-run.
-* **Resume.** Before each run, a shard counts as done only if its ``_stats.json`` parses and
-  its tar and parquet exist; anything else of that shard is deleted, then img2dataset's
-  ``incremental`` mode skips the done shards and redoes the rest.
-* **Summary.** Counts by status and by error kind, from the per-shard parquets, printed and
-  written to ``IMAGES/_wit/summary.json``.
+  one img2dataset shard ``NNNNN`` (inputs in sorted order): ``number_sample_per_shard`` is at
+  least the largest input's row count and at least 10000, so keys are img2dataset's usual 9
+  digits (5 for the shard, 4 for the row) while inputs hold <= 10000 rows. The plan is stored
+  in ``IMAGES/_wit/plan.json``; re-running with other inputs or image settings is refused.
+* **Our classes inside img2dataset.** ``download()`` looks its writer and logger-process classes
+  up by name in ``img2dataset.main``; for the call we bind them to
+  :class:`~wit_builder.download_worker.WitShardWriter` (installs the SSRF guard of
+  :mod:`wit_builder.netsafety` in each worker before the shard's first request, writes the tar
+  and parquet in a private folder and renames them into place, writes the stats file
+  atomically, adds ``error_kind``, reports progress) and ``WitLoggerProcess``; both exit when
+  their parent is killed. The Beam runner (``pipelines/download_pipeline.py``) builds
+  img2dataset's ``Downloader`` with the same writer, one element per input shard.
+* **Resume.** A shard is done when its ``NNNNN_stats.json`` (written last) parses with the right
+  count and its tar and parquet exist. Before each run everything else of unfinished shards is
+  deleted; img2dataset's ``incremental`` mode (local) or the DoFn (Beam) skips done shards.
+* **Summary.** Counts by status and error kind from the per-shard parquets, printed and written
+  to ``IMAGES/_wit/summary.json``.
 """
 from __future__ import annotations
 
 import contextlib
+import io
 import json
-import math
-import multiprocessing
 import os
 import re
 import sys
@@ -37,18 +36,18 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # before img2dataset imports albumentations
-
-import fsspec  # noqa: E402
+import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
-from img2dataset.writer import BufferedParquetWriter, WebDatasetSampleWriter
 
 from wit_builder.common import WitError, atomic_write_json, is_local, match_paths, open_read
 from wit_builder.netsafety import (DEFAULT_CONTENT_TYPES, DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS,
-                                   DEFAULT_USER_AGENT, NetPolicy, install_guard)
+                                   DEFAULT_USER_AGENT, NetPolicy)
 
-__all__ = ["DownloadOptions", "InputShard", "plan_inputs", "download_pairs", "summarize",
-           "error_kind", "WitShardWriter", "shard_name", "completed_shards", "reconcile"]
+__all__ = ["DownloadOptions", "InputShard", "Plan", "plan_inputs", "prepare", "download_pairs",
+           "summarize", "format_summary", "error_kind", "shard_name",
+           "completed_shards", "reconcile", "make_downloader", "download_one_shard",
+           "img2dataset_kwargs", "plan_to_json", "plan_from_json", "summarize_shard"]
 
 OOM_SHARD_COUNT = 5  # shard ids have 5 digits: 00000.tar
 MIN_SAMPLES_PER_SHARD = 10_000  # -> 4 row digits -> 9-digit keys, img2dataset's usual
@@ -73,7 +72,7 @@ class DownloadOptions:
     encode_quality: int = 95
     processes: int = 0                   # 0: os.cpu_count()
     threads: int = 64
-    timeout: int = 10
+    timeout: float = 10
     retries: int = 0
     user_agent_token: str = "wit"
     disallowed_header_directives: list[str] = field(default_factory=lambda: list(DEFAULT_DISALLOWED))
@@ -95,8 +94,10 @@ class DownloadOptions:
                          max_seconds=self.max_seconds)
 
     def validate(self) -> None:
-        if self.image_size <= 0 or self.threads <= 0 or self.timeout <= 0 or self.retries < 0:
-            raise WitError("--image-size, --threads and --timeout must be positive, --retries >= 0")
+        if self.image_size <= 0 or self.threads <= 0 or self.timeout <= 0:
+            raise WitError("--image-size, --threads and --timeout must be positive")
+        if self.retries < 0 or self.processes < 0 or self.max_shard_retry < 0:
+            raise WitError("--retries, --processes and --max-shard-retry must be >= 0")
         if self.resize_mode not in ("no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"):
             raise WitError(f"--resize-mode {self.resize_mode!r} is not one of img2dataset's modes")
         if self.encode_format not in ("jpg", "png", "webp"):
@@ -120,7 +121,11 @@ class InputShard:
 def plan_inputs(pairs: str | list[str]) -> tuple[list[InputShard], list[str], int, int]:
     """(shards, additional columns, samples per img2dataset shard, skipped empty inputs)."""
     patterns = [pairs] if isinstance(pairs, str) else list(pairs)
-    paths = [p for p in match_paths(patterns, what="--pairs") if p.endswith(".parquet")]
+    if all(is_local(p) for p in patterns):
+        paths = _match_local(patterns)
+    else:
+        paths = [_absolute(p) for p in match_paths(patterns, what="--pairs")]
+    paths = [p for p in paths if p.endswith(".parquet")]
     if not paths:
         raise WitError(f"--pairs {patterns}: no .parquet files found")
     shards: list[InputShard] = []
@@ -132,7 +137,7 @@ def plan_inputs(pairs: str | list[str]) -> tuple[list[InputShard], list[str], in
                 meta = pq.ParquetFile(fh).metadata
                 names = set(meta.schema.to_arrow_schema().names)
                 rows = meta.num_rows
-        except Exception as exc:  # pyarrow raises several types for a broken file
+        except (pa.ArrowException, OSError, ValueError) as exc:
             raise WitError(f"--pairs file {path} is not a readable parquet file: {exc}") from None
         missing = {"url", "text"} - names
         if missing:
@@ -151,6 +156,22 @@ def plan_inputs(pairs: str | list[str]) -> tuple[list[InputShard], list[str], in
         raise WitError(f"--pairs {patterns}: every input file is empty")
     per_shard = max(MIN_SAMPLES_PER_SHARD, max(s.rows for s in shards))
     return shards, extra or [], per_shard, empty
+
+
+def _match_local(patterns: list[str]) -> list[str]:
+    """``common.match_paths`` for local patterns, without importing Beam (saves seconds per run)."""
+    import glob
+    out: list[str] = []
+    for pattern in patterns:
+        pattern = _absolute(pattern)
+        if os.path.isdir(pattern):
+            pattern = os.path.join(pattern, "*")
+        files = sorted(p for p in glob.glob(pattern) if os.path.isfile(p)
+                       and not os.path.basename(p).startswith("."))
+        if not files:
+            raise WitError(f"--pairs path {pattern!r} matches no files")
+        out.extend(files)
+    return out
 
 
 def _fs(path: str):
@@ -194,7 +215,7 @@ def reconcile(out: str, shards: list[InputShard]) -> set[int]:
         if fs.exists(f"{root}/{WORK}/{sub}"):
             for path in fs.ls(f"{root}/{WORK}/{sub}", detail=False):
                 if sub == "partial" or os.path.basename(path).split(".")[0] not in keep:
-                    fs.rm(path)
+                    fs.rm(path, recursive=True)
     return done
 
 
@@ -202,97 +223,14 @@ def _check_plan(out: str, plan: dict) -> None:
     fs, root = _fs(out)
     old = _read_json(fs, f"{root}/{WORK}/plan.json")
     if old is not None and old != plan:
-        raise WitError(f"{out} holds a download of other inputs (see {out}/{WORK}/plan.json); "
-                       "use another --out, or delete it to start over")
+        changed = sorted(k for k in set(old) | set(plan) if old.get(k) != plan.get(k))
+        raise WitError(f"{out} holds a download with other {', '.join(changed)} "
+                       f"(see {out}/{WORK}/plan.json); use another --out, or delete it to start over")
     if old is None and fs.exists(root):
         stray = [p for p in fs.ls(root, detail=False) if re.fullmatch(r"\d+(_stats\.json|\.tar|\.parquet)",
                                                                        os.path.basename(p))]
         if stray:
             raise WitError(f"{out} already holds shards not written by `wit download`; use another --out")
-
-
-# --------------------------------------------------------------------------------------------
-# the worker side: guard + atomic files + progress
-# --------------------------------------------------------------------------------------------
-_guard_lock = threading.Lock()
-_guard_policy: str | None = None
-_watchdog_started = False
-
-
-def _worker_setup(output_folder: str) -> None:
-    """Install the SSRF guard for this output's policy (once per process) and a parent watchdog."""
-    global _guard_policy, _watchdog_started
-    fs, root = _fs(output_folder)
-    with fs.open(f"{root}/{WORK}/policy.json", "r") as fh:  # missing/broken: fail the shard (closed)
-        text = json.dumps(json.load(fh), sort_keys=True)
-    with _guard_lock:
-        import urllib.request
-        if _guard_policy != text or not getattr(urllib.request._opener, "_wit_policy", None) == text:
-            guard = install_guard(NetPolicy.from_json(text))
-            guard.opener._wit_policy = text
-            _guard_policy = text
-        if not _watchdog_started and multiprocessing.parent_process() is not None:
-            _watchdog_started = True
-            parent = os.getppid()
-
-            def watch():
-                while True:
-                    time.sleep(0.5)
-                    if os.getppid() != parent:  # the parent died (kill -9): stop, don't finish
-                        os._exit(3)
-
-            threading.Thread(target=watch, name="wit-parent-watchdog", daemon=True).start()
-
-
-class WitShardWriter(WebDatasetSampleWriter):
-    """img2dataset's WebDataset writer, writing under temp names and renaming on close."""
-
-    def __init__(self, shard_id, output_folder, save_caption, oom_shard_count, schema, encode_format):
-        import webdataset as wds
-        _worker_setup(output_folder)
-        self.oom_shard_count = oom_shard_count
-        self.shard_id = shard_id
-        self.save_caption = save_caption
-        self.encode_format = encode_format
-        name = f"{shard_id:0{oom_shard_count}d}"
-        self.fs, root = _fs(output_folder)
-        tag = f"{os.getpid()}-{threading.get_ident()}"
-        self._moves = [(f"{root}/{WORK}/partial/{name}.{tag}.parquet", f"{root}/{name}.parquet"),
-                       (f"{root}/{WORK}/partial/{name}.{tag}.tar", f"{root}/{name}.tar")]
-        self.fs.makedirs(f"{root}/{WORK}/partial", exist_ok=True)
-        self.tar_fd = self.fs.open(self._moves[1][0], "wb")
-        self.tarwriter = wds.TarWriter(self.tar_fd)
-        schema = schema.append(pa.field("error_kind", pa.string()))
-        self.buffered_parquet_writer = BufferedParquetWriter(self._moves[0][0], schema, 100)
-        self._progress_path = (f"{root}/{WORK}/progress/{name}.json" if is_local(output_folder) else None)
-        if self._progress_path:
-            os.makedirs(os.path.dirname(self._progress_path), exist_ok=True)
-        self._count = 0
-        self._success = 0
-        self._last = 0.0
-
-    def write(self, img_str, key, caption, meta):
-        meta["error_kind"] = error_kind(meta.get("status"), meta.get("error_message"))
-        super().write(img_str, key, caption, meta)
-        self._count += 1
-        self._success += meta.get("status") == "success"
-        now = time.monotonic()
-        if self._progress_path and now - self._last > 0.5:
-            self._last = now
-            self._report()
-
-    def _report(self):
-        tmp = f"{self._progress_path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as fh:
-            json.dump({"count": self._count, "successes": self._success}, fh)
-        os.replace(tmp, self._progress_path)
-
-    def close(self):
-        super().close()
-        for src, dst in self._moves:  # parquet first: a tar without a parquet is never "done"
-            self.fs.mv(src, dst)
-        if self._progress_path:
-            self._report()
 
 
 # --------------------------------------------------------------------------------------------
@@ -308,8 +246,6 @@ _KINDS = (
     ("body took longer", "too_slow"),
     ("timed out", "timeout"),
     ("unknown url type", "bad_scheme"),
-    ("redirection to url not allowed", "bad_scheme"),
-    ("infinite loop", "redirect_loop"),
     ("image decoding error", "decode_error"),
     ("image too small", "too_small"),
     ("aspect ratio too large", "aspect_ratio"),
@@ -330,8 +266,13 @@ def error_kind(status: str | None, message: str | None) -> str | None:
     if status == "success":
         return None
     text = (message or "").lower()
-    match = re.match(r"http error (\d{3})", text)
-    if match:
+    match = re.match(r"http error (\d{3}):", text)
+    if match:  # the rest is the server's own reason phrase: don't read kinds into it
+        if match.group(1).startswith("3"):  # urllib's words about a redirect it refused
+            if "is not allowed" in text and "redirection to url" in text:
+                return "bad_scheme"
+            if "infinite loop" in text:
+                return "redirect_loop"
         return f"http_{match.group(1)}"
     for needle, kind in _KINDS:
         if needle in text:
@@ -368,9 +309,20 @@ def summarize(out: str, shards: list[InputShard] | None = None) -> dict:
     return summary
 
 
+def summarize_shard(out: str, shard: InputShard) -> dict:
+    """{status: count} of one finished shard's parquet."""
+    fs, root = _fs(out)
+    with fs.open(f"{root}/{shard_name(shard.shard_id)}.parquet", "rb") as fh:
+        statuses = pq.read_table(fh, columns=["status"]).column("status").to_pylist()
+    return dict(Counter(statuses))
+
+
 def format_summary(summary: dict) -> str:
     lines = [f"downloaded {summary['success']}/{summary['samples']} images "
              f"({100 * summary['success_rate']:.1f}%) in {summary['shards']} shards"]
+    if summary.get("images_this_run"):
+        lines.append(f"  this run: {summary['images_this_run']} rows in {summary['seconds']:.1f} s "
+                     f"({summary['images_per_s']:.1f} rows/s, start-up included)")
     lines += [f"  status {k:<20} {v}" for k, v in summary["by_status"].items()]
     lines += [f"  error  {k:<20} {v}" for k, v in summary["by_error_kind"].items()]
     if summary.get("incomplete_shards"):
@@ -383,47 +335,46 @@ def format_summary(summary: dict) -> str:
 # progress bar (parent side)
 # --------------------------------------------------------------------------------------------
 class _Progress:
+    """tqdm bar fed by the workers' ``_wit/progress/NNNNN.json`` files (local outputs only)."""
+
     def __init__(self, out: str, shards: list[InputShard], done: set[int], stream):
         from tqdm import tqdm
         self.out = out
-        self.shards = shards
+        self.todo = [s for s in shards if s.shard_id not in done]
         self.base = sum(s.rows for s in shards if s.shard_id in done)
-        total = sum(s.rows for s in shards)
-        self.bar = tqdm(total=total, initial=self.base, unit="img", desc="download", file=stream,
-                        dynamic_ncols=True, smoothing=0.1)
+        self.bar = tqdm(total=sum(s.rows for s in shards), initial=self.base, unit="img",
+                        desc="download", file=stream, dynamic_ncols=True, smoothing=0.1)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self.done = done
+        self._thread = threading.Thread(target=self._loop, name="wit-progress", daemon=True)
 
     def _poll(self):
         fs, root = _fs(self.out)
         count = success = 0
-        for s in self.shards:
-            if s.shard_id in self.done:
-                continue
-            rec = _read_json(fs, f"{root}/{WORK}/progress/{shard_name(s.shard_id)}.json") if is_local(self.out) else None
-            if rec:
-                count += rec.get("count", 0)
-                success += rec.get("successes", 0)
+        for s in self.todo:
+            rec = _read_json(fs, f"{root}/{WORK}/progress/{shard_name(s.shard_id)}.json")
+            if isinstance(rec, dict):
+                count += int(rec.get("count", 0))
+                success += int(rec.get("successes", 0))
         new = self.base + count - self.bar.n
         if new > 0:
             self.bar.update(new)
-        if count:
+        if count:  # success rate of this run's images so far
             self.bar.set_postfix(success=f"{100 * success / count:.1f}%", refresh=False)
 
     def _loop(self):
         while not self._stop.wait(0.5):
-            with contextlib.suppress(Exception):
-                self._poll()
+            self._poll()
 
     def __enter__(self):
-        self._thread.start()
+        if is_local(self.out):
+            self._thread.start()
         return self
 
     def __exit__(self, *exc):
         self._stop.set()
-        self._thread.join()
-        with contextlib.suppress(Exception):
+        if self._thread.is_alive():
+            self._thread.join()
+        if is_local(self.out):
             self._poll()
         self.bar.close()
 
@@ -455,25 +406,110 @@ def _redirect_fds(log_path: str):
 
 
 @contextlib.contextmanager
-def _wit_writer_bound():
+def _wit_classes_bound():
+    """Make img2dataset's ``download()`` use our writer and logger-process classes.
+
+    ``download()`` looks ``WebDatasetSampleWriter`` and ``LoggerProcess`` up by name in
+    ``img2dataset.main`` when it runs; the classes travel to the spawned processes by reference
+    (module and name), not by value.
+    """
     import img2dataset  # noqa: F401 - the package binds the name `main` to a function
+
+    from wit_builder.download_worker import WitLoggerProcess, WitShardWriter
     i2d_main = sys.modules["img2dataset.main"]
-    original = i2d_main.WebDatasetSampleWriter
-    i2d_main.WebDatasetSampleWriter = WitShardWriter
+    originals = i2d_main.WebDatasetSampleWriter, i2d_main.LoggerProcess
+    i2d_main.WebDatasetSampleWriter, i2d_main.LoggerProcess = WitShardWriter, WitLoggerProcess
     try:
         yield
     finally:
-        i2d_main.WebDatasetSampleWriter = original
+        i2d_main.WebDatasetSampleWriter, i2d_main.LoggerProcess = originals
 
 
-def _prepare(pairs, out: str, opts: DownloadOptions):
-    """Plan, check against an earlier run, reconcile, write policy.json. Returns the plan pieces."""
+@contextlib.contextmanager
+def _run_lock(out: str):
+    """One ``wit download`` at a time per output folder (local outputs; a dead owner's lock is taken over)."""
+    if not is_local(out):
+        yield
+        return
+    path = os.path.join(out.removeprefix("file://"), WORK, "lock")
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            try:
+                with open(path) as fh:
+                    owner = int(fh.read().strip() or 0)
+            except (OSError, ValueError):
+                owner = 0
+            if owner and owner != os.getpid() and _alive(owner):
+                raise WitError(f"another `wit download` (pid {owner}) is writing to {out}; "
+                               f"wait for it, or remove {path} if that process is gone") from None
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # stale: its owner was killed
+    else:
+        raise WitError(f"could not take the lock {path}")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(str(os.getpid()))
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# running it
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Plan:
+    """What a download will do: built by :func:`prepare`, used by both runners."""
+
+    out: str
+    options: DownloadOptions
+    shards: list[InputShard]
+    extra_columns: list[str]
+    per_shard: int
+    empty_inputs: int
+    done: set[int]
+
+    def todo(self) -> list[InputShard]:
+        return [s for s in self.shards if s.shard_id not in self.done]
+
+
+def plan_to_json(plan: Plan) -> str:
+    return json.dumps({"out": plan.out, "options": asdict(plan.options),
+                       "shards": [[s.shard_id, s.path, s.rows] for s in plan.shards],
+                       "extra_columns": plan.extra_columns, "per_shard": plan.per_shard,
+                       "empty_inputs": plan.empty_inputs, "done": sorted(plan.done)})
+
+
+def plan_from_json(text: str) -> Plan:
+    d = json.loads(text)
+    return Plan(d["out"], DownloadOptions(**d["options"]), [InputShard(*s) for s in d["shards"]],
+                d["extra_columns"], d["per_shard"], d["empty_inputs"], set(d["done"]))
+
+
+def prepare(pairs, out: str, opts: DownloadOptions) -> Plan:
+    """Plan, check against an earlier run in ``out``, reconcile (drop partial shards), write
+    ``_wit/plan.json``, ``policy.json`` (read by the workers) and ``options.json``."""
     opts.validate()
+    out = _absolute(out)
     shards, extra, per_shard, empty = plan_inputs(pairs)
     plan = {"inputs": [[s.path, s.rows] for s in shards], "additional_columns": extra,
             "number_sample_per_shard": per_shard, "oom_shard_count": OOM_SHARD_COUNT,
             "image_size": opts.image_size, "resize_mode": opts.resize_mode,
-            "encode_format": opts.encode_format}
+            "resize_only_if_bigger": opts.resize_only_if_bigger, "encode_format": opts.encode_format}
     _check_plan(out, plan)
     fs, root = _fs(out)
     fs.makedirs(f"{root}/{WORK}", exist_ok=True)
@@ -481,15 +517,19 @@ def _prepare(pairs, out: str, opts: DownloadOptions):
     atomic_write_json(f"{out}/{WORK}/plan.json", plan)
     atomic_write_json(f"{out}/{WORK}/policy.json", json.loads(opts.policy().to_json()))
     atomic_write_json(f"{out}/{WORK}/options.json", asdict(opts))
-    return shards, extra, per_shard, empty, done
+    return Plan(out, opts, shards, extra, per_shard, empty, done)
+
+
+def _absolute(path: str) -> str:
+    return os.path.abspath(path.removeprefix("file://")) if is_local(path) else path.rstrip("/")
 
 
 def _stage_inputs(out: str, shards: list[InputShard]) -> str:
     """A folder whose sorted *.parquet are exactly the planned inputs, in shard order."""
     if not is_local(out) or not all(is_local(s.path) for s in shards):
         raise WitError("the local img2dataset runner needs local --pairs and --out; "
-                       "use --runner beam for remote paths")
-    stage = os.path.join(out.removeprefix("file://"), WORK, "input")
+                       "use a Beam --runner for remote paths")
+    stage = os.path.join(out, WORK, "input")
     if os.path.isdir(stage):
         for name in os.listdir(stage):
             os.unlink(os.path.join(stage, name))
@@ -511,44 +551,108 @@ def img2dataset_kwargs(opts: DownloadOptions, extra: list[str], per_shard: int) 
         number_sample_per_shard=per_shard, oom_shard_count=OOM_SHARD_COUNT, timeout=opts.timeout,
         retries=opts.retries, distributor="multiprocessing", incremental_mode="incremental",
         max_shard_retry=opts.max_shard_retry, max_image_area=float(opts.max_pixels),
-        user_agent_token=opts.user_agent_token, compute_hash="sha256",
+        user_agent_token=opts.user_agent_token, compute_hash="sha256", extract_exif=False,
         disallowed_header_directives=list(opts.disallowed_header_directives),
         enable_wandb=False,
     )
 
 
-def download_pairs(pairs, out: str, options: DownloadOptions | None = None, *, quiet: bool = True,
-                   progress: bool = True, **overrides) -> dict:
+def make_downloader(plan: Plan):
+    """img2dataset's own ``Downloader`` (resizer, thread pool, hashing) with our writer: what
+    ``download()`` builds in its parent, for runners that call it per shard (the Beam DoFn)."""
+    from img2dataset.downloader import Downloader
+    from img2dataset.resizer import Resizer
+
+    from wit_builder.download_worker import WitShardWriter
+    kw = img2dataset_kwargs(plan.options, plan.extra_columns, plan.per_shard)
+    resizer = Resizer(image_size=kw["image_size"], resize_mode=kw["resize_mode"],
+                      resize_only_if_bigger=kw["resize_only_if_bigger"], encode_quality=kw["encode_quality"],
+                      encode_format=kw["encode_format"], max_image_area=kw["max_image_area"])
+    directives = kw["disallowed_header_directives"] or None  # download() maps [] to None too
+    return Downloader(
+        sample_writer_class=WitShardWriter, resizer=resizer, thread_count=kw["thread_count"],
+        save_caption=True, extract_exif=kw["extract_exif"], output_folder=plan.out,
+        column_list=_column_list(plan.extra_columns), timeout=kw["timeout"],
+        number_sample_per_shard=plan.per_shard, oom_shard_count=OOM_SHARD_COUNT,
+        compute_hash=kw["compute_hash"], verify_hash_type=None, encode_format=kw["encode_format"],
+        retries=kw["retries"], user_agent_token=kw["user_agent_token"],
+        disallowed_header_directives=directives)
+
+
+def _column_list(extra: list[str]) -> list[str]:
+    return [*extra, "caption", "url"]  # the order img2dataset's Reader uses
+
+
+def download_one_shard(plan: Plan, shard: InputShard, downloader, tmp_dir: str) -> bool:
+    """Download one input shard with ``downloader`` (see :func:`make_downloader`); True if the
+    shard is complete afterwards (already complete counts). Used by the Beam pipeline."""
+    from img2dataset.reader import Reader
+    if completed_shards(plan.out, [shard]):
+        return True
+    reader = Reader(shard.path, "parquet", "url", "text", None, None, list(plan.extra_columns) or None,
+                    plan.per_shard, set(), tmp_dir, shard.shard_id)
+    with contextlib.redirect_stdout(io.StringIO()):  # the reader's chatter
+        tasks = list(reader)
+    ok = True
+    for task in tasks:
+        ok = downloader(task)[0] and ok
+    return ok and bool(completed_shards(plan.out, [shard]))
+
+
+def download_pairs(pairs, out: str, options: DownloadOptions | None = None, *, runner: str = "local",
+                   workers: int = 1, pipeline_args=(), quiet: bool = True, progress: bool = True,
+                   **overrides) -> dict:
     """Download ``pairs`` (dir/glob/list of balanced parquets) into ``out``; return the summary.
 
-    ``options`` or keyword overrides of :class:`DownloadOptions` fields. With ``quiet``,
-    img2dataset's own output goes to ``out/_wit/img2dataset.log``. Safe to re-run after any
-    interruption: complete shards are kept, the rest redone.
+    ``options`` or keyword overrides of :class:`DownloadOptions` fields. ``runner="local"`` runs
+    img2dataset's ``download()`` (its multiprocessing distributor); any other value is a Beam
+    runner for ``pipelines/download_pipeline.py`` (one element per input shard). With ``quiet``,
+    img2dataset's own output goes to ``out/_wit/img2dataset.log`` (local runner). Safe to
+    re-run after any interruption: complete shards are kept, the rest redone.
     """
-    import img2dataset
     opts = options or DownloadOptions()
     if overrides:
         opts = DownloadOptions(**{**asdict(opts), **overrides})
-    shards, extra, per_shard, empty, done = _prepare(pairs, out, opts)
-    stage = _stage_inputs(out, shards)
-    kwargs = img2dataset_kwargs(opts, extra, per_shard)
     started = time.time()
-    if len(done) < len(shards):
-        import signal
-        previous_sigint = signal.getsignal(signal.SIGINT)
-        log_path = os.path.join(out.removeprefix("file://"), WORK, "img2dataset.log")
-        redirect = _redirect_fds(log_path) if quiet else contextlib.nullcontext(sys.stderr)
-        try:
-            with redirect as stream, _wit_writer_bound():
-                bar = _Progress(out, shards, done, stream) if progress else contextlib.nullcontext()
-                with bar:
-                    img2dataset.download(url_list=stage, output_folder=out, **kwargs)
-        except SystemExit:  # img2dataset's SIGINT handler exits; report it as an interrupt
-            raise KeyboardInterrupt from None
-        finally:
-            signal.signal(signal.SIGINT, previous_sigint)
-    summary = summarize(out, shards)
-    summary["empty_inputs_skipped"] = empty
-    summary["seconds"] = round(time.time() - started, 3)
-    atomic_write_json(f"{out}/{WORK}/summary.json", summary)
+    out = _absolute(out)
+    fs, root = _fs(out)
+    fs.makedirs(f"{root}/{WORK}", exist_ok=True)
+    with _run_lock(out):
+        plan = prepare(pairs, out, opts)
+        if plan.todo():
+            if runner == "local":
+                _run_local(plan, quiet, progress)
+            else:
+                from pipelines.download_pipeline import run_pipeline
+                run_pipeline(plan, runner=runner, workers=workers, pipeline_args=pipeline_args)
+        summary = summarize(out, plan.shards)
+        summary["empty_inputs_skipped"] = plan.empty_inputs
+        summary["shards_already_done"] = len(plan.done)
+        summary["seconds"] = round(time.time() - started, 3)
+        this_run = sum(s.rows for s in plan.todo())  # rows of the shards this run downloaded
+        summary["images_this_run"] = this_run
+        summary["images_per_s"] = round(this_run / summary["seconds"], 2) if summary["seconds"] else None
+        atomic_write_json(f"{out}/{WORK}/summary.json", summary)
     return summary
+
+
+def _run_local(plan: Plan, quiet: bool, progress: bool) -> None:
+    import signal
+    if threading.current_thread() is not threading.main_thread():
+        raise WitError("the local runner must be called from the main thread (img2dataset installs a "
+                       "SIGINT handler); call it from the main thread or use runner='DirectRunner'")
+    import img2dataset
+    stage = _stage_inputs(plan.out, plan.shards)
+    kwargs = img2dataset_kwargs(plan.options, plan.extra_columns, plan.per_shard)
+    previous_sigint = signal.getsignal(signal.SIGINT)
+    log_path = os.path.join(plan.out, WORK, "img2dataset.log")
+    redirect = _redirect_fds(log_path) if quiet else contextlib.nullcontext(sys.stderr)
+    try:
+        with redirect as stream, _wit_classes_bound():
+            bar = _Progress(plan.out, plan.shards, plan.done, stream) if progress else contextlib.nullcontext()
+            with bar:
+                img2dataset.download(url_list=stage, output_folder=plan.out, **kwargs)
+    except SystemExit:  # img2dataset's SIGINT handler exits; report it as an interrupt
+        raise KeyboardInterrupt from None
+    finally:
+        signal.signal(signal.SIGINT, previous_sigint)

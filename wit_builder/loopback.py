@@ -16,11 +16,14 @@ API
       ``headers`` (dict of header name -> value; ``Content-Length`` is added for you),
       ``body`` (bytes or str; str is UTF-8 encoded; default empty),
       ``delay`` (seconds to sleep before answering, e.g. to exceed a client's timeout),
-      ``redirect`` (a ``Location``: absolute URL, or a path on this same server);
+      ``redirect`` (a ``Location``: absolute URL, or a path on this same server),
+      ``no_length`` (true: send no ``Content-Length``, close the connection after the body),
+      ``chunk_delay`` (seconds to sleep between 1 KiB pieces of the body: a trickling server);
     - or a callable ``fn(path: str, headers: dict) -> dict`` returning such a spec, called per
       request (for generated content or request-dependent answers).
 
-    Paths not in the table get ``default`` (a spec; by default a 404 with a short body).
+    Paths not in the table get ``default`` (a spec or a callable like a route; by default a 404
+    with a short body).
 
 Use it as a context manager (``with LoopbackServer(routes) as srv: ...``) or call
 ``start()`` / ``stop()``. Once started:
@@ -77,16 +80,27 @@ class _Handler(BaseHTTPRequestHandler):
         body = spec.get("body", b"")
         if isinstance(body, str):
             body = body.encode("utf-8")
+        chunk_delay = float(spec.get("chunk_delay", 0) or 0)
         try:
             self.send_response(status)
             for name, value in dict(spec.get("headers", {}) or {}).items():
                 self.send_header(name, str(value))
             if redirect:
                 self.send_header("Location", redirect)
-            self.send_header("Content-Length", str(len(body)))
+            if spec.get("no_length"):
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            else:
+                self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             if send_body and body:
-                self.wfile.write(body)
+                if chunk_delay > 0:
+                    for start in range(0, len(body), 1024):
+                        self.wfile.write(body[start:start + 1024])
+                        self.wfile.flush()
+                        time.sleep(chunk_delay)
+                else:
+                    self.wfile.write(body)
         except (BrokenPipeError, ConnectionResetError):  # client gave up (e.g. its timeout)
             self.close_connection = True
 
@@ -101,10 +115,10 @@ class LoopbackServer:
     """Threaded HTTP server bound to 127.0.0.1 (see the module docstring for the API)."""
 
     def __init__(self, routes: Mapping[str, Route] | None = None, *, host: str = "127.0.0.1",
-                 port: int = 0, default: Spec | None = None):
+                 port: int = 0, default: Route | None = None):
         self._routes: dict[str, Route] = dict(routes or {})
-        self._default: Spec = dict(default or {"status": 404, "body": b"not found",
-                                                  "headers": {"Content-Type": "text/plain"}})
+        self._default: Route = default or {"status": 404, "body": b"not found",
+                                           "headers": {"Content-Type": "text/plain"}}
         self._host = host
         self._port = port
         self._lock = threading.Lock()
@@ -179,7 +193,7 @@ class LoopbackServer:
             if route is None:
                 route = self._routes.get(urlsplit(raw_path).path)
         if route is None:
-            return self._default
+            route = self._default
         if callable(route):
             return dict(route(raw_path, headers))
         return route

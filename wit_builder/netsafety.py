@@ -2,21 +2,26 @@
 
 A URL list scraped from the web may point at ``http://169.254.169.254/`` (cloud metadata),
 ``http://localhost:6379/`` or a public name whose DNS answer is ``10.0.0.5``; redirects can lead
-there too. :func:`install_guard` replaces the process-wide ``urllib`` opener (which img2dataset's
-``download_image`` uses through ``urllib.request.urlopen``) with one that:
+there too. :func:`install_guard` (for good, in a worker process) or :func:`guarded` (for a
+``with`` block, reference counted) replaces the process-wide ``urllib`` opener, which
+img2dataset's ``download_image`` uses through ``urllib.request.urlopen`` from its threads, with
+one built by :func:`build_opener` that:
 
 * speaks only http and https (no ``file://``, ``ftp://``, ``data:``) and ignores proxy
   environment variables (a proxy would hide the real destination from the check);
 * resolves the host once, then for every address it is about to connect to refuses loopback,
   private, link-local, multicast, reserved, unspecified and other non-global IPv4/IPv6
-  addresses (IPv4-mapped, 6to4 and NAT64 IPv6 forms are checked by their embedded IPv4), and
+  addresses (IPv4-mapped, 6to4, NAT64 and Teredo IPv6 forms are checked by their embedded
+  IPv4), and
   connects to the checked address itself (no second DNS lookup, so no DNS-rebinding gap); after
   connecting it checks ``sock.getpeername()`` once more. Every redirect hop opens a new
-  connection through the same code, so a redirect to a private address is refused too;
+  connection through the same code, so a redirect to a private address is refused too (and a
+  redirect's body is never read: a 3xx with an endless body costs nothing);
 * rewrites the User-Agent, refuses disallowed Content-Types and bodies larger than
   ``max_bytes`` (by Content-Length and while reading), enforces a total time per response, and
   reads the image header (Pillow, no decoding) to refuse images with more than ``max_pixels``
-  pixels before anything decodes them (decompression bombs).
+  pixels before anything decodes them (decompression bombs). Pillow itself refuses headers
+  above twice ``PIL.Image.MAX_IMAGE_PIXELS``, so that is the effective ceiling of ``max_pixels``.
 
 ``NetPolicy.resolve`` is a static host -> IP table consulted before DNS, like curl's
 ``--resolve``: the demo maps its simulated web's host names to 127.0.0.1 with it, and the tests
@@ -27,20 +32,23 @@ code. ``allowed_endpoints`` lists exact ``IP:PORT`` pairs that are exempt from t
 """
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
 import ipaddress
 import json
+import os
 import socket
 import threading
 import time
 import urllib.request
 import warnings
 from dataclasses import asdict, dataclass, field
+from typing import Iterator
 
 __all__ = ["NetPolicy", "SSRFBlocked", "LimitExceeded", "block_reason", "build_opener",
-           "install_guard", "guarded_create_connection", "DEFAULT_USER_AGENT",
-           "DEFAULT_CONTENT_TYPES", "DEFAULT_MAX_PIXELS"]
+           "install_guard", "guarded", "guarded_create_connection", "check_image_header", "DEFAULT_USER_AGENT",
+           "DEFAULT_CONTENT_TYPES", "DEFAULT_MAX_PIXELS", "DEFAULT_MAX_BYTES"]
 
 DEFAULT_USER_AGENT = ("Mozilla/5.0 (compatible; wit/0.1; image-text dataset builder; "
                       "uses img2dataset; honours X-Robots-Tag noai/noimageai)")
@@ -112,8 +120,12 @@ class NetPolicy:
     def __post_init__(self):
         for ep in self.allowed_endpoints:
             _norm_endpoint(ep)
+        table = {}
         for host, ip in self.resolve.items():
-            ipaddress.ip_address(ip.strip("[]"))
+            ip = ip.strip().strip("[]")
+            ipaddress.ip_address(ip)  # ValueError for anything that is not an IP address
+            table[host.strip().lower().rstrip(".")] = ip
+        self.resolve = table
         if self.max_bytes <= 0 or self.max_pixels <= 0:
             raise ValueError("max_bytes and max_pixels must be positive")
 
@@ -152,7 +164,7 @@ class NetPolicy:
         """getaddrinfo for TCP, with the static ``resolve`` table consulted first."""
         override = self.resolve.get(host.lower().rstrip("."))
         if override is not None:
-            ip = override.strip("[]")
+            ip = override
             family = socket.AF_INET6 if ":" in ip else socket.AF_INET
             sockaddr = (ip, port, 0, 0) if family == socket.AF_INET6 else (ip, port)
             return [(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", sockaddr)]
@@ -160,13 +172,18 @@ class NetPolicy:
 
 
 def guarded_create_connection(policy: NetPolicy):
-    """A drop-in for ``socket.create_connection`` that refuses non-public destinations."""
+    """A drop-in for ``socket.create_connection`` that refuses non-public destinations.
+
+    Every address the host resolves to is checked before a socket exists for it; the socket
+    connects to that checked address (never to the name again), and the address the kernel
+    reports as the peer is checked once more.
+    """
 
     def create_connection(address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_address=None,
                           *args, **kwargs):
         host, port = address
         refused: list[str] = []
-        last_error: Exception | None = None
+        last_error: OSError | None = None
         for family, socktype, proto, _, sockaddr in policy.resolve_addresses(host, port):
             reason = policy.refusal(sockaddr[0], sockaddr[1])
             if reason:
@@ -180,18 +197,16 @@ def guarded_create_connection(policy: NetPolicy):
                     sock.bind(source_address)
                 sock.connect(sockaddr)
                 peer = sock.getpeername()
-                reason = policy.refusal(peer[0], peer[1])
-                if reason:  # belt and braces: what we actually reached
-                    raise SSRFBlocked(f"blocked by SSRF guard: {host} connected to {peer[0]}, "
-                                      f"which is {reason}")
-                return sock
-            except BaseException as exc:
+            except OSError as exc:  # this address failed: try the next one
                 sock.close()
-                if isinstance(exc, SSRFBlocked):
-                    raise
-                if not isinstance(exc, OSError):
-                    raise
                 last_error = exc
+                continue
+            reason = policy.refusal(peer[0], peer[1])
+            if reason:  # belt and braces: the address actually reached
+                sock.close()
+                raise SSRFBlocked(f"blocked by SSRF guard: {host} connected to {peer[0]}, "
+                                  f"which is {reason}")
+            return sock
         if last_error is not None:
             raise last_error
         if refused:
@@ -228,8 +243,25 @@ class _GuardedHTTPSHandler(urllib.request.HTTPSHandler):
         self._factory = _connection_factory(http.client.HTTPSConnection, policy)
 
     def https_open(self, req):
-        return self.do_open(self._factory, req, context=self._context,
-                            check_hostname=self._check_hostname)
+        # TLS (SNI, certificate check) uses the URL's host name; the socket under it comes from
+        # the guarded connect. check_hostname only exists before Python 3.12.
+        extra = {"check_hostname": self._check_hostname} if hasattr(self, "_check_hostname") else {}
+        return self.do_open(self._factory, req, context=self._context, **extra)
+
+
+class _RedirectHandler(urllib.request.HTTPRedirectHandler):
+    """urllib's redirect handler, except that it never reads a redirect's body.
+
+    The stock handler calls ``fp.read()`` on every 3xx answer before following it: a server
+    could send an endless body with its redirect. The body is useless, so it is not read; the
+    connection is closed instead. The new URL goes through the same opener (and guard).
+    """
+
+    def http_error_302(self, req, fp, code, msg, headers):
+        fp.read = lambda *args, **kwargs: b""
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
 
 
 def check_image_header(data: bytes, max_pixels: int) -> None:
@@ -311,7 +343,7 @@ def build_opener(policy: NetPolicy) -> urllib.request.OpenerDirector:
     opener = urllib.request.OpenerDirector()
     for handler in (urllib.request.ProxyHandler({}), urllib.request.UnknownHandler(),
                     _GuardedHTTPHandler(policy), _GuardedHTTPSHandler(policy),
-                    urllib.request.HTTPDefaultErrorHandler(), urllib.request.HTTPRedirectHandler(),
+                    urllib.request.HTTPDefaultErrorHandler(), _RedirectHandler(),
                     urllib.request.HTTPErrorProcessor(), _LimitsProcessor(policy)):
         opener.add_handler(handler)
     opener.addheaders = [("User-agent", policy.user_agent)]
@@ -319,32 +351,64 @@ def build_opener(policy: NetPolicy) -> urllib.request.OpenerDirector:
 
 
 _install_lock = threading.Lock()
+_active: dict = {"key": None, "opener": None, "previous": None, "count": 0}
 
 
-class install_guard:  # noqa: N801 - used like a function or a context manager
-    """Install the guarded opener process-wide (``urllib.request.install_opener``).
+def _policy_key(policy: NetPolicy) -> str:
+    return policy.to_json()
 
-    ``install_guard(policy)`` installs immediately; used as a context manager it restores the
-    previous opener on exit. Pool worker processes call it and never restore.
+
+def install_guard(policy: NetPolicy) -> urllib.request.OpenerDirector:
+    """Install the guarded opener process-wide for good (pool worker processes do this).
+
+    Idempotent: if the installed opener already enforces this exact policy it is kept. This is
+    what every ``urllib.request.urlopen`` call in the process (img2dataset's included) then uses.
     """
+    key = _policy_key(policy)
+    with _install_lock:
+        current = urllib.request._opener
+        if getattr(current, "_wit_policy", None) == key:
+            return current
+        if _active["count"]:
+            raise RuntimeError("a different network policy is active in this process")
+        opener = build_opener(policy)
+        opener._wit_policy = key
+        urllib.request.install_opener(opener)
+    _cv2_pixel_limit(policy)
+    return opener
 
-    def __init__(self, policy: NetPolicy):
+
+@contextlib.contextmanager
+def guarded(policy: NetPolicy) -> Iterator[urllib.request.OpenerDirector]:
+    """Install the guarded opener for the duration of a ``with`` block (reference counted).
+
+    Nested or concurrent blocks (threads of one process) with the same policy share one opener;
+    the previous opener comes back when the last block exits. A different policy while one is
+    active is an error (there is one ``urllib`` opener per process).
+    """
+    key = _policy_key(policy)
+    with _install_lock:
+        if _active["count"] == 0:
+            _active.update(key=key, previous=urllib.request._opener, opener=build_opener(policy))
+            _active["opener"]._wit_policy = key
+            urllib.request.install_opener(_active["opener"])
+        elif _active["key"] != key:
+            raise RuntimeError("a different network policy is active in this process")
+        _active["count"] += 1
+        opener = _active["opener"]
+    _cv2_pixel_limit(policy)
+    try:
+        yield opener
+    finally:
         with _install_lock:
-            self.previous = urllib.request._opener
-            self.opener = build_opener(policy)
-            urllib.request.install_opener(self.opener)
-        import os
-        # second layer for OpenCV's own decoder (read when it first decodes)
-        os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(policy.max_pixels))
+            _active["count"] -= 1
+            if _active["count"] == 0:
+                if urllib.request._opener is _active["opener"]:
+                    urllib.request._opener = _active["previous"]
+                _active.update(key=None, opener=None, previous=None)
 
-    def __enter__(self) -> "install_guard":
-        return self
 
-    def __exit__(self, *exc) -> None:
-        self.restore()
-
-    def restore(self) -> None:
-        with _install_lock:
-            if urllib.request._opener is self.opener:
-                urllib.request._opener = self.previous
-
+def _cv2_pixel_limit(policy: NetPolicy) -> None:
+    # Second layer for OpenCV's decoder (img2dataset decodes with cv2.imdecode): OpenCV reads
+    # this once, when it first decodes an image, so it must be set before that.
+    os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(policy.max_pixels))

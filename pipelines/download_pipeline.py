@@ -1,0 +1,89 @@
+"""Beam pipeline that downloads images with img2dataset, one element per input shard.
+
+The same shards as the local runner (``wit_builder.download``): ``DownloadShardDoFn`` builds
+img2dataset's own ``Downloader`` (resizer, thread pool, hashing) with our atomic
+``WitShardWriter`` once per DoFn instance in ``setup``, and installs the SSRF guard there for
+the worker process. ``process`` turns its input parquet into img2dataset's arrow task with
+img2dataset's ``Reader`` and downloads it: ``NNNNN.tar``/``.parquet`` are renamed into place
+when complete, then ``NNNNN_stats.json`` marks the shard done. An already-complete shard is
+skipped, so a retried element (Dataflow retries failed bundles) or a re-run resumes. A shard
+whose download fails raises, so the runner retries it. ``Reshuffle`` spreads shards over
+workers; counts go to Beam metrics (namespace ``wit.download``).
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from typing import Sequence
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+
+class DownloadShardDoFn(beam.DoFn):
+    def __init__(self, plan_json: str):
+        super().__init__()
+        self.plan_json = plan_json  # a Plan as JSON: small, picklable, no live objects
+        self.plan = None
+        self.downloader = None
+        self.guard = None
+        self.tmp = None
+
+    def setup(self):
+        from wit_builder.download import plan_from_json, make_downloader
+        from wit_builder.netsafety import guarded
+        self.plan = plan_from_json(self.plan_json)
+        self.guard = guarded(self.plan.options.policy())
+        self.guard.__enter__()
+        self.downloader = make_downloader(self.plan)
+        self.tmp = tempfile.mkdtemp(prefix="wit-download-")
+
+    def process(self, element: Sequence):
+        from wit_builder.download import InputShard, download_one_shard, shard_name, summarize_shard
+        shard = InputShard(*element)
+        if not download_one_shard(self.plan, shard, self.downloader, self.tmp):
+            raise RuntimeError(f"shard {shard_name(shard.shard_id)} ({shard.path}) failed; "
+                               "see the worker log for img2dataset's error")
+        stats = summarize_shard(self.plan.out, shard)
+        Metrics.counter("wit.download", "shards").inc()
+        for status, n in stats.items():
+            Metrics.counter("wit.download", "images_" + status).inc(n)
+        yield shard.shard_id, stats
+
+    def teardown(self):
+        if self.guard is not None:
+            self.guard.__exit__(None, None, None)
+            self.guard = None
+        if self.tmp:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class DownloadShards(beam.PTransform):
+    """(shard_id, path, rows) elements -> (shard_id, {status: count}) once each shard is on disk."""
+
+    def __init__(self, plan_json: str):
+        super().__init__()
+        self.plan_json = plan_json
+
+    def expand(self, shards):
+        return (shards
+                | "Spread" >> beam.Reshuffle()
+                | "Download" >> beam.ParDo(DownloadShardDoFn(self.plan_json)))
+
+
+def build(p, plan) -> beam.PCollection:
+    from wit_builder.download import plan_to_json
+    elements = [(s.shard_id, s.path, s.rows) for s in plan.todo()]
+    return (p
+            | "InputShards" >> beam.Create(elements)
+            | "DownloadShards" >> DownloadShards(plan_to_json(plan)))
+
+
+def run_pipeline(plan, runner: str = "DirectRunner", workers: int = 1, pipeline_args: Sequence[str] = ()) -> None:
+    """Run the download pipeline for ``plan`` (from ``wit_builder.download.prepare``) to completion."""
+    from pipelines.options import make_options
+    with beam.Pipeline(options=make_options(runner, workers, pipeline_args)) as p:
+        build(p, plan)
+
+
+__all__ = ["DownloadShardDoFn", "DownloadShards", "build", "run_pipeline"]

@@ -1,0 +1,74 @@
+"""The Beam download step on the DirectRunner (one element per input shard), then `wit shards`
+on its output, read back with webdataset the way OpenCLIP reads --train-data."""
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+
+import braceexpand
+import pyarrow.parquet as pq
+import webdataset as wds
+
+from download_testlib import image_bytes, write_balanced
+from wit_builder.download import DownloadOptions, download_pairs
+from wit_builder.loopback import LoopbackServer
+from wit_builder.shards import write_shards
+
+
+def test_beam_runner_downloads_resumes_and_feeds_shards(tmp_path):
+    internal = LoopbackServer()
+    public = LoopbackServer()
+    with internal, public:
+        for s in range(3):
+            for i in range(4):
+                public.add_route(f"/{s}/{i}.jpg", {"body": image_bytes("JPEG", (20, 10), (60 * s, 50 * i, 9)),
+                                                   "headers": {"Content-Type": "image/jpeg"}})
+        public.add_route("/1/2.jpg", {"status": 404})
+        public.add_route("/2/3.jpg", {"redirect": internal.url("/x.jpg")})
+        pairs = tmp_path / "balanced"
+        pairs.mkdir()
+        urls = {s: [f"http://img.test:{public.port}/{s}/{i}.jpg" for i in range(4)] for s in range(3)}
+        for s in range(3):
+            write_balanced(str(pairs / f"part-{s:05d}.parquet"), urls[s], first_query=10 * s)
+        out = str(tmp_path / "images")
+        opts = DownloadOptions(threads=4, timeout=2, image_size=32, allowed_endpoints=[f"127.0.0.1:{public.port}"],
+                               resolve={"img.test": "127.0.0.1"})
+        summary = download_pairs(str(pairs), out, opts, runner="DirectRunner", progress=False)
+        # the DoFn's guard is gone after teardown (something else may have installed a default opener)
+        assert getattr(urllib.request._opener, "_wit_policy", None) is None
+        assert internal.requests == []
+        assert (summary["samples"], summary["success"], summary["shards"]) == (12, 10, 3)
+        assert summary["by_error_kind"] == {"http_404": 1, "ssrf_blocked": 1}
+
+        # same files and markers as the local runner
+        for s in range(3):
+            rows = pq.read_table(f"{out}/{s:05d}.parquet").to_pylist()
+            assert sorted(r["key"] for r in rows) == [f"{s:05d}{i:04d}" for i in range(4)]
+            assert json.loads(open(f"{out}/{s:05d}_stats.json").read())["count"] == 4
+        assert os.listdir(f"{out}/_wit/partial") == []
+
+        # resume: a shard whose done-marker is gone is redone, the others are not fetched again
+        os.remove(f"{out}/00001_stats.json")
+        hits = len(public.requests)
+        again = download_pairs(str(pairs), out, opts, runner="DirectRunner", progress=False)
+        new = [r.path for r in public.requests[hits:]]
+        assert sorted(new) == [f"/1/{i}.jpg" for i in range(4)]
+        assert again["shards_already_done"] == 2 and again["samples"] == 12
+
+    # final shards from the Beam run's output, read back like OpenCLIP's --train-data
+    shards = str(tmp_path / "shards")
+    manifest = write_shards(out, shards, samples_per_shard=4, progress=False)
+    assert manifest["train_data"] == f"{shards}/{{00000..00002}}.tar"
+    assert json.loads(open(f"{shards}/sizes.json").read()) == {"00000.tar": 4, "00001.tar": 4, "00002.tar": 2}
+    ds = (wds.WebDataset(list(braceexpand.braceexpand(manifest["train_data"])), shardshuffle=False)
+          .decode("pilrgb").rename(image="jpg;png;jpeg;webp", text="txt", meta="json", keep=False))
+    got = list(ds)
+    keys = [g["meta"]["key"] for g in got]
+    assert keys == sorted(keys) and len(keys) == 10
+    assert "000010002" not in keys and "000020003" not in keys
+    src = {u: s for s in urls for u in urls[s]}
+    for g in got:
+        assert g["image"].size == (32, 32)
+        assert g["meta"]["url"] in src and g["text"] == g["meta"]["text"]
+        assert g["meta"]["query_ids"][0] == 10 * src[g["meta"]["url"]] + int(g["meta"]["key"][-4:])

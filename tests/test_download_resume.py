@@ -1,0 +1,126 @@
+"""kill -9 `wit download` midway, re-run the same command: finished shards are kept untouched,
+the partial one is redone, and the final keys have no duplicates and no gaps. Uses the real CLI
+in a subprocess, with the CLI's --resolve/--allowed-endpoint flags.
+
+The kill is the harsh variant: SIGKILL to the parent alone, so img2dataset's spawned worker and
+logger processes are orphaned mid-shard; they must notice and exit by themselves (their parent
+watchdog) before the group is SIGKILLed as well (which also covers `kill -9 -PGID`)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+
+import pyarrow.parquet as pq
+
+from download_testlib import image_bytes, write_balanced
+from wit_builder.loopback import LoopbackServer
+
+SHARDS, ROWS = 4, 5
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _wait_for(predicate, timeout: float, what: str, proc=None):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"wit download exited ({proc.returncode}) before {what}")
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_kill_9_midway_then_rerun_gives_every_key_once(tmp_path):
+    routes = {f"/{s}/{i}.jpg": {"body": image_bytes("JPEG", (16, 16), (40 * s, 20 * i, 100)),
+                                "headers": {"Content-Type": "image/jpeg"}}
+              for s in range(SHARDS) for i in range(ROWS)}
+    routes["/2/3.jpg"] = {"status": 404}  # a failure is a key too
+    first_run = {"on": True}
+    stall = dict(routes["/1/4.jpg"])
+    # during the first run, shard 1's last image stalls: the kill lands while shard 1 is half-written
+    routes["/1/4.jpg"] = lambda path, headers: {**stall, "delay": 1.5 if first_run["on"] else 0}
+    with LoopbackServer(routes) as srv:
+        pairs = tmp_path / "balanced"
+        pairs.mkdir()
+        for s in range(SHARDS):
+            write_balanced(str(pairs / f"part-{s:05d}-of-{SHARDS:05d}.parquet"),
+                           [f"http://img.test:{srv.port}/{s}/{i}.jpg" for i in range(ROWS)])
+        out = tmp_path / "images"
+        cmd = [sys.executable, "-m", "wit_builder.cli", "download", "--pairs", str(pairs), "--out", str(out),
+               "--processes", "1", "--threads", "1", "--timeout", "2", "--image-size", "32",
+               "--resolve", "img.test=127.0.0.1", "--allowed-endpoint", f"127.0.0.1:{srv.port}"]
+        env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+        proc = subprocess.Popen(cmd, env=env, cwd=str(tmp_path), start_new_session=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            # kill once shard 0 is finished and shard 1 is half-way (files under _wit/partial)
+            _wait_for(lambda: (out / "00000_stats.json").exists(), 120, "shard 0 to finish", proc)
+            _wait_for(lambda: srv.hits("/1/4.jpg") > 0, 30, "shard 1 to be half-way", proc)
+            os.kill(proc.pid, signal.SIGKILL)  # the parent only
+            proc.wait()
+            _wait_for(lambda: not _group_alive(proc.pid), 10, "the orphaned workers to exit by themselves")
+        finally:
+            if _group_alive(proc.pid):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+        done_before = {s for s in range(SHARDS) if (out / f"{s:05d}_stats.json").exists()}
+        assert 0 in done_before and len(done_before) < SHARDS
+        assert os.listdir(out / "_wit" / "partial")  # the shard in progress was left half-written
+        for name in os.listdir(out):  # ... but nothing half-written is at a final name
+            if name.endswith(".tar"):
+                with tarfile.open(out / name) as tar:
+                    tar.getmembers()
+            if name.endswith(".parquet"):
+                pq.read_table(out / name)
+        kept = {n: os.stat(out / n).st_mtime_ns for n in os.listdir(out) if n.startswith("00000")}
+        hits_before = {p: srv.hits(p) for p in routes}
+        first_run["on"] = False
+
+        rerun = subprocess.run(cmd, env=env, cwd=str(tmp_path), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, timeout=240)
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        assert f"downloaded {SHARDS * ROWS - 1}/{SHARDS * ROWS} images" in rerun.stdout
+
+    # finished shards untouched and not fetched again; the others fetched again
+    assert {n: os.stat(out / n).st_mtime_ns for n in kept} == kept
+    for s in range(SHARDS):
+        again = sum(srv.hits(f"/{s}/{i}.jpg") - hits_before[f"/{s}/{i}.jpg"] for i in range(ROWS))
+        assert again == (0 if s in done_before else ROWS), s
+
+    # every key exactly once, in parquet and (successes) in tar; nothing partial left
+    all_keys = []
+    for s in range(SHARDS):
+        rows = pq.read_table(out / f"{s:05d}.parquet").to_pylist()
+        keys = sorted(r["key"] for r in rows)
+        assert keys == [f"{s:05d}{i:04d}" for i in range(ROWS)]
+        with tarfile.open(out / f"{s:05d}.tar") as tar:
+            jpgs = sorted(m.name[:-4] for m in tar.getmembers() if m.name.endswith(".jpg"))
+        assert jpgs == sorted(r["key"] for r in rows if r["status"] == "success")
+        assert json.loads((out / f"{s:05d}_stats.json").read_text())["count"] == ROWS
+        all_keys += keys
+    assert len(all_keys) == len(set(all_keys)) == SHARDS * ROWS
+    assert os.listdir(out / "_wit" / "partial") == []
+    assert not (out / "_wit" / "lock").exists()
+    summary = json.loads((out / "_wit" / "summary.json").read_text())
+    assert summary["by_error_kind"] == {"http_404": 1} and summary["shards_already_done"] == len(done_before)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Is any process of group ``pgid`` still running? (Zombies don't count: where PID 1 does not
+    reap adopted orphans they linger as entries, but they run nothing.)"""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":  # fields: state, ppid, pgrp, ...
+            return True
+    return False

@@ -1,0 +1,279 @@
+"""Final training shards: successful, deduplicated images as WebDataset tars + Parquet metadata.
+
+``write_shards(images, out, dedup=None, samples_per_shard=10000)`` reads the shards of
+``wit download`` (``IMAGES/NNNNN.tar`` + ``NNNNN.parquet``, finished ones: ``NNNNN_stats.json``
+present), keeps the rows whose ``status`` is ``success`` and whose image is in the tar, drops
+those that ``DEDUP/decisions.parquet`` (``wit dedup run``) marks ``kept = False``, and writes
+
+* ``OUT/NNNNN.tar``: samples in key order, ``KEY.jpg`` (the downloaded bytes, unchanged),
+  ``KEY.txt`` (the caption), ``KEY.json`` (uid, url, text, query_ids, sha256, width, height,
+  original_width, original_height, cluster_id, cluster_size, key, page_url). Tar members have
+  a fixed mtime, owner and mode, so the same inputs give byte-identical shards;
+* ``OUT/NNNNN.parquet``: the same metadata, one row per sample (plus ``key``);
+* ``OUT/sizes.json``: ``{"NNNNN.tar": samples}`` (OpenCLIP's ``get_dataset_size`` reads it);
+* ``OUT/manifest.json``: per shard name, samples, bytes and sha256 of the tar and the parquet,
+  first/last key; totals (kept, dropped by dedup, ...); inputs. Written last: its presence
+  means the set is complete.
+
+Every file is written under a temporary name and renamed (``atomic_open``). The manifest of an
+earlier run is removed first and stale ``NNNNN.tar``/``.parquet`` beyond the new set are removed
+before the new manifest appears, so ``OUT/{00000..N}.tar`` is always exactly the set the
+manifest lists. Keys are the download keys (9 digits: 5 for the download shard, 4 for the row),
+unique across the set; the output shard number is independent of them.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import tarfile
+from collections import Counter
+from dataclasses import dataclass
+from typing import Iterator
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from wit_builder.common import WitError, atomic_open, atomic_write_json
+
+__all__ = ["write_shards", "read_decisions", "find_image_shards", "SHARD_SCHEMA", "train_data_pattern"]
+
+IMAGE_EXTS = ("jpg", "png", "webp")
+MTIME = 946684800  # 2000-01-01: a fixed member time keeps the tars reproducible
+
+SHARD_SCHEMA = pa.schema([
+    ("key", pa.string()), ("uid", pa.string()), ("url", pa.string()), ("text", pa.string()),
+    ("query_ids", pa.list_(pa.int32())), ("sha256", pa.string()),
+    ("width", pa.int32()), ("height", pa.int32()),
+    ("original_width", pa.int32()), ("original_height", pa.int32()),
+    ("cluster_id", pa.int64()), ("cluster_size", pa.int32()), ("page_url", pa.string()),
+])
+JSON_FIELDS = ("uid", "url", "text", "query_ids", "sha256", "width", "height", "original_width",
+               "original_height", "cluster_id", "cluster_size", "key", "page_url")
+
+
+def _fs(path: str):
+    return fsspec.core.url_to_fs(path)
+
+
+def find_image_shards(images: str, allow_incomplete: bool = False) -> list[str]:
+    """Names (``00000``...) of the finished download shards in ``images``, sorted."""
+    fs, root = _fs(images)
+    if not fs.isdir(root):
+        raise WitError(f"--images {images}: not a directory")
+    names = {os.path.basename(p) for p in fs.ls(root, detail=False)}
+    done = sorted(m.group(1) for n in names if (m := re.fullmatch(r"(\d+)_stats\.json", n))
+                  and f"{m.group(1)}.tar" in names and f"{m.group(1)}.parquet" in names)
+    planned = None
+    try:
+        with fs.open(f"{root}/_wit/plan.json", "r") as fh:
+            planned = len(json.load(fh)["inputs"])
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        pass
+    if planned is not None and len(done) < planned and not allow_incomplete:
+        raise WitError(f"--images {images}: only {len(done)} of {planned} download shards are finished; "
+                       "re-run the same `wit download` command to finish them (or pass --allow-incomplete)")
+    if not done:
+        raise WitError(f"--images {images}: no finished download shards (NNNNN.tar + .parquet + _stats.json)")
+    return done
+
+
+@dataclass
+class Decision:
+    uid: str | None
+    kept: bool
+    cluster_id: int | None
+    cluster_size: int | None
+
+
+def read_decisions(dedup: str) -> dict[str, Decision]:
+    """key -> decision from ``DEDUP/decisions.parquet`` (``dedup`` is the folder or the file)."""
+    path = dedup if dedup.endswith(".parquet") else dedup.rstrip("/") + "/decisions.parquet"
+    fs, p = _fs(path)
+    try:
+        with fs.open(p, "rb") as fh:
+            table = pq.read_table(fh, columns=["key", "uid", "kept", "cluster_id", "cluster_size"])
+    except FileNotFoundError:
+        raise WitError(f"--dedup {dedup}: {path} not found (run `wit dedup run` first)") from None
+    except (pa.ArrowException, ValueError, OSError) as exc:
+        raise WitError(f"--dedup {dedup}: {path} is not a decisions table: {exc}") from None
+    out: dict[str, Decision] = {}
+    cols = [table.column(c).to_pylist() for c in ("key", "uid", "kept", "cluster_id", "cluster_size")]
+    for key, uid, kept, cid, csize in zip(*cols):
+        if key in out:
+            raise WitError(f"--dedup {dedup}: key {key} appears twice in {path}")
+        out[key] = Decision(uid, bool(kept), cid, csize)
+    return out
+
+
+class _HashingWriter(io.RawIOBase):
+    """Pass-through writer that counts bytes and computes sha256."""
+
+    def __init__(self, fh):
+        self.fh = fh
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def tell(self) -> int:  # tarfile asks where it starts
+        return self.size
+
+    def write(self, data) -> int:
+        self.fh.write(data)
+        self.sha.update(data)
+        self.size += len(data)
+        return len(data)
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = MTIME
+    info.mode = 0o444
+    info.uname = info.gname = "wit"
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _iter_samples(images: str, names: list[str], decisions: dict[str, Decision] | None,
+                  counts: Counter) -> Iterator[dict]:
+    """Successful, kept samples of every shard, in key order, each with its image bytes."""
+    fs, root = _fs(images)
+    last_key = ""
+    for name in names:
+        with fs.open(f"{root}/{name}.parquet", "rb") as fh:
+            table = pq.read_table(fh)
+        rows = table.to_pylist()
+        counts["download_rows"] += len(rows)
+        ok = sorted((r for r in rows if r.get("status") == "success"), key=lambda r: r["key"])
+        counts["download_failed"] += len(rows) - len(ok)
+        with fs.open(f"{root}/{name}.tar", "rb") as fh, tarfile.open(fileobj=fh, mode="r:") as tar:
+            members = {}
+            for m in tar.getmembers():
+                if m.isfile():
+                    base = os.path.basename(m.name)
+                    key, _, ext = base.partition(".")
+                    if ext in IMAGE_EXTS:
+                        members[key] = (ext, m)
+            for row in ok:
+                key = row["key"]
+                if key <= last_key:
+                    raise WitError(f"--images {images}: key {key} of shard {name} is not after {last_key}; "
+                                   "download shards overlap")
+                last_key = key
+                if key not in members:
+                    counts["missing_in_tar"] += 1
+                    continue
+                decision = decisions.get(key) if decisions is not None else None
+                if decisions is not None:
+                    if decision is None:
+                        counts["not_in_dedup"] += 1
+                    elif decision.uid is not None and row.get("uid") is not None and decision.uid != row["uid"]:
+                        raise WitError(f"--dedup: key {key} has uid {decision.uid} in the decisions but "
+                                       f"{row['uid']} in {images}/{name}.parquet: decisions of another download?")
+                    elif not decision.kept:
+                        counts["dropped_by_dedup"] += 1
+                        if decision.cluster_id == -1:
+                            counts["dropped_undecodable"] += 1
+                        continue
+                ext, member = members[key]
+                image = tar.extractfile(member).read()
+                yield {
+                    "key": key, "ext": ext, "image": image,
+                    "uid": row.get("uid"), "url": row.get("url"), "text": row.get("caption"),
+                    "query_ids": row.get("query_ids"), "sha256": row.get("sha256"),
+                    "width": row.get("width"), "height": row.get("height"),
+                    "original_width": row.get("original_width"), "original_height": row.get("original_height"),
+                    "cluster_id": decision.cluster_id if decision else None,
+                    "cluster_size": decision.cluster_size if decision else None,
+                    "page_url": row.get("page_url"),
+                }
+
+
+def _write_shard(out: str, index: int, samples: list[dict]) -> dict:
+    name = f"{index:05d}"
+    with atomic_open(f"{out}/{name}.tar", "wb") as fh:
+        hashing = _HashingWriter(fh)
+        with tarfile.open(fileobj=hashing, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for s in samples:
+                meta = {k: s[k] for k in JSON_FIELDS}
+                _add_member(tar, f"{s['key']}.{s['ext']}", s["image"])
+                _add_member(tar, f"{s['key']}.txt", (s["text"] or "").encode("utf-8"))
+                _add_member(tar, f"{s['key']}.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))
+    table = pa.Table.from_pylist([{k: s[k] for k in SHARD_SCHEMA.names} for s in samples], schema=SHARD_SCHEMA)
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    data = buf.getvalue()
+    with atomic_open(f"{out}/{name}.parquet", "wb") as fh:
+        fh.write(data)
+    return {"name": name, "tar": f"{name}.tar", "parquet": f"{name}.parquet", "samples": len(samples),
+            "tar_bytes": hashing.size, "tar_sha256": hashing.sha.hexdigest(),
+            "parquet_bytes": len(data), "parquet_sha256": hashlib.sha256(data).hexdigest(),
+            "first_key": samples[0]["key"], "last_key": samples[-1]["key"]}
+
+
+def train_data_pattern(out: str, shards: int) -> str:
+    """OpenCLIP's --train-data brace pattern for ``shards`` shards in ``out``."""
+    return f"{out.rstrip('/')}/{{00000..{shards - 1:05d}}}.tar"
+
+
+def write_shards(images: str, out: str, dedup: str | None = None, samples_per_shard: int = 10_000,
+                 allow_incomplete: bool = False, progress: bool = True) -> dict:
+    """Write the final shards (see the module docstring); returns the manifest."""
+    from tqdm import tqdm
+    if samples_per_shard <= 0:
+        raise WitError("--samples-per-shard must be positive")
+    names = find_image_shards(images, allow_incomplete)
+    decisions = read_decisions(dedup) if dedup else None
+    out = out.rstrip("/")
+    fs, root = _fs(out)
+    fs.makedirs(root, exist_ok=True)
+    if fs.exists(f"{root}/manifest.json"):
+        fs.rm(f"{root}/manifest.json")  # a half-rewritten set must never look complete
+    counts: Counter = Counter()
+    shards: list[dict] = []
+    batch: list[dict] = []
+    bar = tqdm(desc="shards", unit="img", disable=not progress)
+    for sample in _iter_samples(images, names, decisions, counts):
+        batch.append(sample)
+        bar.update(1)
+        if len(batch) == samples_per_shard:
+            shards.append(_write_shard(out, len(shards), batch))
+            batch = []
+    if batch:
+        shards.append(_write_shard(out, len(shards), batch))
+    bar.close()
+    if not shards:
+        raise WitError(f"no images left to write from {images} "
+                       f"({counts['download_rows']} rows, {counts['dropped_by_dedup']} dropped by dedup)")
+    keep = {f"{s['name']}.{ext}" for s in shards for ext in ("tar", "parquet")}
+    for path in fs.ls(root, detail=False):
+        base = os.path.basename(path)
+        if re.fullmatch(r"\d{5}\.(tar|parquet)", base) and base not in keep:
+            fs.rm(path)  # left by an earlier run with more shards
+    atomic_write_json(f"{out}/sizes.json", {s["tar"]: s["samples"] for s in shards})
+    manifest = {
+        "format": "wit-shards/1",
+        "shards": shards,
+        "totals": {
+            "shards": len(shards),
+            "samples": sum(s["samples"] for s in shards),
+            "tar_bytes": sum(s["tar_bytes"] for s in shards),
+            "download_rows": counts["download_rows"],
+            "download_failed": counts["download_failed"],
+            "missing_in_tar": counts["missing_in_tar"],
+            "dropped_by_dedup": counts["dropped_by_dedup"] if decisions is not None else None,
+            "dropped_undecodable": counts["dropped_undecodable"] if decisions is not None else None,
+            "not_in_dedup": counts["not_in_dedup"] if decisions is not None else None,
+        },
+        "samples_per_shard": samples_per_shard,
+        "train_data": train_data_pattern(out, len(shards)),
+        "inputs": {"images": images, "image_shards": names, "dedup": dedup,
+                   "decisions": len(decisions) if decisions is not None else None},
+    }
+    atomic_write_json(f"{out}/manifest.json", manifest)
+    return manifest

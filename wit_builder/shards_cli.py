@@ -1,0 +1,37 @@
+"""`wit shards`: the final deduplicated WebDataset + Parquet shards (OpenCLIP-ready)."""
+from __future__ import annotations
+
+import argparse
+
+DESCRIPTION = (
+    "Write the final training shards from `wit download`'s IMAGES: successful images only, minus "
+    "those `wit dedup run` marked kept=False (--dedup), in key order, as SHARDS/NNNNN.tar "
+    "(KEY.jpg, KEY.txt, KEY.json) + NNNNN.parquet, with sizes.json and manifest.json (sha256 of "
+    "every file). Train with OpenCLIP's --train-data 'SHARDS/{00000..N}.tar'. See docs/download.md.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--images", required=True, help="`wit download` output folder (IMAGES)")
+    parser.add_argument("--dedup", default=None,
+                        help="`wit dedup run` output folder (or its decisions.parquet): images with "
+                             "kept=False are dropped. Without it every successful image is kept")
+    parser.add_argument("--out", required=True, help="output folder SHARDS (local path or gs://...)")
+    parser.add_argument("--samples-per-shard", type=int, default=10_000, help="samples per output tar")
+    parser.add_argument("--allow-incomplete", action="store_true",
+                        help="use the finished download shards even if `wit download` has not finished all")
+
+
+def run(args) -> int:
+    from wit_builder.shards import write_shards
+    m = write_shards(args.images, args.out, dedup=args.dedup, samples_per_shard=args.samples_per_shard,
+                     allow_incomplete=args.allow_incomplete)
+    t = m["totals"]
+    print(f"wrote {t['samples']} samples in {t['shards']} shards ({t['tar_bytes'] / 1e6:.1f} MB) to {args.out}")
+    print(f"  download rows {t['download_rows']}, failed downloads skipped {t['download_failed']}")
+    if t["missing_in_tar"]:
+        print(f"  successful rows whose image is missing from the tar: {t['missing_in_tar']}")
+    if args.dedup:
+        print(f"  dropped by dedup {t['dropped_by_dedup']} (undecodable {t['dropped_undecodable']}), "
+              f"not in the decisions (kept) {t['not_in_dedup']}")
+    print(f"  OpenCLIP: --train-data '{m['train_data']}' --train-num-samples {t['samples']}")
+    return 0
