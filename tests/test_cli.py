@@ -40,3 +40,12 @@ def test_match_paths_errors_name_the_pattern(tmp_path):
     (tmp_path / "b.txt").write_text("x")
     (tmp_path / "a.txt").write_text("x")
     assert [os.path.basename(p) for p in match_paths([str(tmp_path)])] == ["a.txt", "b.txt"]
+
+
+def test_atomic_files_get_the_umask_mode_not_mkstemps_0600(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write_json(str(tmp_path / "a.json"), [1])
+    finally:
+        os.umask(old)
+    assert (os.stat(tmp_path / "a.json").st_mode & 0o777) == 0o644
