@@ -279,12 +279,16 @@ def build_query_list(cfg: BuildConfig, params) -> dict:
         qp.run(qp.Inputs(dumps=dumps, pageviews=pageviews, wordnet=wordnet_items), params, work_dir,
                runner=cfg.runner, workers=cfg.workers, pipeline_args=cfg.pipeline_args)
         pipeline_s = time.time() - started
-        counters = {k: v for k, v in _read_jsonl(work_dir, "stats")}
+        merged, counters = [], {}
+        for kind, value in _read_jsonl(work_dir, "result"):
+            if kind == "query":
+                merged.append(value)
+            else:
+                counters[value[0]] = value[1]
         if not counters.get("page.article"):
             raise WitError(f"no articles (namespace 0, not redirects) in {', '.join(d for d, _ in dumps)} "
                            f"({counters.get('page.read', 0)} pages read); nothing written")
-        merged = _read_jsonl(work_dir, "merged")
-        histogram = {int(b): int(n) for b, n in _read_jsonl(work_dir, "unigram_hist")}
+        histogram = {int(k[5:]): v for k, v in counters.items() if k.startswith("hist.")}
     finally:
         _remove_tree(work_dir)
 
@@ -315,7 +319,8 @@ def build_query_list(cfg: BuildConfig, params) -> dict:
                    "pageviews": _sizes(pageviews), "wordnet": wordnet_info or None},
         "run": {"runner": cfg.runner, "workers": cfg.workers, "pipeline_seconds": round(pipeline_s, 2),
                 "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},
-        "counters": dict(sorted(counters.items())),
+        "counters": {k: v for k, v in sorted(counters.items()) if not k.startswith("hist.")},
+        "unigram_count_histogram": {f"{2 ** b}-{2 ** (b + 1) - 1}": n for b, n in sorted(histogram.items())},
         "signature": signature,
     }
     if "corpus.bigram_pmi_max" in counters and isinstance(counters["corpus.bigram_pmi_max"], float):

@@ -131,6 +131,13 @@ def _nltk_find(paths: Iterable[str] | None = None):
     return None
 
 
+def _open(root, name: str):
+    """Open ``name`` in a WordNet folder: a local ``Path`` or an NLTK path pointer (maybe in a zip)."""
+    if isinstance(root, (str, os.PathLike)):
+        return open(Path(root) / name, "rb")
+    return root.join(name).open()
+
+
 def _allow(root: str) -> None:
     """NLTK only opens files under its data path: make ``root`` part of it."""
     import nltk.data
@@ -140,12 +147,13 @@ def _allow(root: str) -> None:
 
 def wordnet_root(wordnet_dir: str | None = None, cache_dir: str | os.PathLike | None = None,
                  allow_download: bool = True):
-    """Find or make an NLTK WordNet folder; returns an NLTK path pointer to ``corpora/wordnet``.
+    """Find or make an NLTK WordNet folder (``.../corpora/wordnet``): a ``Path`` for a local folder,
+    an NLTK path pointer for one NLTK found itself (maybe inside a zip). NLTK is imported only
+    when the offline ways fail (it takes seconds to import).
 
     ``wordnet_dir``: a WordNet dict folder (Princeton format) to use before the system ones.
     ``cache_dir``: the NLTK data folder to assemble/download into (default :func:`default_cache_dir`).
     """
-    from nltk.data import FileSystemPathPointer
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     assembled = cache / "corpora" / "wordnet"
     if wordnet_dir:  # an explicit folder wins over any cache
@@ -153,26 +161,20 @@ def wordnet_root(wordnet_dir: str | None = None, cache_dir: str | os.PathLike | 
         if not all((src / n).is_file() for n in REQUIRED):
             missing = [n for n in REQUIRED if not (src / n).is_file()]
             raise WitError(f"--wordnet-dir {src} is not a WordNet dict folder (missing {', '.join(missing)})")
-        if _is_complete(src):
-            _allow(str(src))
-            return FileSystemPathPointer(str(src))
         tried = cache / "wit-explicit" / re.sub(r"[^A-Za-z0-9]+", "_", str(src.resolve())).strip("_")
         target = tried / "corpora" / "wordnet"
         if not _is_complete(target):
             _assemble(src, tried)
-        _allow(str(tried))
-        return FileSystemPathPointer(str(target))
+        return target
     if _is_complete(assembled):
-        _allow(str(cache))
-        return FileSystemPathPointer(str(assembled))
+        return assembled
     for src in _candidate_dirs(None):
         if all((src / n).is_file() for n in REQUIRED):
             try:
                 _assemble(src, cache)
             except OSError as exc:
                 raise WitError(f"could not assemble WordNet from {src} into {cache}: {exc}") from None
-            _allow(str(cache))
-            return FileSystemPathPointer(str(assembled))
+            return assembled
     found = _nltk_find()
     if found is not None:
         return found
@@ -197,7 +199,13 @@ def wordnet_root(wordnet_dir: str | None = None, cache_dir: str | os.PathLike | 
 def load_wordnet(wordnet_dir: str | None = None, cache_dir=None, allow_download: bool = True):
     """NLTK's ``WordNetCorpusReader`` on the folder from :func:`wordnet_root` (takes ~10 s)."""
     from nltk.corpus.reader.wordnet import WordNetCorpusReader
+    from nltk.data import FileSystemPathPointer
     root = wordnet_root(wordnet_dir, cache_dir, allow_download)
+    if isinstance(root, Path):
+        # NLTK opens files only under its data path, and its reader looks itself up there by name
+        # ("wordnet") to map versions: put our NLTK data folder first
+        _allow(str(root.parent.parent))
+        root = FileSystemPathPointer(str(root))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "multilingual functions are not available": we pass no OMW
         return WordNetCorpusReader(root, None)
@@ -216,7 +224,7 @@ def synset_head_names(root, pos_files: Iterable[str] = POS_FILES) -> Counter:
     """
     heads: Counter = Counter()
     for pos in pos_files:
-        with root.join(f"data.{pos}").open() as fh:
+        with _open(root, f"data.{pos}") as fh:
             for raw in fh:
                 line = raw.decode("utf-8") if isinstance(raw, bytes) else raw
                 if not line or line[0] == " ":  # the licence header lines start with two spaces
@@ -228,7 +236,7 @@ def synset_head_names(root, pos_files: Iterable[str] = POS_FILES) -> Counter:
 
 
 def wordnet_version(root) -> str | None:
-    with root.join("data.adj").open() as fh:
+    with _open(root, "data.adj") as fh:
         for _, raw in zip(range(40), fh):
             line = raw.decode("utf-8") if isinstance(raw, bytes) else raw
             m = re.search(r"Word[nN]et (\d+\.\d+) Copyright", line)
