@@ -115,6 +115,9 @@ class CleanAndCount(beam.DoFn):
     """``(title, wikitext)`` -> per-page counts: main output ``(word, n)``, tagged ``bigram``
     (``"w1 w2"``, n) and ``title``."""
 
+    def __init__(self, bigrams: bool = True):
+        self.bigrams = bigrams
+
     def process(self, page):
         from queries.wikitext import WikitextError, clean_wikitext, count_terms
         title, text = page
@@ -126,12 +129,38 @@ class CleanAndCount(beam.DoFn):
             return
         unigrams: Counter = Counter()
         bigrams: Counter = Counter()
-        n = count_terms(clean, unigrams, bigrams)
+        n = count_terms(clean, unigrams, bigrams if self.bigrams else None)
         yield _stat("corpus.tokens", n)
         yield _stat("corpus.wikitext_bytes", len(text.encode("utf-8")))
         yield from unigrams.items()
         for key, c in bigrams.items():
             yield pvalue.TaggedOutput("bigram", (key, c))
+
+
+class CountWikipedia(beam.PTransform):
+    """Dump specs ``(dump path, index path or None)`` -> a dict of PCollections: ``unigram``
+    ``(word, count)`` and ``bigram`` ``("w1 w2", count)`` over all articles, ``title`` (one per
+    article) and ``stats`` (counters): PlanWorkUnits -> SpreadUnits -> ReadArticles ->
+    CleanAndCount -> CountUnigrams / CountBigrams."""
+
+    def __init__(self, unit_bytes: int = 16 << 20, bigrams: bool = True):
+        super().__init__()
+        self.unit_bytes, self.bigrams = unit_bytes, bigrams
+
+    def expand(self, dumps):
+        units = dumps | "PlanWorkUnits" >> beam.ParDo(PlanWorkUnits(self.unit_bytes)).with_outputs(
+            STATS, main="units")
+        articles = (units["units"]
+                    | "SpreadUnits" >> beam.Reshuffle()
+                    | "ReadArticles" >> beam.ParDo(ReadArticles()).with_outputs(STATS, main="pages"))
+        counted = articles["pages"] | "CleanAndCount" >> beam.ParDo(CleanAndCount(self.bigrams)).with_outputs(
+            STATS, "bigram", "title", main="unigram")
+        return {
+            "unigram": counted["unigram"] | "CountUnigrams" >> beam.CombinePerKey(sum),
+            "bigram": (counted["bigram"] | "CountBigrams" >> beam.CombinePerKey(sum)) if self.bigrams else None,
+            "title": counted["title"],
+            STATS: (units[STATS], articles[STATS], counted[STATS]) | "WikipediaStats" >> beam.Flatten(),
+        }
 
 
 def _log2_bin(count: int) -> int:
@@ -305,19 +334,10 @@ def build(p, inputs: Inputs, params: QueryParams, work_dir: str):
     """Add the query-list graph to pipeline ``p``. It writes ``work_dir/result-*.jsonl``: one JSON
     array per line, ``["query", {"query": q, "parts": {...}}]`` or ``["stat", [name, value]]``."""
     stats, parts = [], []
-    units = (p
-             | "DumpFiles" >> beam.Create(inputs.dumps)
-             | "PlanWorkUnits" >> beam.ParDo(PlanWorkUnits(params.unit_bytes)).with_outputs(STATS, main="units"))
-    stats.append(units[STATS])
-    articles = (units["units"]
-                | "SpreadUnits" >> beam.Reshuffle()
-                | "ReadArticles" >> beam.ParDo(ReadArticles()).with_outputs(STATS, main="pages"))
-    stats.append(articles[STATS])
-    counted = articles["pages"] | "CleanAndCount" >> beam.ParDo(CleanAndCount()).with_outputs(
-        STATS, "bigram", "title", main="unigram")
+    counted = (p | "DumpFiles" >> beam.Create(inputs.dumps)
+               | "Wikipedia" >> CountWikipedia(params.unit_bytes, bigrams="bigram" in params.parts))
     stats.append(counted[STATS])
-
-    unigram_counts = counted["unigram"] | "CountUnigrams" >> beam.CombinePerKey(sum)
+    unigram_counts = counted["unigram"]
     unigrams = unigram_counts | "KeepUnigrams" >> beam.FlatMap(
         _unigram_stats, params.unigram_min_count, "unigram" in params.parts).with_output_types(
         Tuple[str, Any]).with_outputs(STATS, main="part")
@@ -328,7 +348,7 @@ def build(p, inputs: Inputs, params: QueryParams, work_dir: str):
     if "bigram" in params.parts:
         total_tokens = (unigram_counts | "TokenCounts" >> beam.Values()
                         | "TotalTokens" >> beam.CombineGlobally(sum))
-        bigram_counts = counted["bigram"] | "CountBigrams" >> beam.CombinePerKey(sum)
+        bigram_counts = counted["bigram"]
         stats.append(bigram_counts | "DistinctBigrams" >> beam.Map(lambda kv: ("corpus.distinct_bigrams", ("sum", 1))))
         scored = bigram_counts | "ScoreBigrams" >> ScoreBigrams(unigram_counts, total_tokens,
                                                                  params.bigram_min_count)

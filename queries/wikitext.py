@@ -129,14 +129,15 @@ def word_runs(clean: str) -> Iterator[list[str]]:
         yield run.split()
 
 
-def count_terms(clean: str, unigrams: Counter, bigrams: Counter) -> int:
-    """Add the words and bigrams (``"w1 w2"``) of ``clean`` to the counters; returns the number of
-    words. A bigram key is the two words joined by one space (words never contain spaces)."""
+def count_terms(clean: str, unigrams: Counter, bigrams: Counter | None) -> int:
+    """Add the words and bigrams (``"w1 w2"``) of ``clean`` to the counters (bigrams not counted
+    when ``bigrams`` is None); returns the number of words. A bigram key is the two words joined by
+    one space (words never contain spaces)."""
     n = 0
     for words in word_runs(clean):
         n += len(words)
         unigrams.update(words)
-        if len(words) > 1:
+        if bigrams is not None and len(words) > 1:
             bigrams.update(a + " " + b for a, b in zip(words, words[1:]))
     return n
 

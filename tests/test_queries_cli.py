@@ -94,7 +94,7 @@ def test_pipeline_graph_builds_for_dataflow():
     cloud = options.view_as(GoogleCloudOptions)
     assert (cloud.project, cloud.region, cloud.temp_location) == ("my-project", "us-central1", "gs://my-bucket/tmp")
     assert options.view_as(SetupOptions).setup_file == "./setup.py"
-    by_name = {t.unique_name: t for t in proto.components.transforms.values()}
+    by_name = {t.unique_name.rsplit("/", 1)[-1]: t for t in proto.components.transforms.values()}
     for step in ("PlanWorkUnits", "SpreadUnits", "ReadArticles", "CleanAndCount", "CountUnigrams", "CountBigrams",
                  "ScoreBigrams", "HourlyViews", "SumViews", "JoinTitles", "WordNetPart", "Merge", "WriteResults"):
         assert step in by_name, step
