@@ -2,17 +2,20 @@
 
 Graph (each step a named transform)::
 
-    dump specs ─ PlanWorkUnits ─ SpreadUnits ─ ReadArticles ─ CleanAndCount ─┬─ (word, n) ─ CountUnigrams ─ KeepUnigrams
-                                                                              ├─ ("w1 w2", n) ─ CountBigrams ─ ScoreBigrams ─ KeepBigrams
+    dump specs ─ PlanWorkUnits ─ SpreadUnits ─ ReadArticles ─ CleanAndCount ─┬─ word tables ─ CountUnigrams ─ KeepUnigrams
+                                                                              ├─ bigram tables ─ CountBigrams ─ BigramCandidates ─ ScoreBigrams ─ KeepBigrams
                                                                               └─ title ─┐
     pageview files ─ SpreadPageviews ─ HourlyViews ─ SumViews ─ MinViews ─ JoinTitles ─ TitleInDump
     WordNet part (computed by the launcher) ─ WordNetPart
     all parts ─ ValidQueries ─ Merge (GroupByKey on 64 hash buckets) ─ MergedRows ─┐
     counters of every step ─ SumStats ────────────────────────────────────────────┴─ WriteResults
 
-Counting never groups word occurrences: ``CleanAndCount`` emits one ``(term, n)`` per distinct term
-of a page and ``CombinePerKey(sum)`` adds them, which Beam lifts into partial sums per bundle before
-the shuffle (combiner lifting). A multistream dump is read as many work units (byte ranges cut at
+Counting never groups word occurrences. ``CleanAndCount`` sums the words and bigrams of its
+bundle's pages in memory and emits them as ``{term: n}`` tables, one per hash shard of the terms
+(1024 shards); ``CountUnigrams``/``CountBigrams`` are ``CombinePerKey(SumCounts())`` on the shard
+key, which Beam lifts into partial sums per bundle before the shuffle (combiner lifting) and
+finishes per shard after it. The thresholds are then applied per shard, so only the terms that
+pass them become Beam elements of their own. A multistream dump is read as many work units (byte ranges cut at
 its index's stream offsets, see :mod:`queries.wikidump`), spread over workers by ``Reshuffle``.
 PMI needs n(w1) and n(w2) for each bigram: ``ScoreBigrams`` joins them in with two
 ``CoGroupByKey`` steps (a side input of all word counts would not fit a worker at full scale).
@@ -111,41 +114,104 @@ class ReadArticles(beam.DoFn):
             yield _stat(name, n)
 
 
-class CleanAndCount(beam.DoFn):
-    """``(title, wikitext)`` -> per-page counts: main output ``(word, n)``, tagged ``bigram``
-    (``"w1 w2"``, n) and ``title``."""
+def term_shard(term: str, shards: int) -> int:
+    return zlib.crc32(term.encode("utf-8")) % shards
 
-    def __init__(self, bigrams: bool = True):
-        self.bigrams = bigrams
+
+def sharded(counts: Counter, shards: int):
+    """``{term: n}`` -> ``(shard, {term: n})`` pairs, a stable crc32 shard per term."""
+    tables: dict[int, dict] = {}
+    for term, n in counts.items():
+        tables.setdefault(term_shard(term, shards), {})[term] = n
+    return tables.items()
+
+
+class SumCounts(beam.CombineFn):
+    """Adds ``{term: count}`` tables. Keyed by shard in ``CombinePerKey``, so Beam's combiner
+    lifting adds a bundle's tables per shard before the shuffle and the shards' totals after it."""
+
+    def create_accumulator(self):
+        return Counter()
+
+    def add_input(self, acc, table):
+        acc.update(table)
+        return acc
+
+    def merge_accumulators(self, accs):
+        accs = iter(accs)
+        out = next(accs)
+        for acc in accs:
+            out.update(acc)
+        return out
+
+    def extract_output(self, acc):
+        return acc
+
+
+class CleanAndCount(beam.DoFn):
+    """``(title, wikitext)`` -> term counts: main output ``(shard, {word: n})``, tagged ``bigram``
+    ``(shard, {"w1 w2": n})``, ``title`` (one per article) and ``stats``.
+
+    Counts are summed over the pages of a bundle (flushed whenever ``flush_keys`` distinct terms are
+    held, and at the bundle's end) and sent as one table per hash shard of the terms: Beam moves a
+    few thousand elements per bundle instead of one per distinct term (each Beam element costs
+    microseconds in Python; a dict update costs far less)."""
+
+    def __init__(self, bigrams: bool = True, flush_keys: int = 200_000, shards: int = 1024):
+        self.bigrams, self.flush_keys, self.shards = bigrams, flush_keys, shards
+
+    def setup(self):
+        from queries import wikitext
+        self.wikitext = wikitext
+
+    def start_bundle(self):
+        self.unigrams: Counter = Counter()
+        self.bigram_counts: Counter = Counter()
+        self.counters: Counter = Counter()
+
+    def _flush(self):
+        yield from sharded(self.unigrams, self.shards)
+        for item in sharded(self.bigram_counts, self.shards):
+            yield pvalue.TaggedOutput("bigram", item)
+        for name, n in self.counters.items():
+            yield _stat(name, n)
+        self.start_bundle()
 
     def process(self, page):
-        from queries.wikitext import WikitextError, clean_wikitext, count_terms
         title, text = page
         yield pvalue.TaggedOutput("title", title)
         try:
-            clean = clean_wikitext(text)
-        except WikitextError:
-            yield _stat("page.unparseable_wikitext", 1)
+            clean = self.wikitext.clean_wikitext(text)
+        except self.wikitext.WikitextError:
+            self.counters["page.unparseable_wikitext"] += 1
             return
-        unigrams: Counter = Counter()
-        bigrams: Counter = Counter()
-        n = count_terms(clean, unigrams, bigrams if self.bigrams else None)
-        yield _stat("corpus.tokens", n)
-        yield _stat("corpus.wikitext_bytes", len(text.encode("utf-8")))
-        yield from unigrams.items()
-        for key, c in bigrams.items():
-            yield pvalue.TaggedOutput("bigram", (key, c))
+        self.counters["corpus.tokens"] += self.wikitext.count_terms(
+            clean, self.unigrams, self.bigram_counts if self.bigrams else None)
+        self.counters["corpus.wikitext_bytes"] += len(text.encode("utf-8"))
+        if len(self.unigrams) + len(self.bigram_counts) >= self.flush_keys:
+            yield from self._flush()
+
+    def finish_bundle(self):
+        from apache_beam.transforms.window import GlobalWindow
+        from apache_beam.utils.timestamp import MIN_TIMESTAMP
+        from apache_beam.utils.windowed_value import WindowedValue
+        for out in self._flush():
+            if isinstance(out, pvalue.TaggedOutput):
+                yield pvalue.TaggedOutput(out.tag, WindowedValue(out.value, MIN_TIMESTAMP, [GlobalWindow()]))
+            else:
+                yield WindowedValue(out, MIN_TIMESTAMP, [GlobalWindow()])
 
 
 class CountWikipedia(beam.PTransform):
     """Dump specs ``(dump path, index path or None)`` -> a dict of PCollections: ``unigram``
-    ``(word, count)`` and ``bigram`` ``("w1 w2", count)`` over all articles, ``title`` (one per
-    article) and ``stats`` (counters): PlanWorkUnits -> SpreadUnits -> ReadArticles ->
-    CleanAndCount -> CountUnigrams / CountBigrams."""
+    ``(shard, Counter of words)`` and ``bigram`` ``(shard, Counter of "w1 w2")``: every term's total
+    count over all articles, each term in exactly one shard; ``title`` (one per article) and
+    ``stats`` (counters). Steps: PlanWorkUnits -> SpreadUnits -> ReadArticles -> CleanAndCount ->
+    CountUnigrams / CountBigrams (``CombinePerKey(SumCounts())``)."""
 
-    def __init__(self, unit_bytes: int = 16 << 20, bigrams: bool = True):
+    def __init__(self, unit_bytes: int = 16 << 20, bigrams: bool = True, shards: int = 1024):
         super().__init__()
-        self.unit_bytes, self.bigrams = unit_bytes, bigrams
+        self.unit_bytes, self.bigrams, self.shards = unit_bytes, bigrams, shards
 
     def expand(self, dumps):
         units = dumps | "PlanWorkUnits" >> beam.ParDo(PlanWorkUnits(self.unit_bytes)).with_outputs(
@@ -153,11 +219,11 @@ class CountWikipedia(beam.PTransform):
         articles = (units["units"]
                     | "SpreadUnits" >> beam.Reshuffle()
                     | "ReadArticles" >> beam.ParDo(ReadArticles()).with_outputs(STATS, main="pages"))
-        counted = articles["pages"] | "CleanAndCount" >> beam.ParDo(CleanAndCount(self.bigrams)).with_outputs(
+        counted = articles["pages"] | "CleanAndCount" >> beam.ParDo(CleanAndCount(self.bigrams, shards=self.shards)).with_outputs(
             STATS, "bigram", "title", main="unigram")
         return {
-            "unigram": counted["unigram"] | "CountUnigrams" >> beam.CombinePerKey(sum),
-            "bigram": (counted["bigram"] | "CountBigrams" >> beam.CombinePerKey(sum)) if self.bigrams else None,
+            "unigram": counted["unigram"] | "CountUnigrams" >> beam.CombinePerKey(SumCounts()),
+            "bigram": (counted["bigram"] | "CountBigrams" >> beam.CombinePerKey(SumCounts())) if self.bigrams else None,
             "title": counted["title"],
             STATS: (units[STATS], articles[STATS], counted[STATS]) | "WikipediaStats" >> beam.Flatten(),
         }
@@ -192,23 +258,20 @@ def pmi(n12: int, n1: int, n2: int, total: int) -> float:
 
 
 class ScoreBigrams(beam.PTransform):
-    """Bigram counts -> ``(bigram, n12, pmi)`` for bigrams with n12 >= min_count, via two
-    CoGroupByKey joins with the unigram counts (a bigram's words each occur at least n12 times, so
-    only unigrams with count >= min_count take part)."""
+    """Candidate bigrams ``("w1 w2", n12)`` -> ``(bigram, n12, pmi)``, via two CoGroupByKey joins
+    with the word counts. A bigram's words each occur at least n12 times, so only words with
+    count >= the bigram minimum count (``frequent``) take part."""
 
-    def __init__(self, unigram_counts, total_tokens, min_count: int):
+    def __init__(self, frequent, total_tokens):
         super().__init__()
-        self.unigram_counts, self.total_tokens, self.min_count = unigram_counts, total_tokens, min_count
+        self.frequent, self.total_tokens = frequent, total_tokens
 
-    def expand(self, bigram_counts):
-        m = self.min_count
-        candidates = bigram_counts | "MinCount" >> beam.Filter(lambda kv: kv[1] >= m)
-        frequent = self.unigram_counts | "FrequentWords" >> beam.Filter(lambda kv: kv[1] >= m)
-        first = ({"unigram": frequent,
+    def expand(self, candidates):
+        first = ({"unigram": self.frequent,
                   "bigram": candidates | "ByFirstWord" >> beam.Map(lambda kv: (kv[0].split(" ", 1)[0], kv))}
                  | "JoinFirstWord" >> beam.CoGroupByKey()
                  | "AttachFirst" >> beam.FlatMap(_attach_first))
-        both = ({"unigram": frequent, "bigram": first}
+        both = ({"unigram": self.frequent, "bigram": first}
                 | "JoinSecondWord" >> beam.CoGroupByKey()
                 | "AttachSecond" >> beam.FlatMap(_attach_second))
         return both | "PMI" >> beam.Map(
@@ -307,14 +370,35 @@ class Inputs:
     wordnet: list = field(default_factory=list)
 
 
-def _unigram_stats(kv, min_count: int, keep: bool):
-    """Per distinct word: corpus statistics, its histogram bin, and the unigram part record."""
-    word, n = kv
-    yield _stat("corpus.distinct_unigrams", 1)
-    yield _stat(f"hist.{_log2_bin(n)}", 1)
-    if keep and n >= min_count:
-        yield _stat("passed.unigram_min_count", 1)
-        yield word, ("unigram", n)
+def _unigram_shard(kv, min_count: int, keep: bool, bigram_min_count: int | None):
+    """One shard of word counts -> corpus statistics and histogram bins (as stats), the unigram
+    part records (main output), the shard's token total (``total``) and, for the bigram joins,
+    the words with count >= the bigram minimum (``frequent``)."""
+    _, counts = kv
+    bins: Counter = Counter()
+    passed = 0
+    for word, n in counts.items():
+        bins[_log2_bin(n)] += 1
+        if keep and n >= min_count:
+            passed += 1
+            yield word, ("unigram", n)
+        if bigram_min_count is not None and n >= bigram_min_count:
+            yield pvalue.TaggedOutput("frequent", (word, n))
+    yield _stat("corpus.distinct_unigrams", len(counts))
+    for b, k in bins.items():
+        yield _stat(f"hist.{b}", k)
+    if passed:
+        yield _stat("passed.unigram_min_count", passed)
+    yield pvalue.TaggedOutput("total", sum(counts.values()))
+
+
+def _bigram_shard(kv, min_count: int):
+    """One shard of bigram counts -> candidates ``("w1 w2", n)`` with n >= min_count."""
+    _, counts = kv
+    yield _stat("corpus.distinct_bigrams", len(counts))
+    for bigram, n in counts.items():
+        if n >= min_count:
+            yield bigram, n
 
 
 def _bigram_part(scored, min_pmi: float):
@@ -337,21 +421,22 @@ def build(p, inputs: Inputs, params: QueryParams, work_dir: str):
     counted = (p | "DumpFiles" >> beam.Create(inputs.dumps)
                | "Wikipedia" >> CountWikipedia(params.unit_bytes, bigrams="bigram" in params.parts))
     stats.append(counted[STATS])
-    unigram_counts = counted["unigram"]
-    unigrams = unigram_counts | "KeepUnigrams" >> beam.FlatMap(
-        _unigram_stats, params.unigram_min_count, "unigram" in params.parts).with_output_types(
-        Tuple[str, Any]).with_outputs(STATS, main="part")
+    with_bigrams = "bigram" in params.parts
+    unigrams = counted["unigram"] | "KeepUnigrams" >> beam.FlatMap(
+        _unigram_shard, params.unigram_min_count, "unigram" in params.parts,
+        params.bigram_min_count if with_bigrams else None).with_output_types(
+        Tuple[str, Any]).with_outputs(STATS, "frequent", "total", main="part")
     stats.append(unigrams[STATS])
     if "unigram" in params.parts:
         parts.append(("Unigrams", unigrams["part"]))
 
-    if "bigram" in params.parts:
-        total_tokens = (unigram_counts | "TokenCounts" >> beam.Values()
-                        | "TotalTokens" >> beam.CombineGlobally(sum))
-        bigram_counts = counted["bigram"]
-        stats.append(bigram_counts | "DistinctBigrams" >> beam.Map(lambda kv: ("corpus.distinct_bigrams", ("sum", 1))))
-        scored = bigram_counts | "ScoreBigrams" >> ScoreBigrams(unigram_counts, total_tokens,
-                                                                 params.bigram_min_count)
+    if with_bigrams:
+        total_tokens = unigrams["total"] | "TotalTokens" >> beam.CombineGlobally(sum)
+        candidates = counted["bigram"] | "BigramCandidates" >> beam.FlatMap(
+            _bigram_shard, params.bigram_min_count).with_output_types(Tuple[str, int]).with_outputs(
+            STATS, main="candidates")
+        stats.append(candidates[STATS])
+        scored = candidates["candidates"] | "ScoreBigrams" >> ScoreBigrams(unigrams["frequent"], total_tokens)
         bigrams = scored | "KeepBigrams" >> beam.FlatMap(_bigram_part, params.bigram_min_pmi).with_output_types(
             Tuple[str, Any]).with_outputs(STATS, main="part")
         stats.append(bigrams[STATS])
