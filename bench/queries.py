@@ -128,7 +128,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="~2 MB of wikitext: a smoke run of seconds")
     ap.add_argument("--mb", type=float, default=20.0, help="MB of wikitext to generate (full run)")
     ap.add_argument("--workers", type=int, default=1, help="DirectRunner worker processes")
-    ap.add_argument("--unit-mb", type=float, default=0.5, help="compressed MB per work unit")
+    ap.add_argument("--unit-mb", type=float, default=None,
+                    help="compressed MB per work unit (default: the dump cut into 8 units per worker)")
     ap.add_argument("--project-workers", type=int, default=100, help="workers for the projection")
     ap.add_argument("--cores-per-worker", type=int, default=1, help="cores per worker for the projection")
     args = ap.parse_args(argv)
@@ -144,7 +145,8 @@ def main(argv=None) -> int:
               f"{text_mb / loop_wall:6.3f} MB/s per core (wall)  {text_mb / loop_cpu:6.3f} MB/s per CPU-second")
         out = os.path.join(folder, "beam")
         os.makedirs(out)
-        fps, beam_wall, beam_cpu = beam_count(dump, index, args.workers, out, args.unit_mb)
+        unit_mb = args.unit_mb or os.path.getsize(dump) / 1e6 / (8 * args.workers)
+        fps, beam_wall, beam_cpu = beam_count(dump, index, args.workers, out, unit_mb)
         if fps != {"unigram": fingerprint(uni.items()), "bigram": fingerprint(bi.items())}:
             print("MISMATCH: the pipeline's counts differ from the loop's", file=sys.stderr)
             return 1
@@ -152,13 +154,26 @@ def main(argv=None) -> int:
         print(f"Beam DirectRunner x{args.workers}: {beam_wall:7.2f} s wall {beam_cpu:7.2f} s CPU   "
               f"{beam_rate:6.3f} MB/s per core (wall)  {text_mb / beam_cpu:6.3f} MB/s per CPU-second "
               f"(start-up included)")
-        print(f"ratio Beam / loop   : {beam_rate / (text_mb / loop_wall):.2f} per core (wall), "
-              f"{loop_cpu / beam_cpu:.2f} per CPU-second")
+        # the fixed cost of a pipeline run (start-up, graph, teardown): the same pipeline on one page
+        tiny_dir = os.path.join(folder, "tiny")
+        os.makedirs(os.path.join(tiny_dir, "beam"))
+        from queries.dumpgen import Page, write_dump
+        tiny, tiny_index = write_dump([Page("One", "one page")], os.path.join(tiny_dir, "t-multistream.xml.bz2"),
+                                      multistream=True)
+        _, startup, startup_cpu = beam_count(tiny, tiny_index, args.workers, os.path.join(tiny_dir, "beam"), 1.0)
+        # CPU seconds, not wall: on a shared machine wall time says more about the neighbours
+        steady = text_mb / max(beam_cpu - startup_cpu, 1e-9)
+        print(f"Beam fixed cost     : {startup:7.2f} s wall {startup_cpu:7.2f} s CPU (same pipeline, one-page dump); "
+              f"steady state {steady:.3f} MB/s per CPU-second")
+        print(f"ratio Beam / loop   : {beam_rate / (text_mb / loop_wall):.2f} per core (wall, start-up included), "
+              f"{loop_cpu / beam_cpu:.2f} per CPU-second (start-up included), "
+              f"{steady / (text_mb / loop_cpu):.2f} per CPU-second in steady state")
         cores = args.project_workers * args.cores_per_worker
-        hours = ENWIKI_WIKITEXT_BYTES / (beam_rate * 1e6 * cores) / 3600
+        hours = ENWIKI_WIKITEXT_BYTES / (steady * 1e6 * cores) / 3600
         print(f"projection: English Wikipedia (~{ENWIKI_WIKITEXT_BYTES / 1e9:.0f} GB wikitext) on "
-              f"{args.project_workers} workers x {args.cores_per_worker} core(s) at {beam_rate:.3f} MB/s per core: "
-              f"{hours:.2f} h ({hours * 60:.0f} min) of parse + clean + count (Dataflow start-up not included)")
+              f"{args.project_workers} workers x {args.cores_per_worker} core(s) at the steady {steady:.3f} MB/s "
+              f"per busy core: {hours:.2f} h ({hours * 60:.0f} min) of parse + clean + count "
+              f"(+ Dataflow start-up and the shuffle's tail)")
         print(f"counts identical: {len(uni):,} distinct words, {len(bi):,} distinct bigrams, "
               f"{sum(uni.values()):,} words")
     finally:

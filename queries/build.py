@@ -218,8 +218,18 @@ def plot(path: str, part_sizes: dict, output_sizes: dict, histogram: dict[int, i
 
 # ---------------------------------------------------------------- the build
 
+def _file_id(path: str | None):
+    """``[path, bytes, modified]`` of a file: a rebuilt input with the same name is a new input."""
+    if path is None:
+        return None
+    from apache_beam.io.filesystems import FileSystems
+    meta = FileSystems.match([path])[0].metadata_list[0]
+    return [path, meta.size_in_bytes, meta.last_updated_in_seconds]
+
+
 def _signature(cfg: BuildConfig, params, dumps, pageviews) -> dict:
-    return {"dumps": dumps, "pageviews": pageviews, "target_size": cfg.target_size,
+    return {"dumps": [[_file_id(d), _file_id(i)] for d, i in dumps],
+            "pageviews": [_file_id(p) for p in pageviews], "target_size": cfg.target_size,
             "params": params.to_json(), "wordnet_dir": cfg.wordnet_dir}
 
 
@@ -252,7 +262,7 @@ def build_query_list(cfg: BuildConfig, params) -> dict:
             raise WitError("the title part needs hourly pageview files (--pageviews), "
                            "or leave 'title' out of --parts")
         pageviews = match_paths(cfg.pageviews, "pageview")
-    signature = _signature(cfg, params, [list(d) for d in dumps], pageviews)
+    signature = _signature(cfg, params, dumps, pageviews)
     if not cfg.overwrite and _up_to_date(cfg.out, signature):
         with open_read(f"{cfg.out}/stats.json") as fh:
             stats = json.load(fh)
@@ -272,6 +282,7 @@ def build_query_list(cfg: BuildConfig, params) -> dict:
                         "extra_strings": len(wn.EXTRA_STRINGS)}
 
     work_dir = f"{cfg.out.rstrip('/')}/.wit-work-{uuid.uuid4().hex[:10]}"
+    made_out = is_local(cfg.out) and not os.path.exists(cfg.out)
     if is_local(work_dir):
         os.makedirs(work_dir, exist_ok=True)
     started = time.time()
@@ -289,8 +300,12 @@ def build_query_list(cfg: BuildConfig, params) -> dict:
             raise WitError(f"no articles (namespace 0, not redirects) in {', '.join(d for d, _ in dumps)} "
                            f"({counters.get('page.read', 0)} pages read); nothing written")
         histogram = {int(k[5:]): v for k, v in counters.items() if k.startswith("hist.")}
-    finally:
+    except BaseException:
         _remove_tree(work_dir)
+        if made_out and not os.listdir(cfg.out):
+            os.rmdir(cfg.out)  # leave no trace of a failed first build
+        raise
+    _remove_tree(work_dir)
 
     rows, trimmed = order_and_trim(merged, cfg.target_size)
     part_sizes = Counter(p for r in merged for p in r["parts"])

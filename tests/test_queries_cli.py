@@ -101,3 +101,30 @@ def test_pipeline_graph_builds_for_dataflow():
     # counting is a combine (lifted into per-bundle partial sums), not a GroupByKey of occurrences
     for step in ("CountUnigrams", "CountBigrams", "SumViews"):
         assert by_name[step].spec.urn == "beam:transform:combine_per_key:v1", step
+
+
+def test_a_changed_input_is_not_taken_for_the_built_one(tmp_path):
+    from pipelines.queries_pipeline import QueryParams
+    from queries.build import BuildConfig, _signature
+    dump, _ = dumpgen.write_dump([Page("A", "b")], str(tmp_path / "a.xml"))
+    cfg = BuildConfig(dumps=[dump], out=str(tmp_path / "out"))
+    before = _signature(cfg, QueryParams(), [(dump, None)], [])
+    assert before == _signature(cfg, QueryParams(), [(dump, None)], [])
+    dumpgen.write_dump([Page("A", "b c")], dump)
+    os.utime(dump, (1, 1))
+    assert _signature(cfg, QueryParams(), [(dump, None)], []) != before
+    assert _signature(cfg, QueryParams(unigram_min_count=5), [(dump, None)], []) != _signature(
+        cfg, QueryParams(), [(dump, None)], [])
+
+
+def test_no_articles_is_an_error_and_leaves_nothing(tmp_path, capsys, monkeypatch):
+    from pipelines import queries_pipeline
+
+    def only_redirects(inputs, params, work_dir, **kwargs):  # what the pipeline reports for such a dump
+        with open(os.path.join(work_dir, "result-00000-of-00001.jsonl"), "w") as fh:
+            fh.write('["stat", ["page.read", 2]]\n["stat", ["page.redirect", 2]]\n')
+    monkeypatch.setattr(queries_pipeline, "run", only_redirects)
+    dump, _ = dumpgen.write_dump([Page("A", redirect="B"), Page("C", redirect="B")], str(tmp_path / "r.xml"))
+    out = tmp_path / "out"
+    assert "no articles" in _err(capsys, ["--dumps", dump, "--out", str(out), "--parts", "unigram"])
+    assert not out.exists()
