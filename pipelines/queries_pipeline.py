@@ -179,7 +179,7 @@ class CleanAndCount(beam.DoFn):
 
     def process(self, page):
         title, text = page
-        yield pvalue.TaggedOutput("title", title)
+        yield pvalue.TaggedOutput("title", title.replace("_", " "))  # dumps already write spaces
         try:
             clean = self.wikitext.clean_wikitext(text)
         except self.wikitext.WikitextError:
