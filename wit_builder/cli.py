@@ -86,4 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m wit_builder.cli`: run the imported module's main, so that WitError raised by the
+    # stages (imported from wit_builder.cli) is the class caught there, not __main__.WitError
+    from wit_builder.cli import main as _main
+    sys.exit(_main())
