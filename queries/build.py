@@ -193,10 +193,13 @@ def plot(path: str, part_sizes: dict, output_sizes: dict, histogram: dict[int, i
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     names = list(PART_ORDER)
     xs = range(len(names))
-    ax1.bar([x - 0.2 for x in xs], [part_sizes.get(n, 0) for n in names], 0.4, label="part size")
-    ax1.bar([x + 0.2 for x in xs], [output_sizes.get(n, 0) for n in names], 0.4, label="in output")
+    for shift, sizes, label in ((-0.2, part_sizes, "part size"), (0.2, output_sizes, "in output")):
+        bars = ax1.bar([x + shift for x in xs], [max(sizes.get(n, 0), 0.8) for n in names], 0.4, label=label)
+        ax1.bar_label(bars, labels=[f"{sizes.get(n, 0):,}" for n in names], fontsize=7)
     ax1.set_xticks(list(xs), names)
-    ax1.set_ylabel("queries")
+    ax1.set_yscale("log")
+    ax1.set_ylim(0.7, max([*part_sizes.values(), 1]) * 4)
+    ax1.set_ylabel("queries (log scale)")
     ax1.set_title("Size per part")
     ax1.legend()
     if histogram:
