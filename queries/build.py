@@ -1,0 +1,368 @@
+"""``wit queries`` end to end: check inputs, run the Beam pipeline, order, trim and write outputs.
+
+Output order and the trim rule (also in docs/queries.md): every query has a *rank key*
+
+1. its first part in the order ``wordnet``, ``unigram``, ``bigram``, ``title`` (CLIP adds all
+   WordNet synsets, and its base list is the Wikipedia words; bigrams and titles augment it);
+2. within that part, the part's statistic, largest first: synsets per head name, unigram count,
+   bigram PMI (then bigram count), title views;
+3. the query string (Unicode code point order) to break ties.
+
+Rows are written sorted by this key (``id`` = row number). When the union of the parts is larger
+than ``--target-size``, the list is cut after ``target_size`` rows, which drops the lowest-ranked
+queries of the last parts first; when it is smaller, nothing is invented and ``stats.json`` says by
+how much the list falls short.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+
+from wit_builder.common import (WitError, atomic_open, atomic_write_json, atomic_write_parquet, exists,
+                                is_local, match_paths, open_read)
+
+__all__ = ["PART_ORDER", "BuildConfig", "build_query_list", "rank_key", "order_and_trim", "to_table",
+           "collect_inputs"]
+
+PART_ORDER = ("wordnet", "unigram", "bigram", "title")
+OUTPUTS = ("queries.parquet", "queries.txt", "stats.json", "queries.png")
+TRIM_RULE = ("rows sorted by (first part in the order wordnet, unigram, bigram, title; that part's "
+             "statistic descending: synsets, unigram count, bigram PMI then count, title views; "
+             "query string), cut after target_size rows")
+
+
+@dataclass
+class BuildConfig:
+    dumps: list[str]
+    out: str
+    pageviews: list[str] = field(default_factory=list)
+    target_size: int = 500_000
+    wordnet_dir: str | None = None
+    wordnet_download: bool = True
+    overwrite: bool = False
+    runner: str = "DirectRunner"
+    workers: int = 1
+    pipeline_args: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- ordering
+
+def _primary(part: str, stat) -> tuple[float, float]:
+    if part == "bigram":
+        count, score = stat
+        return float(score), float(count)
+    return float(stat), 0.0
+
+
+def rank_key(query: str, parts: dict) -> tuple:
+    """Sort key of a merged query (see the module docstring)."""
+    for priority, part in enumerate(PART_ORDER):
+        if part in parts:
+            a, b = _primary(part, parts[part])
+            return priority, -a, -b, query
+    raise ValueError(f"query {query!r} has no known part: {parts}")
+
+
+def order_and_trim(rows: list[dict], target_size: int) -> tuple[list[dict], int]:
+    """Rows ``{"query", "parts"}`` sorted by :func:`rank_key` and cut to ``target_size``; returns
+    ``(kept rows, number trimmed)``."""
+    ordered = sorted(rows, key=lambda r: rank_key(r["query"], r["parts"]))
+    trimmed = max(0, len(ordered) - target_size)
+    return ordered[:target_size], trimmed
+
+
+def to_table(rows: list[dict]):
+    """The queries.parquet table (schema: docs/schemas.md)."""
+    import pyarrow as pa
+    cols: dict[str, list] = {k: [] for k in ("id", "query", "sources", "unigram_count", "bigram_count",
+                                             "bigram_pmi", "title_views", "wordnet_synsets")}
+    for i, row in enumerate(rows):
+        parts = row["parts"]
+        bigram = parts.get("bigram")
+        cols["id"].append(i)
+        cols["query"].append(row["query"])
+        cols["sources"].append([p for p in PART_ORDER if p in parts])
+        cols["unigram_count"].append(parts.get("unigram"))
+        cols["bigram_count"].append(bigram[0] if bigram else None)
+        cols["bigram_pmi"].append(float(bigram[1]) if bigram else None)
+        cols["title_views"].append(parts.get("title"))
+        cols["wordnet_synsets"].append(parts.get("wordnet"))
+    schema = pa.schema([("id", pa.int32()), ("query", pa.string()), ("sources", pa.list_(pa.string())),
+                        ("unigram_count", pa.int64()), ("bigram_count", pa.int64()),
+                        ("bigram_pmi", pa.float64()), ("title_views", pa.int64()),
+                        ("wordnet_synsets", pa.int32())])
+    return pa.table(cols, schema=schema)
+
+
+# ---------------------------------------------------------------- inputs
+
+def _is_index(path: str) -> bool:
+    return os.path.basename(path).endswith(("-index.txt.bz2", "-index.txt"))
+
+
+def collect_inputs(dump_patterns: list[str], use_index: bool = True) -> list[tuple[str, str | None]]:
+    """Dump files (globs/folders expanded) paired with their multistream index (or None). Index
+    files among the inputs are paired by name, not read as dumps. Fails on a missing or empty
+    input, before any pipeline starts."""
+    from queries.wikidump import check_dump, file_size, index_path_for
+    paths = match_paths(dump_patterns, "dump")
+    given_indexes = {p for p in paths if _is_index(p)}
+    dumps = [p for p in paths if not _is_index(p)]
+    if not dumps:
+        raise WitError(f"no dump files among {', '.join(dump_patterns)} (only multistream indexes)")
+    pairs = []
+    for dump in dumps:
+        check_dump(dump)
+        index = None
+        if use_index and dump.endswith("multistream.xml.bz2"):
+            name = dump[: -len(".xml.bz2")] + "-index.txt.bz2"
+            index = name if name in given_indexes else index_path_for(dump)
+            if index is not None and file_size(index) == 0:
+                raise WitError(f"multistream index {index} is empty (0 bytes)")
+        pairs.append((dump, index))
+    return pairs
+
+
+def _sizes(paths) -> list[dict]:
+    from queries.wikidump import file_size
+    return [{"path": p, "bytes": file_size(p)} for p in paths]
+
+
+# ---------------------------------------------------------------- work files
+
+def _read_jsonl(work_dir: str, name: str) -> list:
+    from apache_beam.io.filesystems import FileSystems
+    out = []
+    matches = FileSystems.match([f"{work_dir}/{name}-*"])[0].metadata_list
+    for m in sorted(matches, key=lambda m: m.path):
+        with open_read(m.path) as fh:
+            for line in fh:
+                if line.strip():
+                    out.append(json.loads(line))
+    return out
+
+
+def _remove_tree(path: str) -> None:
+    if is_local(path):
+        import shutil
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.io.filesystem import BeamIOError
+    try:
+        matches = FileSystems.match([f"{path}/**"])[0].metadata_list
+        if matches:
+            FileSystems.delete([m.path for m in matches])
+    except BeamIOError:
+        pass
+
+
+# ---------------------------------------------------------------- stats and plot
+
+def _nest(counters: dict) -> dict:
+    def pick(prefix):
+        return {k[len(prefix):]: v for k, v in sorted(counters.items()) if k.startswith(prefix)}
+    pages = pick("page.")
+    stream = pick("stream.")
+    pv = pick("pageviews.")
+    return {
+        "corpus": {"pages_read": pages.pop("read", 0), "articles": pages.pop("article", 0),
+                   **pick("corpus."), "work_units": counters.get("dump.work_units", 0)},
+        "skipped": {
+            "pages": pages,
+            "bz2_streams": stream,
+            "pageview_lines": {k[len("line_"):]: v for k, v in pv.items() if k.startswith("line_")},
+            "pageview_files": {k: v for k, v in pv.items() if k.endswith("_gzip")},
+            "queries": {"invalid": counters.get("query.invalid", 0)},
+        },
+        "repaired": {"pages_invalid_utf8": counters.get("repaired.invalid_utf8", 0)},
+        "pageviews": {k: v for k, v in pv.items() if not k.startswith("line_") and not k.endswith("_gzip")},
+    }
+
+
+def plot(path: str, part_sizes: dict, output_sizes: dict, histogram: dict[int, int],
+         unigram_min_count: int) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    names = list(PART_ORDER)
+    xs = range(len(names))
+    for shift, sizes, label in ((-0.2, part_sizes, "part size"), (0.2, output_sizes, "in output")):
+        bars = ax1.bar([x + shift for x in xs], [max(sizes.get(n, 0), 0.8) for n in names], 0.4, label=label)
+        ax1.bar_label(bars, labels=[f"{sizes.get(n, 0):,}" for n in names], fontsize=7)
+    ax1.set_xticks(list(xs), names)
+    ax1.set_yscale("log")
+    ax1.set_ylim(0.7, max([*part_sizes.values(), 1]) * 4)
+    ax1.set_ylabel("queries (log scale)")
+    ax1.set_title("Size per part")
+    ax1.legend()
+    if histogram:
+        bins = sorted(histogram)
+        ax2.bar([2 ** b for b in bins], [histogram[b] for b in bins], width=[2 ** b for b in bins],
+                align="edge", edgecolor="black", linewidth=0.3)
+        ax2.set_xscale("log", base=2)
+        ax2.set_yscale("log")
+        ax2.axvline(unigram_min_count, color="red", linestyle="--", label=f"min count {unigram_min_count}")
+        ax2.legend()
+    ax2.set_xlabel("occurrences in article text (log2 bins)")
+    ax2.set_ylabel("distinct words")
+    ax2.set_title("Unigram counts")
+    fig.tight_layout()
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=100)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- the build
+
+def _file_id(path: str | None):
+    """``[path, bytes, modified]`` of a file: a rebuilt input with the same name is a new input."""
+    if path is None:
+        return None
+    from apache_beam.io.filesystems import FileSystems
+    meta = FileSystems.match([path])[0].metadata_list[0]
+    return [path, meta.size_in_bytes, meta.last_updated_in_seconds]
+
+
+def _signature(cfg: BuildConfig, params, dumps, pageviews) -> dict:
+    return {"dumps": [[_file_id(d), _file_id(i)] for d, i in dumps],
+            "pageviews": [_file_id(p) for p in pageviews], "target_size": cfg.target_size,
+            "params": params.to_json(), "wordnet_dir": cfg.wordnet_dir}
+
+
+def _up_to_date(out: str, signature: dict) -> bool:
+    if not all(exists(f"{out}/{name}") for name in OUTPUTS):
+        return False
+    try:
+        with open_read(f"{out}/stats.json") as fh:
+            return json.load(fh).get("signature") == signature
+    except (OSError, ValueError):
+        return False
+
+
+def build_query_list(cfg: BuildConfig, params) -> dict:
+    """Build ``cfg.out/{queries.parquet, queries.txt, stats.json, queries.png}``; returns the stats.
+
+    ``params`` is a :class:`pipelines.queries_pipeline.QueryParams`. Raises :class:`WitError` on bad
+    inputs (before the pipeline starts) and when the dumps hold no article.
+    """
+    from pipelines import queries_pipeline as qp
+    unknown = set(params.parts) - set(PART_ORDER)
+    if unknown or not params.parts:
+        raise WitError(f"--parts must name some of {', '.join(PART_ORDER)} (got {', '.join(params.parts) or 'none'})")
+    if cfg.target_size < 1:
+        raise WitError("--target-size must be at least 1")
+    dumps = collect_inputs(cfg.dumps, params.use_index)
+    pageviews: list[str] = []
+    if "title" in params.parts:
+        if not cfg.pageviews:
+            raise WitError("the title part needs hourly pageview files (--pageviews), "
+                           "or leave 'title' out of --parts")
+        pageviews = match_paths(cfg.pageviews, "pageview")
+    signature = _signature(cfg, params, dumps, pageviews)
+    if not cfg.overwrite and _up_to_date(cfg.out, signature):
+        with open_read(f"{cfg.out}/stats.json") as fh:
+            stats = json.load(fh)
+        stats["up_to_date"] = True
+        return stats
+
+    wordnet_info: dict = {}
+    wordnet_items: list = []
+    if "wordnet" in params.parts:
+        from queries import wordnet as wn
+        root = wn.wordnet_root(cfg.wordnet_dir, allow_download=cfg.wordnet_download)
+        part = wn.wordnet_part(root)
+        wordnet_items = sorted(part.items())
+        wordnet_info = {"root": str(root), "version": wn.wordnet_version(root),
+                        "synsets": sum(part.values()), "head_names": len(part) - sum(
+                            1 for s in wn.EXTRA_STRINGS if part.get(s) == 0),
+                        "extra_strings": len(wn.EXTRA_STRINGS)}
+
+    work_dir = f"{cfg.out.rstrip('/')}/.wit-work-{uuid.uuid4().hex[:10]}"
+    made_out = is_local(cfg.out) and not os.path.exists(cfg.out)
+    if is_local(work_dir):
+        os.makedirs(work_dir, exist_ok=True)
+    started = time.time()
+    try:
+        qp.run(qp.Inputs(dumps=dumps, pageviews=pageviews, wordnet=wordnet_items), params, work_dir,
+               runner=cfg.runner, workers=cfg.workers, pipeline_args=cfg.pipeline_args)
+        pipeline_s = time.time() - started
+        merged, counters = [], {}
+        for kind, value in _read_jsonl(work_dir, "result"):
+            if kind == "query":
+                merged.append(value)
+            else:
+                counters[value[0]] = value[1]
+        if not counters.get("page.article"):
+            raise WitError(f"no articles (namespace 0, not redirects) in {', '.join(d for d, _ in dumps)} "
+                           f"({counters.get('page.read', 0)} pages read); nothing written")
+        histogram = {int(k[5:]): v for k, v in counters.items() if k.startswith("hist.")}
+    except BaseException:
+        _remove_tree(work_dir)
+        if made_out and not os.listdir(cfg.out):
+            os.rmdir(cfg.out)  # leave no trace of a failed first build
+        raise
+    _remove_tree(work_dir)
+
+    rows, trimmed = order_and_trim(merged, cfg.target_size)
+    part_sizes = Counter(p for r in merged for p in r["parts"])
+    output_sizes = Counter(p for r in rows for p in r["parts"])
+    stats = {
+        "output": {"queries": len(rows), "target_size": cfg.target_size, "union_size": len(merged),
+                   "trimmed": trimmed, "short_of_target": max(0, cfg.target_size - len(merged)),
+                   "trim_rule": TRIM_RULE},
+        "parts": {p: {"size": part_sizes.get(p, 0), "in_output": output_sizes.get(p, 0),
+                      "enabled": p in params.parts} for p in PART_ORDER},
+        "thresholds": {"unigram_min_count": params.unigram_min_count,
+                       "bigram_min_count": params.bigram_min_count,
+                       "bigram_min_pmi": params.bigram_min_pmi,
+                       "title_min_views": params.title_min_views,
+                       "title_min_hourly_views": params.title_min_hourly_views,
+                       "pageview_domains": list(params.pageview_domains)},
+        "passed": {"unigram_min_count": counters.get("passed.unigram_min_count", 0),
+                   "bigram_min_count": counters.get("passed.bigram_min_count", 0),
+                   "bigram_min_count_and_min_pmi": counters.get("passed.bigram_min_pmi", 0),
+                   "title_hours_min_hourly_views": counters.get("pageviews.title_hours_kept", 0),
+                   "title_min_views": counters.get("title.passed_min_views", 0),
+                   "title_min_views_and_article": counters.get("title.in_dump", 0)},
+        **_nest(counters),
+        "inputs": {"dumps": [{**_sizes([d])[0], "index": i, "index_bytes": _sizes([i])[0]["bytes"] if i else None}
+                             for d, i in dumps],
+                   "pageviews": _sizes(pageviews), "wordnet": wordnet_info or None},
+        "run": {"runner": cfg.runner, "workers": cfg.workers, "pipeline_seconds": round(pipeline_s, 2),
+                "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},
+        "counters": {k: v for k, v in sorted(counters.items()) if not k.startswith("hist.")},
+        "unigram_count_histogram": {f"{2 ** b}-{2 ** (b + 1) - 1}": n for b, n in sorted(histogram.items())},
+        "signature": signature,
+    }
+    if "corpus.bigram_pmi_max" in counters and isinstance(counters["corpus.bigram_pmi_max"], float):
+        stats["corpus"]["bigram_pmi_max"] = round(counters["corpus.bigram_pmi_max"], 4)
+
+    out = cfg.out.rstrip("/")
+    if is_local(out):
+        os.makedirs(out, exist_ok=True)
+    # stats.json last: its presence with a matching signature marks a complete build
+    atomic_write_parquet(f"{out}/queries.parquet", to_table(rows))
+    with atomic_open(f"{out}/queries.txt", "w") as fh:
+        for r in rows:
+            fh.write(r["query"] + "\n")
+    plot(f"{out}/queries.png", part_sizes, output_sizes, histogram, params.unigram_min_count)
+    atomic_write_json(f"{out}/stats.json", stats)
+    return stats
+
+
+def describe(stats: dict) -> str:
+    o = stats["output"]
+    parts = ", ".join(f"{p} {v['size']:,}" for p, v in stats["parts"].items() if v["enabled"])
+    msg = f"{o['queries']:,} queries ({parts}; union {o['union_size']:,})"
+    if o["trimmed"]:
+        msg += f", trimmed {o['trimmed']:,} to --target-size {o['target_size']:,}"
+    elif o["short_of_target"]:
+        msg += f", {o['short_of_target']:,} short of --target-size {o['target_size']:,}"
+    return msg

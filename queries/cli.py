@@ -1,0 +1,107 @@
+"""``wit queries``: build CLIP's query list from Wikipedia dumps, pageviews and WordNet."""
+from __future__ import annotations
+
+import argparse
+
+from pipelines.options import add_beam_arguments
+
+BEAM_OPTIONS = True
+DESCRIPTION = (
+    "Build the query list of CLIP (Radford et al. 2021, sec. 2.2): words occurring at least "
+    "--unigram-min-count times in English Wikipedia's article text, bigrams with high pointwise "
+    "mutual information, titles of articles with enough pageviews, and every WordNet synset's head "
+    "name. Writes OUT/queries.parquet, OUT/queries.txt, OUT/stats.json and OUT/queries.png "
+    "(docs/queries.md, docs/schemas.md). Runs as an Apache Beam pipeline: locally by default, on "
+    "Dataflow with --runner DataflowRunner --project P --region R --temp_location gs://B/tmp "
+    "--setup_file ./setup.py.")
+
+
+def _parts(value: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in value.split(",") if p.strip())
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    io = parser.add_argument_group("inputs and output")
+    io.add_argument("--dumps", nargs="+", required=True, metavar="PATH",
+                    help="English Wikipedia pages-articles XML dumps: files, globs or folders (local or "
+                         "gs://): .xml, .xml.bz2, the pagesN part files (.xml-pA-pB.bz2), or the "
+                         "multistream .xml.bz2, whose -index.txt.bz2 (given here too or lying next to "
+                         "it) splits the dump into work units at its bz2 stream offsets")
+    io.add_argument("--pageviews", nargs="+", default=[], metavar="PATH",
+                    help="hourly Wikimedia pageview files pageviews-YYYYMMDD-HH0000.gz (files, globs "
+                         "or folders), for the title part")
+    io.add_argument("--out", required=True, metavar="DIR",
+                    help="output folder for queries.parquet, queries.txt, stats.json, queries.png")
+    io.add_argument("--overwrite", action="store_true",
+                    help="rebuild even when OUT already holds a complete build of the same inputs and options "
+                         "(otherwise such a build is kept and the command returns at once)")
+
+    th = parser.add_argument_group("parts and thresholds")
+    th.add_argument("--parts", type=_parts, default="wordnet,unigram,bigram,title",
+                    metavar="LIST", help="comma-separated parts to build: wordnet,unigram,bigram,title")
+    th.add_argument("--unigram-min-count", type=int, default=100, metavar="N",
+                    help="keep words occurring at least N times in article text (CLIP's 100)")
+    th.add_argument("--bigram-min-count", type=int, default=100, metavar="N",
+                    help="a bigram must occur at least N times before its PMI counts: PMI overrates "
+                         "rare pairs (a pair seen once, of words seen once, gets the maximum "
+                         "log2 N); 100 holds bigrams to the unigrams' standard and makes both of "
+                         "their words queries")
+    th.add_argument("--bigram-min-pmi", type=float, default=30.0, metavar="X",
+                    help="keep bigrams with PMI = log2(n(w1 w2) N / (n(w1) n(w2))) >= X, N = words "
+                         "in the corpus (MetaCLIP's 30; see docs/queries.md for what it implies)")
+    th.add_argument("--title-min-views", type=int, default=70, metavar="N",
+                    help="keep article titles whose views, summed over the counted hours, reach N "
+                         "(MetaCLIP's 70)")
+    th.add_argument("--title-min-hourly-views", type=int, default=50, metavar="N",
+                    help="an hour counts for a title only when it has at least N views (MetaCLIP's 50)")
+    th.add_argument("--pageview-domains", type=_parts, default="en,en.m", metavar="LIST",
+                    help="pageview domain codes that are English Wikipedia: en (desktop), en.m (mobile web)")
+    th.add_argument("--target-size", type=int, default=500_000, metavar="N",
+                    help="size of the list: a larger union is cut by rank (wordnet, unigram, bigram, "
+                         "title; then statistic); a smaller one is reported in stats.json")
+
+    wn = parser.add_argument_group("WordNet")
+    wn.add_argument("--wordnet-dir", default=None, metavar="DIR",
+                    help="a WordNet 3.0 dict folder (Princeton format) to use. Without it: the cache "
+                         "($WIT_CACHE/nltk_data, else ~/.cache/wit/nltk_data), then $WNSEARCHDIR, "
+                         "$WNHOME/dict, Debian's /usr/share/wordnet (apt-get install wordnet-base "
+                         "wordnet-sense-index), NLTK's data path, and last NLTK's downloader")
+    wn.add_argument("--no-wordnet-download", dest="wordnet_download", action="store_false",
+                    default=argparse.SUPPRESS,
+                    help="never try NLTK's downloader (offline machines); by default it is the last resort")
+
+    sc = parser.add_argument_group("scale")
+    sc.add_argument("--unit-mb", type=float, default=16.0, metavar="MB",
+                    help="compressed MB per work unit when a multistream index splits a dump")
+    sc.add_argument("--no-index", dest="use_index", action="store_false", default=argparse.SUPPRESS,
+                    help="read multistream dumps whole (one work unit per file) even when their index is there")
+    add_beam_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipelines.queries_pipeline import QueryParams
+    from queries.build import BuildConfig, build_query_list, describe
+    from wit_builder.common import WitError
+    for name in ("unigram_min_count", "bigram_min_count", "title_min_views", "title_min_hourly_views"):
+        if getattr(args, name) < 1:
+            raise WitError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.unit_mb <= 0:
+        raise WitError("--unit-mb must be positive")
+    params = QueryParams(
+        unigram_min_count=args.unigram_min_count, bigram_min_count=args.bigram_min_count,
+        bigram_min_pmi=args.bigram_min_pmi, title_min_views=args.title_min_views,
+        title_min_hourly_views=args.title_min_hourly_views,
+        pageview_domains=tuple(args.pageview_domains), parts=tuple(args.parts),
+        unit_bytes=int(args.unit_mb * (1 << 20)), use_index=getattr(args, "use_index", True))
+    cfg = BuildConfig(dumps=args.dumps, out=args.out, pageviews=args.pageviews,
+                      target_size=args.target_size, wordnet_dir=args.wordnet_dir,
+                      wordnet_download=getattr(args, "wordnet_download", True), overwrite=args.overwrite,
+                      runner=args.runner, workers=args.workers,
+                      pipeline_args=list(getattr(args, "pipeline_args", [])))
+    stats = build_query_list(cfg, params)
+    if stats.get("up_to_date"):
+        print(f"wit queries: {args.out} is already built from these inputs and options "
+              f"({describe(stats)}); --overwrite rebuilds")
+    else:
+        print(f"wit queries: wrote {args.out}: {describe(stats)}")
+    return 0
