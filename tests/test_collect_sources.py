@@ -344,3 +344,25 @@ def test_detect_format():
     assert detect_format("x.jsonl") == "jsonl"
     with pytest.raises(WitError, match="input-format"):
         detect_format("mystery.bin")
+
+
+def test_quick_join_equals_urljoin():
+    import random
+    from urllib.parse import urljoin
+    from wit_builder.sources import _quick_join
+    rng = random.Random(0)
+    bases = ["https://e.com", "https://e.com/", "http://e.com/a/b.html", "http://e.com/a/b/",
+             "https://u:p@e.com:8080/x/y?q=1#f", "https://e.com?x", "https://e.com#x", "http://e.com/a/./b/c",
+             "https://e.com/a/b.html;p?q", "http://e.com/a//b/c.html", "https://E.com/%7Ea/b",
+             "http://e.com/a/b/../c", "https://e.com/a?b/c"]
+    parts = ["img", "x.jpg", "a b", "..", ".", "", "q?x=1", "#f", ";p", "//", "%2F", "c:d", "日本", "\\", "x#y",
+             "a.b", "@x", ":80", "A", "1"]
+    fast = 0
+    for _ in range(30000):
+        base = rng.choice(bases)
+        ref = rng.choice(["", "/", "//"]) + "/".join(rng.choice(parts) for _ in range(rng.randint(1, 4)))
+        got = _quick_join(base, ref) if ref else None
+        if got is not None:
+            fast += 1
+            assert got == urljoin(base, ref), (base, ref)
+    assert fast > 8000

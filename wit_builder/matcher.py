@@ -142,7 +142,9 @@ class Matcher:
         text_idx = np.searchsorted(seps, ends)
         if len(self._alias_src):
             text_idx, qids = self._add_aliases(text_idx, qids)
-        key = np.unique(text_idx * np.int64(self.num_queries) + qids)   # sorted, unique
+        key = np.sort(text_idx * np.int64(self.num_queries) + qids)
+        if len(key) > 1:        # unique; np.unique is many times slower than this in numpy 2.4
+            key = key[np.concatenate(([True], key[1:] != key[:-1]))]
         owner = key // self.num_queries
         ids = (key - owner * self.num_queries).astype(np.int32)
         offsets = np.searchsorted(owner, np.arange(n + 1), side="left").astype(np.int64)

@@ -113,10 +113,13 @@ def resolve_url(src, base: str | None, max_chars: int = 2048) -> tuple[str | Non
             return None, "non_http_url"
         if not base:
             return None, "relative_url_without_base"
-        try:
-            url = urljoin(base, url)
-        except ValueError:
-            return None, "bad_url"
+        joined = _quick_join(base, url)
+        if joined is None:
+            try:
+                joined = urljoin(base, url)
+            except ValueError:
+                return None, "bad_url"
+        url = joined
         head = url[:8].lower()
         if not (head.startswith("http://") or head.startswith("https://")):
             return None, "non_http_url"
@@ -143,6 +146,39 @@ def resolve_url(src, base: str | None, max_chars: int = 2048) -> tuple[str | Non
         except UnicodeEncodeError:
             return None, "bad_url"       # lone surrogates from a broken JSON escape
     return url, None
+
+
+def _quick_join(base: str, ref: str) -> str | None:
+    """``urljoin(base, ref)`` for the common shapes of relative image URLs (``/path``, ``//host/path``,
+    ``dir/file``) when no dot segment or backslash needs RFC 3986 normalisation; None otherwise."""
+    if "\\" in ref or "/." in ref or ref.startswith((".", "?", "#", ";")) or "://" not in base:
+        return None
+    scheme_end = base.index("://")
+    if ref.startswith("//"):
+        return base[:scheme_end + 1] + ref if ref[2:3].isalnum() and "//" not in ref[2:] else None
+    if "//" in ref:
+        return None                     # urljoin collapses empty path segments
+    host_start = scheme_end + 3
+    path_start = len(base)
+    for c in "/?#":
+        i = base.find(c, host_start)
+        if 0 <= i < path_start:
+            path_start = i
+    if ref.startswith("/"):
+        return base[:path_start] + ref if "//" not in ref else None
+    if ":" in ref.split("/", 1)[0]:
+        return None
+    end = len(base)
+    for c in "?#":
+        i = base.find(c, path_start)
+        if 0 <= i < end:
+            end = i
+    path = base[path_start:end]
+    if "//" in path:
+        return None
+    if "/." in path or not path.startswith("/"):
+        return base[:path_start] + "/" + ref if not path else None
+    return base[:path_start] + path[:path.rfind("/") + 1] + ref
 
 
 def _safe_base(url) -> str | None:

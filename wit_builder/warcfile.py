@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import zlib
 from collections import Counter
-from typing import IO, Iterator, NamedTuple
+from typing import IO, Iterator
 
 __all__ = ["WarcRecord", "iter_records", "split_http", "GZIP_MAGIC"]
 
@@ -36,10 +36,22 @@ _GAP = None              # marker in the chunk stream: data was lost here
 _RESYNC = b"\r\n\r\nWARC/1."
 
 
-class WarcRecord(NamedTuple):
-    type: str                 # WARC-Type, lower case ("response", "metadata", ...)
-    headers: dict             # header name (lower case) -> value (last one wins)
-    body: bytes               # the record block (Content-Length bytes)
+class WarcRecord:
+    """One record: ``type`` (WARC-Type, lower case), ``body`` (the block, Content-Length bytes) and
+    ``headers`` ({lower-case name: value}, parsed on first use: most records are skipped unread)."""
+    __slots__ = ("type", "body", "_raw", "_headers")
+
+    def __init__(self, rtype: str, raw_header: bytes, body: bytes):
+        self.type, self._raw, self.body, self._headers = rtype, raw_header, body, None
+
+    @property
+    def headers(self) -> dict:
+        if self._headers is None:
+            self._headers = _parse_header(self._raw) or {}
+        return self._headers
+
+    def __repr__(self) -> str:
+        return f"WarcRecord({self.type!r}, {len(self.body)} bytes)"
 
 
 def _gzip_chunks(raw: IO[bytes], first: bytes, skips: Counter) -> Iterator[bytes | None]:
@@ -86,7 +98,7 @@ def _gzip_chunks(raw: IO[bytes], first: bytes, skips: Counter) -> Iterator[bytes
                     return
                 pos = nxt
                 continue
-        piece = data[pos:pos + _PIECE]
+        piece = memoryview(data)[pos:pos + _PIECE]
         try:
             out = d.decompress(piece)
         except zlib.error:
@@ -121,13 +133,13 @@ def _plain_chunks(raw: IO[bytes], first: bytes) -> Iterator[bytes]:
 
 def _parse_header(block: bytes) -> dict | None:
     """WARC header block (without the final blank line) -> {lower-case name: value}, or None."""
+    if not block.startswith(b"WARC/"):
+        return None
     try:
         text = block.decode("utf-8")
     except UnicodeDecodeError:
         text = block.decode("latin-1")
     lines = text.split("\r\n") if "\r\n" in text else text.split("\n")
-    if not lines[0].startswith("WARC/"):
-        return None
     headers: dict = {}
     last = None
     for line in lines[1:]:
@@ -135,11 +147,51 @@ def _parse_header(block: bytes) -> dict | None:
             headers[last] += " " + line.strip()
             continue
         name, sep, value = line.partition(":")
-        if not sep:
-            continue                                          # tolerated, like fastwarc does
-        last = name.strip().lower()
-        headers[last] = value.strip()
+        if sep:                                               # lines without a colon are ignored,
+            last = name.strip().lower()                       # as fastwarc does
+            headers[last] = value.strip()
     return headers
+
+
+def _type_and_length(block: bytes) -> tuple[str, int] | None:
+    """(WARC-Type lower case, Content-Length) of a header block, or None if it is not valid."""
+    if not block.startswith(b"WARC/"):
+        return None
+    i = block.find(b"\nContent-Length:")
+    t = block.find(b"\nWARC-Type:")
+    if i < 0 or t < 0:                     # other spellings: parse everything
+        headers = _parse_header(block)
+        try:
+            return headers.get("warc-type", "").lower(), int(headers.get("content-length", ""))
+        except ValueError:
+            return None
+    end = block.find(b"\n", i + 1)
+    try:
+        length = int(block[i + 16:end if end >= 0 else len(block)])
+    except ValueError:
+        return None
+    end = block.find(b"\n", t + 1)
+    rtype = block[t + 11:end if end >= 0 else len(block)].strip().decode("latin-1").lower()
+    return rtype, length
+
+
+def _whole_record(chunk: bytes, max_record_bytes: int) -> WarcRecord | None:
+    """The record if ``chunk`` is exactly one well-formed record (plus CR/LF), else None."""
+    if not chunk.startswith(b"WARC/"):
+        return None
+    end = chunk.find(b"\r\n\r\n", 0, _MAX_HEADER + 4)
+    if end < 0:
+        return None
+    raw = chunk[:end]
+    tl = _type_and_length(raw)
+    if tl is None:
+        return None
+    rtype, length = tl
+    stop = end + 4 + length
+    if length < 0 or length > max_record_bytes or chunk[stop:stop + 4] != b"\r\n\r\n" \
+            or chunk[stop + 4:].strip(b"\r\n"):
+        return None
+    return WarcRecord(rtype, raw, chunk[end + 4:stop])
 
 
 def iter_records(raw: IO[bytes], skips: Counter | None = None,
@@ -165,6 +217,11 @@ def iter_records(raw: IO[bytes], skips: Counter | None = None,
                 continue
             chunk = chunk[skip_body:]
             skip_body = 0
+        if not buf and not resync:
+            rec = _whole_record(chunk, max_record_bytes)
+            if rec is not None:          # the common case: one gzip member = one whole record
+                yield rec
+                continue
         buf += chunk
         while True:
             if resync:
@@ -199,14 +256,10 @@ def iter_records(raw: IO[bytes], skips: Counter | None = None,
                     resync = True
                     continue
                 break                                   # need more data
-            headers = _parse_header(bytes(buf[:end]))
-            length = None
-            if headers is not None:
-                try:
-                    length = int(headers.get("content-length", ""))
-                except ValueError:
-                    length = None
-            if headers is None or length is None or length < 0:
+            raw = bytes(buf[:end])
+            tl = _type_and_length(raw)
+            rtype, length = tl if tl is not None else ("", -1)
+            if length < 0:
                 skips["malformed_record"] += 1
                 del buf[:1]
                 resync = True
@@ -233,7 +286,7 @@ def iter_records(raw: IO[bytes], skips: Counter | None = None,
                 continue
             body = bytes(buf[body_start:body_start + length])
             del buf[:body_start + length + 4]
-            yield WarcRecord(headers.get("warc-type", "").lower(), headers, body)
+            yield WarcRecord(rtype, raw, body)
     # end of stream: a complete block followed by a short or missing trailer is still a record
     if resync or skip_body:
         if skip_body:
@@ -245,19 +298,17 @@ def iter_records(raw: IO[bytes], skips: Counter | None = None,
     if start >= len(buf):
         return
     end = buf.find(b"\r\n\r\n", start)
-    headers = _parse_header(bytes(buf[start:end])) if end >= 0 else None
-    try:
-        length = int(headers.get("content-length", "")) if headers is not None else -1
-    except ValueError:
-        length = -1
-    if headers is None or length < 0:
+    raw = bytes(buf[start:end]) if end >= 0 else b""
+    tl = _type_and_length(raw) if end >= 0 else None
+    if tl is None or tl[1] < 0:
         skips["malformed_record" if end >= 0 else "truncated_record"] += 1
         return
+    rtype, length = tl
     body = bytes(buf[end + 4:end + 4 + length])
     if len(body) < length:
         skips["truncated_record"] += 1
         return
-    yield WarcRecord(headers.get("warc-type", "").lower(), headers, body)
+    yield WarcRecord(rtype, raw, body)
 
 
 def split_http(block: bytes) -> tuple[int | None, dict, bytes]:
