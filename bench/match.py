@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import sys
 import time
 
@@ -38,10 +39,11 @@ def main() -> None:
     ap.add_argument("--naive", type=int, default=20, help="texts for the naive reference loop")
     ap.add_argument("--batch", type=int, default=20_000, help="texts per match_batch call (the pipeline's batch)")
     ap.add_argument("--case-insensitive", action="store_true")
+    ap.add_argument("--repeats", type=int, default=3, help="timed passes per automaton layout (best one counts)")
     ap.add_argument("--quick", action="store_true", help="20k texts, 5 naive texts")
     a = ap.parse_args()
     if a.quick:
-        a.texts, a.naive = 20_000, 5
+        a.texts, a.naive, a.repeats = 20_000, 5, 2
 
     t = time.perf_counter()
     vocab = synthetic.vocabulary()
@@ -52,22 +54,35 @@ def main() -> None:
 
     rss0 = rss_bytes()
     c0, w0 = time.process_time(), time.perf_counter()
-    matcher = Matcher(queries, case_insensitive=a.case_insensitive)
+    plain = Matcher(queries, case_insensitive=a.case_insensitive, relayout=False)
     build_cpu, build_wall = time.process_time() - c0, time.perf_counter() - w0
-    print(f"automaton build: {build_cpu:.2f} s CPU ({build_wall:.2f} s wall); "
-          f"pyahocorasick nodes {matcher.memory_bytes() / 2**20:.0f} MiB, "
-          f"process RSS +{(rss_bytes() - rss0) / 2**20:.0f} MiB")
+    rss1 = rss_bytes()
+    c0 = time.process_time()
+    matcher = Matcher.__new__(Matcher)
+    matcher.__dict__.update(plain.__dict__)
+    matcher._automaton = pickle.loads(pickle.dumps(plain._automaton, protocol=pickle.HIGHEST_PROTOCOL))
+    relayout_cpu = time.process_time() - c0
+    print(f"automaton build: {build_cpu:.2f} s CPU ({build_wall:.2f} s wall), + {relayout_cpu:.2f} s CPU to "
+          f"re-lay it out (Matcher does this from {Matcher.RELAYOUT_MIN_KEYS:,} queries); "
+          f"pyahocorasick nodes {plain.memory_bytes() / 2**20:.0f} MiB, process RSS +{(rss1 - rss0) / 2**20:.0f} MiB")
 
-    c0, w0 = time.process_time(), time.perf_counter()
-    n_ids = 0
-    batch_results = []
-    for i in range(0, len(texts), a.batch):
-        offsets, ids = matcher.match_batch(texts[i:i + a.batch])
-        n_ids += len(ids)
-        if i == 0:
-            batch_results = [ids[offsets[j]:offsets[j + 1]].tolist() for j in range(min(len(texts), 1000))]
-    batch_cpu, batch_wall = time.process_time() - c0, time.perf_counter() - w0
-    batch_rate = len(texts) / batch_cpu
+    def run_batches(m) -> tuple[float, float, int, list]:
+        c0, w0 = time.process_time(), time.perf_counter()
+        n_ids, first = 0, []
+        for i in range(0, len(texts), a.batch):
+            offsets, ids = m.match_batch(texts[i:i + a.batch])
+            n_ids += len(ids)
+            if i == 0:
+                first = [ids[offsets[j]:offsets[j + 1]].tolist() for j in range(min(len(texts), 1000))]
+        return time.process_time() - c0, time.perf_counter() - w0, n_ids, first
+
+    # alternate the two layouts so that machine noise hits both alike; keep each one's best
+    batch_cpu = plain_cpu = batch_wall = float("inf")
+    for _ in range(a.repeats):
+        cpu, wall, n_ids, batch_results = run_batches(matcher)
+        batch_cpu, batch_wall = min(batch_cpu, cpu), min(batch_wall, wall)
+        plain_cpu = min(plain_cpu, run_batches(plain)[0])
+    batch_rate, plain_rate = len(texts) / batch_cpu, len(texts) / plain_cpu
 
     single_n = min(len(texts), 20_000)
     c0 = time.process_time()
@@ -82,6 +97,7 @@ def main() -> None:
     print(f"matches per text: {n_ids / len(texts):.1f}")
     print(f"{'naive loop over all queries':34s} {naive_rate:12,.1f} texts/s per core  (on {a.naive} texts)")
     print(f"{'Matcher.match (one text per call)':34s} {single_rate:12,.0f} texts/s per core")
+    print(f"{'match_batch, not re-laid out':34s} {plain_rate:12,.0f} texts/s per core")
     print(f"{'Matcher.match_batch (pipeline)':34s} {batch_rate:12,.0f} texts/s per core  "
           f"({len(texts) / batch_wall:,.0f}/s wall)")
     print(f"ratio batch / naive: {batch_rate / naive_rate:,.0f}x;  target {TARGET:,}/s: "

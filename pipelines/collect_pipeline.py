@@ -1,17 +1,17 @@
 """Beam pipelines behind ``wit collect`` and ``wit balance``.
 
-collect::
+collect = ``MatchPairs`` then ``BalanceMatched``::
 
-    input files -> Reshuffle -> ExtractCandidates (one file per element, batches of candidates)
-      -> CleanTexts -> MatchQueries (automaton built once per worker in setup)
-      -> IdentifyLanguage (only matched texts; model loaded in setup)
-      -> ToShards (Arrow tables keyed by hash(uid) mod M, buffered per bundle)
-      -> GroupByKey -> DedupAndWrite (exact (url, text) dedup per shard; OUT/matched/part-k-of-M)
-      -> counts per query: CombineGlobally(SumCounts)  (combiner-lifted partial sums)
-      -> BalanceShard (counts as side input; OUT/balanced/part-k-of-M) -> WriteSummary
-         (OUT/counts.parquet, OUT/balance.png, OUT/stats.json last)
+    MatchPairs: (path, format) -> Reshuffle -> ExtractCandidates (one file per element, batches of
+      candidates) -> CleanTexts -> MatchQueries (automaton built once per worker in setup)
+      -> IdentifyLanguage (only matched texts; model loaded in setup) -> ToShards (Arrow tables
+      keyed by hash(uid) mod M, buffered per bundle) -> GroupByKey -> DedupAndWrite (exact
+      (url, text) dedup per shard; OUT/matched/part-k-of-M) -> MatchCounts: CombineGlobally(SumCounts),
+      a CombineFn, so partial sums are computed before the shuffle (combiner lifting)
+    BalanceMatched: BalanceShards (counts as a side input; OUT/balanced/part-k-of-M) -> KeptCounts
+      -> MergeStats -> WriteSummary (OUT/counts.parquet, OUT/balance.png, then OUT/stats.json)
 
-balance: the same tail from ``matched/`` files: CountShard -> SumCounts -> BalanceShard -> summary.
+balance = ``CountMatched`` (matched files -> counts) then the same ``BalanceMatched``.
 
 Elements are whole files and batches of up to ``batch_size`` pairs, never single pairs, so Beam's
 per-element cost is paid a few times per file. Everything written is a function of the inputs,
@@ -37,7 +37,8 @@ from apache_beam.transforms.window import GlobalWindows
 from wit_builder.common import WitError, atomic_write_json, atomic_write_parquet, exists, open_read
 from wit_builder.sources import SourceOptions
 
-__all__ = ["CollectConfig", "collect", "balance", "shard_name"]
+__all__ = ["CollectConfig", "BalanceOptions", "MatchPairs", "CountMatched", "BalanceMatched", "collect", "balance",
+           "shard_name"]
 
 STATS = "stats"
 COUNTS = "counts"
@@ -358,39 +359,85 @@ def _summarize(header: dict, stats: Counter, counts: np.ndarray, cap: int, seed:
     return out
 
 
-def _balance_tail(shards, counts, out: str, num_shards: int, cap: int, seed: int, num_queries: int,
-                  stats_parts: list, names_from: str, header: dict):
-    """BalanceShard -> kept counts -> WriteSummary, from (k, matched path) and the counts singleton."""
-    balanced = (shards | "Balance" >> beam.ParDo(
-        BalanceShard(out, num_shards, cap, seed, num_queries), beam.pvalue.AsSingleton(counts))
-        .with_outputs(COUNTS, main="stats"))
-    kept = balanced[COUNTS] | "KeptCounts" >> beam.CombineGlobally(SumCounts())
-    stats = ((*stats_parts, balanced.stats) | "AllStats" >> beam.Flatten()
-             | "MergeStats" >> beam.CombineGlobally(MergeStats()))
-    return (shards.pipeline | "Once" >> beam.Create([None])
-            | "WriteSummary" >> beam.ParDo(WriteSummary(out, cap, seed, names_from, header),
-                                           beam.pvalue.AsSingleton(stats), beam.pvalue.AsSingleton(counts),
-                                           beam.pvalue.AsSingleton(kept)))
+@dataclass(frozen=True)
+class BalanceOptions:
+    out: str
+    num_shards: int
+    cap: int
+    seed: int
+    num_queries: int
+    names_from: str          # queries file, or an earlier run's counts.parquet, for query strings
+    header: dict             # fixed part of stats.json
+
+
+class MatchPairs(beam.PTransform):
+    """(path, format) pairs -> OUT/matched/part-k-of-M.parquet for every k.
+
+    Returns ``{"shards": (k, path), "counts": dense counts per query id (one element),
+    "stats": Counters from every step}``."""
+
+    def __init__(self, cfg: CollectConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def expand(self, files):
+        cfg, m = self.cfg, self.cfg.num_shards
+        spread = files | "SpreadFiles" >> beam.Reshuffle()
+        ext = spread | "ExtractCandidates" >> beam.ParDo(ExtractCandidates(cfg)).with_outputs(STATS, main="out")
+        cln = ext.out | "CleanTexts" >> beam.ParDo(CleanTexts(cfg)).with_outputs(STATS, main="out")
+        mat = cln.out | "MatchQueries" >> beam.ParDo(
+            MatchQueries(cfg.queries, cfg.case_insensitive)).with_outputs(STATS, main="out")
+        lng = mat.out | "IdentifyLanguage" >> beam.ParDo(
+            IdentifyLanguage(cfg.lang_detector, cfg.seed, cfg.langs, cfg.min_lang_prob)).with_outputs(STATS, main="out")
+        shd = lng.out | "ToShards" >> beam.ParDo(ToShards(m)).with_outputs(STATS, main="out")
+        every = files.pipeline | "AllShardIds" >> beam.Create([(k, None) for k in range(m)])
+        grouped = (shd.out, every) | "WithEmptyShards" >> beam.Flatten() | "GroupByShard" >> beam.GroupByKey()
+        written = grouped | "DedupAndWrite" >> beam.ParDo(DedupAndWrite(cfg.out, m)).with_outputs(
+            COUNTS, STATS, main="out")
+        counts = written[COUNTS] | "MatchCounts" >> beam.CombineGlobally(SumCounts())
+        stats = ((ext[STATS], cln[STATS], mat[STATS], lng[STATS], shd[STATS], written[STATS])
+                 | "StepStats" >> beam.Flatten())
+        return {"shards": written.out, "counts": counts, "stats": stats}
+
+
+class CountMatched(beam.PTransform):
+    """(k, matched path) -> ``{"shards", "counts", "stats"}`` like MatchPairs, from files alone."""
+
+    def expand(self, shards):
+        spread = shards | "SpreadShards" >> beam.Reshuffle()
+        counts = spread | "CountShards" >> beam.ParDo(CountShard()) | "MatchCounts" >> beam.CombineGlobally(SumCounts())
+        stats = shards.pipeline | "NoStats" >> beam.Create([Counter()])
+        return {"shards": spread, "counts": counts, "stats": stats}
+
+
+class BalanceMatched(beam.PTransform):
+    """``{"shards", "counts", "stats"}`` -> OUT/balanced/, OUT/counts.parquet, OUT/balance.png and
+    OUT/stats.json; returns the summary written to stats.json (one element)."""
+
+    def __init__(self, opts: BalanceOptions):
+        super().__init__()
+        self.o = opts
+
+    def expand(self, parts):
+        o = self.o
+        shards, counts = parts["shards"], parts["counts"]
+        balanced = (shards | "BalanceShards" >> beam.ParDo(
+            BalanceShard(o.out, o.num_shards, o.cap, o.seed, o.num_queries), beam.pvalue.AsSingleton(counts))
+            .with_outputs(COUNTS, main="stats"))
+        kept = balanced[COUNTS] | "KeptCounts" >> beam.CombineGlobally(SumCounts())
+        stats = ((parts["stats"], balanced.stats) | "AllStats" >> beam.Flatten()
+                 | "MergeStats" >> beam.CombineGlobally(MergeStats()))
+        return (shards.pipeline | "Once" >> beam.Create([None])
+                | "WriteSummary" >> beam.ParDo(WriteSummary(o.out, o.cap, o.seed, o.names_from, o.header),
+                                               beam.pvalue.AsSingleton(stats), beam.pvalue.AsSingleton(counts),
+                                               beam.pvalue.AsSingleton(kept)))
 
 
 def build_collect(p, cfg: CollectConfig, header: dict):
-    m = cfg.num_shards
-    files = p | "Inputs" >> beam.Create(list(cfg.inputs)) | "SpreadFiles" >> beam.Reshuffle()
-    ext = files | "ExtractCandidates" >> beam.ParDo(ExtractCandidates(cfg)).with_outputs(STATS, main="out")
-    cln = ext.out | "CleanTexts" >> beam.ParDo(CleanTexts(cfg)).with_outputs(STATS, main="out")
-    mat = cln.out | "MatchQueries" >> beam.ParDo(
-        MatchQueries(cfg.queries, cfg.case_insensitive)).with_outputs(STATS, main="out")
-    lng = mat.out | "IdentifyLanguage" >> beam.ParDo(
-        IdentifyLanguage(cfg.lang_detector, cfg.seed, cfg.langs, cfg.min_lang_prob)).with_outputs(STATS, main="out")
-    shd = lng.out | "ToShards" >> beam.ParDo(ToShards(m)).with_outputs(STATS, main="out")
-    every = p | "AllShardIds" >> beam.Create([(k, None) for k in range(m)])
-    grouped = (shd.out, every) | "WithEmptyShards" >> beam.Flatten() | "GroupByShard" >> beam.GroupByKey()
-    written = grouped | "DedupAndWrite" >> beam.ParDo(DedupAndWrite(cfg.out, m)).with_outputs(
-        COUNTS, STATS, main="out")
-    counts = written[COUNTS] | "MatchCounts" >> beam.CombineGlobally(SumCounts())
-    stats_parts = [ext[STATS], cln[STATS], mat[STATS], lng[STATS], shd[STATS], written[STATS]]
-    return _balance_tail(written.out, counts, cfg.out, m, cfg.per_query_cap, cfg.seed, header["queries"]["count"],
-                         stats_parts, cfg.queries, header)
+    matched = p | "Inputs" >> beam.Create(list(cfg.inputs)) | "MatchPairs" >> MatchPairs(cfg)
+    opts = BalanceOptions(cfg.out, cfg.num_shards, cfg.per_query_cap, cfg.seed, header["queries"]["count"],
+                          cfg.queries, header)
+    return matched | "Balance" >> BalanceMatched(opts)
 
 
 # -- drivers --------------------------------------------------------------------------------------
@@ -485,12 +532,9 @@ def collect(cfg: CollectConfig, *, runner: str = "DirectRunner", workers: int = 
     return stats
 
 
-def build_balance(p, shards: list, out: str, num_shards: int, cap: int, seed: int, num_queries: int,
-                  names_from: str, header: dict):
-    items = p | "MatchedShards" >> beam.Create(shards)
-    spread = items | "SpreadShards" >> beam.Reshuffle()
-    counts = spread | "CountShards" >> beam.ParDo(CountShard()) | "MatchCounts" >> beam.CombineGlobally(SumCounts())
-    return _balance_tail(spread, counts, out, num_shards, cap, seed, num_queries, [], names_from, header)
+def build_balance(p, shards: list, opts: BalanceOptions):
+    return (p | "MatchedShards" >> beam.Create(shards) | "CountMatched" >> CountMatched()
+            | "Balance" >> BalanceMatched(opts))
 
 
 def balance(matched: str, out: str, per_query_cap: int, *, seed: int = 0, queries: str | None = None,
@@ -540,8 +584,8 @@ def balance(matched: str, out: str, per_query_cap: int, *, seed: int = 0, querie
     header = {"stage": "balance", "config": config, "source_stats": f"{matched}/stats.json",
               "queries": {"count": num_queries}, "num_shards": num_shards}
     items = sorted((k, path) for k, path, _ in shards)
-    _run(lambda p: build_balance(p, items, out, num_shards, per_query_cap, seed, num_queries, names_from, header),
-         runner, workers, pipeline_args)
+    opts = BalanceOptions(out, num_shards, per_query_cap, seed, num_queries, names_from, header)
+    _run(lambda p: build_balance(p, items, opts), runner, workers, pipeline_args)
     stats = _previous(out)
     if stats is None:
         raise WitError(f"the pipeline finished but {out}/stats.json is missing")

@@ -128,3 +128,10 @@ def test_csr_result_shape():
     offsets, ids = m.match_batch(["c b a", "x", "b"])
     assert offsets.dtype == np.int64 and ids.dtype == np.int32
     assert offsets.tolist() == [0, 3, 3, 4] and ids.tolist() == [0, 1, 2, 1]
+
+
+def test_relaid_out_automaton_gives_the_same_results():
+    rng = random.Random(9)
+    queries, texts = _random_case(rng)
+    a = Matcher(queries, relayout=False).match_lists(texts)
+    assert Matcher(queries, relayout=True).match_lists(texts) == a

@@ -219,3 +219,25 @@ def test_cli_errors_are_one_line(tmp_path, web, capsys):
     assert "matches no files" in capsys.readouterr().err
     assert cli.main(["balance", "--matched", str(tmp_path), "--per-query-cap", "5", "--out", str(tmp_path / "b")]) == 2
     assert "no matched shards" in capsys.readouterr().err
+
+
+def test_match_pairs_transform_in_a_test_pipeline(tmp_path):
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+    from pipelines.collect_pipeline import CollectConfig, MatchPairs, MergeStats
+    write_queries(tmp_path / "q.parquet")
+    write_wat(make_pages(4), str(tmp_path / "a.wat.gz"))
+    cfg = CollectConfig(queries=str(tmp_path / "q.parquet"), inputs=((str(tmp_path / "a.wat.gz"), "wat"),),
+                        out=str(tmp_path / "o"), langs=None, num_shards=3)
+    with TestPipeline(options=PipelineOptions(["--runner=DirectRunner"])) as p:
+        parts = p | beam.Create(list(cfg.inputs)) | MatchPairs(cfg)
+        assert_that(parts["shards"] | beam.Map(lambda kv: kv[0]), equal_to([0, 1, 2]), label="EveryShard")
+        stats = parts["stats"] | beam.CombineGlobally(MergeStats())
+        assert_that(stats | beam.Map(lambda c: (c["pairs_extracted"], c["files"])), equal_to([(20, 1)]),
+                    label="Extracted")
+        total = parts["counts"] | beam.Map(lambda c: int(c.sum()) > 0)
+        assert_that(total, equal_to([True]), label="Counted")
+    matched = pq.read_table(str(tmp_path / "o" / "matched")).to_pylist()
+    assert matched and all(r["query_ids"] == naive_match(r["text"], QUERIES) for r in matched)

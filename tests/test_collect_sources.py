@@ -305,9 +305,12 @@ def test_tables_parquet_csv_tsv_jsonl(tmp_path):
 
     with gzip.open(tmp_path / "cc12m.tsv.gz", "wt") as fh:      # CC12M: no header, url<TAB>caption
         fh.write("https://a.org/1.jpg\tfirst caption\nhttps://a.org/2.jpg\t\"quoted\" caption\n")
-    opts = SourceOptions(url_col="f0", caption_col="f1", table_header=False)
+    opts = SourceOptions(url_col="0", caption_col="1", table_header=False)
     pairs, _ = _candidates(tmp_path / "cc12m.tsv.gz", opts=opts)
     assert pairs == [("https://a.org/1.jpg", "first caption", None), ("https://a.org/2.jpg", '"quoted" caption', None)]
+    check_table_columns(str(tmp_path / "cc12m.tsv.gz"), "tsv", opts)
+    assert _candidates(tmp_path / "cc12m.tsv.gz", opts=SourceOptions(url_col="f0", caption_col="f1",
+                                                                      table_header=False))[0] == pairs
 
     (tmp_path / "t.jsonl").write_text('{"url": "https://a.org/1.jpg", "caption": "ok"}\n{not json\n'
                                       '[1, 2]\n{"url": "https://a.org/2.jpg", "caption": 42}\n\n')

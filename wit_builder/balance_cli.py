@@ -24,8 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    from wit_builder.collect_cli import print_summary, quiet_beam_import_warning
+    quiet_beam_import_warning()
     from pipelines.collect_pipeline import balance
-    from wit_builder.collect_cli import print_summary
     stats = balance(args.matched, args.out.rstrip("/"), args.per_query_cap, seed=args.seed, queries=args.queries,
                     runner=args.runner, workers=args.workers, pipeline_args=args.pipeline_args,
                     overwrite=args.overwrite)

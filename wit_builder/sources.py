@@ -349,6 +349,8 @@ def _table_columns(opts: SourceOptions) -> list[str]:
     cols = [opts.url_col, opts.caption_col]
     if opts.page_url_col:
         cols.append(opts.page_url_col)
+    if not opts.table_header:      # pyarrow names header-less columns f0, f1, ...; accept 0, 1, ... too
+        cols = [f"f{c}" if c.isdigit() else c for c in cols]
     return cols
 
 
