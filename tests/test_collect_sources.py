@@ -193,8 +193,9 @@ def test_wat_base_href_title_fallback_and_dropped_urls(tmp_path):
                      ("https://cdn.ex.org/four.jpg", "protocol relative", "https://ex.org/dir/page.html")]
     assert stats["dropped.data_url"] == 1 and stats["dropped.non_http_url"] == 1
     assert stats["dropped.empty_url"] == 1 and stats["pairs_extracted"] == 7
-    alt_only, _ = _candidates(tmp_path / "p.wat.gz", opts=SourceOptions(title_fallback=False))
-    assert [t for _, t, _ in alt_only] == ["first", None, "   ", "protocol relative"]
+    alt_only, stats = _candidates(tmp_path / "p.wat.gz", opts=SourceOptions(title_fallback=False))
+    assert [t for _, t, _ in alt_only] == ["first", "protocol relative"]
+    assert stats["dropped.empty_text"] == 2
 
 
 def test_wat_invalid_json_and_unexpected_structure_are_counted(tmp_path):

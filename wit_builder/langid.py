@@ -31,10 +31,28 @@ UNDETERMINED = "und"
 
 
 class LanguageDetector:
+    """Subclasses implement ``_one(text) -> (code, prob)``. ``detect`` remembers up to
+    ``cache_size`` recent texts: alt texts repeat a lot on the web ("logo", product names), and a
+    detector's answer depends on the text alone."""
     name = "base"
+    cache_size = 100_000
+
+    def _one(self, text: str) -> tuple[str, float]:
+        raise NotImplementedError
 
     def detect(self, texts: Sequence[str]) -> tuple[list[str], list[float]]:
-        raise NotImplementedError
+        cache = self.__dict__.setdefault("_cache", {})
+        codes, probs = [], []
+        for text in texts:
+            hit = cache.get(text)
+            if hit is None:
+                hit = self._one(text)
+                if len(cache) >= self.cache_size:
+                    cache.clear()
+                cache[text] = hit
+            codes.append(hit[0])
+            probs.append(hit[1])
+        return codes, probs
 
 
 def bundled_lid176_path() -> str:
@@ -93,12 +111,6 @@ class FastTextDetector(LanguageDetector):
         prob, label = out[0]
         return label[9:] if label.startswith("__label__") else label, min(1.0, float(prob))
 
-    def detect(self, texts: Sequence[str]) -> tuple[list[str], list[float]]:
-        one = self._one
-        pairs = [one(t) for t in texts]
-        return [p[0] for p in pairs], [p[1] for p in pairs]
-
-
 class LangdetectDetector(LanguageDetector):
     name = "langdetect"
 
@@ -123,11 +135,6 @@ class LangdetectDetector(LanguageDetector):
             return UNDETERMINED, 0.0
         code = best[0].lang.split("-")[0]       # zh-cn / zh-tw -> zh
         return code, float(best[0].prob)
-
-    def detect(self, texts: Sequence[str]) -> tuple[list[str], list[float]]:
-        pairs = [self._one(t) for t in texts]
-        return [p[0] for p in pairs], [p[1] for p in pairs]
-
 
 class NoDetector(LanguageDetector):
     name = "none"

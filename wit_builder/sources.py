@@ -23,8 +23,9 @@ pair is the ``alt`` attribute, or, when alt is missing or blank and ``title_fall
 Everything that is not turned into a pair is counted in a :class:`collections.Counter` by reason:
 ``skipped.*`` for damaged input (see :mod:`wit_builder.warcfile` for WARC framing damage, plus
 ``invalid_json``, ``unexpected_json``, ``bad_http``, ``undecodable_body``, ``binary_payload``,
-``bad_table_row``), ``dropped.*`` for candidates that failed a URL check (``empty_url``,
-``data_url``, ``non_http_url``, ``relative_url_without_base``, ``bad_url``, ``url_too_long``). No
+``bad_table_row``), ``dropped.*`` for candidates without text (``empty_text``) or that failed a URL
+check (``empty_url``, ``data_url``, ``non_http_url``, ``relative_url_without_base``, ``bad_url``,
+``url_too_long``). No
 input makes a reader raise except a missing file or a table without the named columns (a
 :class:`~wit_builder.common.WitError`).
 """
@@ -466,11 +467,12 @@ def _table_candidates(raw: IO[bytes], fmt: str, opts: SourceOptions, stats: Coun
 
 # -- all ------------------------------------------------------------------------------------------
 def iter_candidates(path: str, fmt: str, opts: SourceOptions, stats: Counter) -> Iterator[tuple]:
-    """Yield ``(url, text or None, page_url or None)`` for every image reference in ``path``.
+    """Yield ``(url, text, page_url or None)`` for every image reference in ``path`` that has a
+    non-blank text and a usable URL.
 
-    URLs are already resolved and checked: a reference whose URL fails is counted under
-    ``dropped.<reason>`` and not yielded. ``stats["pairs_extracted"]`` counts every reference,
-    yielded or not. Texts are raw (see :mod:`wit_builder.textclean`)."""
+    A reference without text is counted as ``dropped.empty_text`` (checked first), one whose URL
+    fails as ``dropped.<reason>``; neither is yielded. ``stats["pairs_extracted"]`` counts every
+    reference, yielded or not. URLs are resolved; texts are raw (see :mod:`wit_builder.textclean`)."""
     max_url = opts.max_url_chars
     try:
         raw = open_read(path)
@@ -486,6 +488,9 @@ def iter_candidates(path: str, fmt: str, opts: SourceOptions, stats: Counter) ->
         try:
             for src, text, page, base in it:
                 stats["pairs_extracted"] += 1
+                if not text or text.isspace():          # checked first: it is the cheapest check
+                    stats["dropped.empty_text"] += 1
+                    continue
                 url, reason = resolve_url(src, base, max_url)
                 if url is None:
                     stats["dropped." + reason] += 1
