@@ -37,8 +37,8 @@ from apache_beam.transforms.window import GlobalWindows
 from wit_builder.common import WitError, atomic_write_json, atomic_write_parquet, exists, open_read
 from wit_builder.sources import SourceOptions
 
-__all__ = ["CollectConfig", "BalanceOptions", "MatchPairs", "CountMatched", "BalanceMatched", "collect", "balance",
-           "shard_name"]
+__all__ = ["CollectConfig", "BalanceOptions", "MatchPairs", "CountMatched", "BalanceMatched", "make_config",
+           "run_collect", "collect", "balance", "shard_name"]
 
 STATS = "stats"
 COUNTS = "counts"
@@ -441,6 +441,46 @@ def build_collect(p, cfg: CollectConfig, header: dict):
 
 
 # -- drivers --------------------------------------------------------------------------------------
+def make_config(queries: str, inputs: Sequence[str], out: str, *, source: SourceOptions | None = None,
+                num_shards: int | None = None, **options) -> CollectConfig:
+    """A CollectConfig from paths: ``inputs`` are files, globs or directories (expanded and sorted),
+    each file's format is taken from its name (or ``source.fmt``), tables are checked for their
+    columns, and ``num_shards`` defaults to the number of input files (at most 1024). ``options``
+    are the other CollectConfig fields (per_query_cap, seed, langs, lang_detector, ...)."""
+    from wit_builder.common import match_paths
+    from wit_builder.sources import check_table_columns, detect_format
+    source = source or SourceOptions()
+    files = list(dict.fromkeys(match_paths(list(inputs), "input")))
+    resolved = []
+    for path in files:
+        fmt = detect_format(path, source.fmt)
+        if fmt not in ("wat", "warc"):
+            check_table_columns(path, fmt, source)
+        resolved.append((path, fmt))
+    if "langs" in options and options["langs"] is not None:
+        options["langs"] = tuple(options["langs"])
+    cfg = CollectConfig(queries=queries, inputs=tuple(resolved), out=out.rstrip("/"), source=source,
+                        num_shards=num_shards if num_shards is not None else max(1, min(len(resolved), 1024)),
+                        **options)
+    if cfg.min_chars < 1 or cfg.max_chars < cfg.min_chars:
+        raise WitError("need 1 <= --min-text-chars <= --max-text-chars")
+    if cfg.batch_size < 1:
+        raise WitError("--batch-size must be at least 1")
+    return cfg
+
+
+def run_collect(queries: str, inputs: Sequence[str], out: str, *, runner: str = "DirectRunner", workers: int = 1,
+                pipeline_args: Sequence[str] = (), overwrite: bool = False, **options) -> dict:
+    """``wit collect`` as a function: ``make_config(queries, inputs, out, **options)`` then
+    :func:`collect`. Returns the contents of ``OUT/stats.json``. Example::
+
+        stats = run_collect("Q/queries.parquet", ["web/*.warc.wat.gz"], "OUT", per_query_cap=200, langs=None)
+    """
+    return collect(make_config(queries, inputs, out, **options), runner=runner, workers=workers,
+                   pipeline_args=pipeline_args, overwrite=overwrite)
+
+
+
 def _config_json(cfg: CollectConfig, sizes: dict) -> dict:
     d = asdict(cfg)
     d["inputs"] = [[p, f, sizes.get(p)] for p, f in cfg.inputs]

@@ -194,13 +194,13 @@ def test_rebalance_without_rereading_inputs(web, run_a):
     assert all(c["keep_prob"] == pytest.approx(min(1, 40 / c["count"])) for c in counts)
 
 
-def test_nothing_matches_gives_empty_valid_outputs(tmp_path, web, capsys):
+def test_nothing_matches_gives_empty_valid_outputs(tmp_path):
+    from pipelines.collect_pipeline import run_collect       # the Python API the demo uses
     write_queries(tmp_path / "q.parquet", ["zebra crossing", "xylophone"])
     write_wat(make_pages(5), str(tmp_path / "in" / "x.wat.gz"))
-    assert cli.main(["collect", "--queries", str(tmp_path / "q.parquet"), "--input", str(tmp_path / "in"),
-                     "--out", str(tmp_path / "o"), "--num-shards", "2", "--langs", "all",
-                     "--runner", "DirectRunner"]) == 0
-    st = _stats(tmp_path / "o")
+    st = run_collect(str(tmp_path / "q.parquet"), [str(tmp_path / "in")], str(tmp_path / "o"), num_shards=2,
+                     langs=None, runner="DirectRunner")
+    assert st == _stats(tmp_path / "o")
     assert st["matched"] == 0 and st["kept"] == 0 and st["dropped"]["no_match"] == 25
     for sub in ("matched", "balanced"):
         files = sorted((tmp_path / "o" / sub).iterdir())

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 
-from wit_builder.common import WitError
 
 BEAM_OPTIONS = True
 DESCRIPTION = (
@@ -72,31 +71,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args) -> "CollectConfig":
-    from pipelines.collect_pipeline import CollectConfig
-    from wit_builder.common import match_paths
-    from wit_builder.sources import SourceOptions, check_table_columns, detect_format
-    files = match_paths(args.input, "input")
-    files = list(dict.fromkeys(files))
+    from pipelines.collect_pipeline import make_config
+    from wit_builder.sources import SourceOptions
     source = SourceOptions(fmt=args.input_format, url_col=args.url_col, caption_col=args.caption_col,
                            page_url_col=args.page_url_col, table_header=not args.no_header,
                            title_fallback=not args.alt_only)
-    inputs = []
-    for path in files:
-        fmt = detect_format(path, args.input_format)
-        if fmt not in ("wat", "warc"):
-            check_table_columns(path, fmt, source)
-        inputs.append((path, fmt))
-    if args.min_text_chars < 1 or args.max_text_chars < args.min_text_chars:
-        raise WitError("need 1 <= --min-text-chars <= --max-text-chars")
-    if args.batch_size < 1:
-        raise WitError("--batch-size must be at least 1")
-    shards = args.num_shards if args.num_shards is not None else max(1, min(len(inputs), 1024))
-    return CollectConfig(queries=args.queries, inputs=tuple(inputs), out=args.out.rstrip("/"),
-                         per_query_cap=args.per_query_cap, seed=args.seed, langs=args.langs,
-                         min_lang_prob=args.min_lang_prob, lang_detector=args.lang_detector,
-                         case_insensitive=args.case_insensitive, min_chars=args.min_text_chars,
-                         max_chars=args.max_text_chars, num_shards=shards, batch_size=args.batch_size,
-                         source=source)
+    return make_config(args.queries, args.input, args.out, per_query_cap=args.per_query_cap, seed=args.seed,
+                       langs=args.langs, min_lang_prob=args.min_lang_prob, lang_detector=args.lang_detector,
+                       case_insensitive=args.case_insensitive, min_chars=args.min_text_chars,
+                       max_chars=args.max_text_chars, num_shards=args.num_shards, batch_size=args.batch_size,
+                       source=source)
 
 
 def print_summary(stats: dict, out: str) -> None:
