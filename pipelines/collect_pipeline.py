@@ -26,11 +26,12 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 import apache_beam as beam
 import numpy as np
+from apache_beam.io.filesystem import BeamIOError
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
@@ -511,7 +512,7 @@ def _stale_parts(directory: str, keep_m: int) -> list[str]:
     from apache_beam.io.filesystems import FileSystems
     try:
         found = FileSystems.match([f"{directory}/part-*-of-*.parquet"])[0].metadata_list
-    except Exception:  # Beam raises BeamIOError (or OSError) for a directory that is not there yet
+    except (BeamIOError, OSError):      # e.g. the directory is not there yet
         return []
     suffix = f"-of-{keep_m:05d}.parquet"
     return [m.path for m in found if not m.path.endswith(suffix)]
@@ -589,7 +590,7 @@ def balance(matched: str, out: str, per_query_cap: int, *, seed: int = 0, querie
     out = out.rstrip("/")
     try:
         found = FileSystems.match([f"{matched}/matched/part-*-of-*.parquet"])[0].metadata_list
-    except Exception as exc:  # BeamIOError wraps the per-pattern cause
+    except (BeamIOError, OSError) as exc:
         raise WitError(f"cannot list {matched}/matched: {exc}") from None
     shards = []
     pattern = re.compile(r"part-(\d+)-of-(\d+)\.parquet$")

@@ -70,7 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_beam_arguments(parser)
 
 
-def config_from_args(args) -> "CollectConfig":
+def config_from_args(args):
+    """CollectConfig from the parsed command line."""
     from pipelines.collect_pipeline import make_config
     from wit_builder.sources import SourceOptions
     source = SourceOptions(fmt=args.input_format, url_col=args.url_col, caption_col=args.caption_col,

@@ -362,12 +362,12 @@ def check_table_columns(path: str, fmt: str, opts: SourceOptions) -> None:
     with open_read(path) as raw:
         if fmt == "parquet":
             import pyarrow.parquet as pq
+            import pyarrow as pa
             try:
                 names = pq.ParquetFile(raw).schema_arrow.names
-            except Exception as exc:  # pyarrow raises ArrowInvalid/OSError variants for non-parquet
+            except (pa.ArrowInvalid, OSError) as exc:
                 raise WitError(f"{path}: not a readable parquet file ({exc})") from None
         else:
-            import pyarrow.csv as pacsv
             reader = _open_csv(_maybe_gunzip(raw), fmt, opts, Counter())
             names = reader.schema.names
     missing = [c for c in _table_columns(opts) if c not in names]
@@ -412,7 +412,7 @@ def _table_candidates(raw: IO[bytes], fmt: str, opts: SourceOptions, stats: Coun
         import pyarrow.parquet as pq
         try:
             pf = pq.ParquetFile(raw)
-        except (pa.ArrowInvalid, OSError) as exc:
+        except (pa.ArrowInvalid, OSError):
             stats["skipped.unreadable_table"] += 1
             return
         missing = [c for c in names if c not in pf.schema_arrow.names]
