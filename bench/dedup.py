@@ -13,8 +13,9 @@
 2. Speed: embedding images/s on one core (decode + resize + model), against pHash on the same
    images; faiss search time over 1M random 256-d vectors (exact IndexFlatIP, and IVF).
 
-Run:  python bench/dedup.py              (trains a tiny detector for --steps, ~5 CPU minutes)
-      python bench/dedup.py --quick      (a smoke run in well under a minute)
+Run:  python bench/dedup.py              (trains a tiny detector: about 10 minutes on 2 cores)
+      python bench/dedup.py --quick      (a smoke run in about half a minute)
+It prints Markdown tables ready to paste into docs/dedup.md.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import argparse
 import io
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -129,18 +131,19 @@ def pixel_vectors(imgs, side: int = 16) -> np.ndarray:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
-    ap.add_argument("--train-images", type=int, default=3000)
-    ap.add_argument("--steps", type=int, default=600)
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--arch", default="tiny")
-    ap.add_argument("--image-size", type=int, default=None)
+    ap.add_argument("--train-images", type=int, default=2000, help="generated training images (written as shards)")
+    ap.add_argument("--steps", type=int, default=600, help="detector training steps")
+    ap.add_argument("--batch-size", type=int, default=32, help="pairs per training step")
+    ap.add_argument("--arch", default="tiny", help="detector preset (tiny trains on a CPU in minutes)")
+    ap.add_argument("--image-size", type=int, default=None, help="detector input side (default: the preset's)")
     ap.add_argument("--refs", type=int, default=300, help="reference originals (copies are made of these)")
-    ap.add_argument("--ref-distractors", type=int, default=300)
+    ap.add_argument("--ref-distractors", type=int, default=300, help="references with no copy among the queries")
     ap.add_argument("--copies", type=int, default=60, help="queries per family")
-    ap.add_argument("--query-distractors", type=int, default=300)
-    ap.add_argument("--faiss-n", type=int, default=1_000_000)
-    ap.add_argument("--faiss-queries", type=int, default=1000)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--query-distractors", type=int, default=300, help="queries with no original")
+    ap.add_argument("--faiss-n", type=int, default=1_000_000, help="random 256-d vectors in the faiss timing")
+    ap.add_argument("--faiss-queries", type=int, default=1000, help="queries in the faiss timing")
+    ap.add_argument("--threads", type=int, default=1, help="torch/faiss threads for training and search "
+                    "(embedding throughput is always measured on 1 thread)")
     ap.add_argument("--detector", default=None, help="reuse this trained detector instead of training one")
     ap.add_argument("--keep", default=None, help="write the trained detector here")
     ap.add_argument("--json", default=None, help="also write the results as JSON here")
@@ -155,7 +158,9 @@ def main() -> int:
     from wit_builder.dedup import build_index, search
     from wit_builder.detector import Embedder, calibrate_detector, train_detector
 
-    results: dict = {"args": vars(args)}
+    results: dict = {"args": vars(args), "command": " ".join(["python", *sys.argv])}
+    t_start = time.time()
+    print("command: " + results["command"], flush=True)
     tmp = tempfile.mkdtemp(prefix="wit-bench-dedup-")
 
     # 1. the detector, trained on generated images written as img2dataset-style shards (seed 1)
@@ -170,7 +175,8 @@ def main() -> int:
         shards = sorted(os.path.join(tmp, f) for f in os.listdir(tmp) if f.endswith(".tar"))
         t0 = time.time()
         res = train_detector(shards, det, steps=args.steps, batch_size=args.batch_size, arch=args.arch,
-                             image_size=args.image_size, threads=args.threads, restart=True, progress=True)
+                             image_size=args.image_size, threads=args.threads, restart=True,
+                             progress=sys.stderr.isatty())
         results["train"] = {"seconds": round(time.time() - t0, 1), "steps": args.steps,
                             "batch_size": args.batch_size, "arch": args.arch, "images": res["images"],
                             "final_loss": float(np.mean(res["loss_history"][-20:]))}
@@ -196,11 +202,17 @@ def main() -> int:
     quality = {m: evaluate(s, truth, family) for m, s in methods.items()}
     results["quality"] = quality
     rows = ["all"] + FAMILIES + ["resize_all"]
-    print(f"\n{'family':<18}" + "".join(f"{m + ' muAP':>14}{'R@P99':>8}" for m in methods))
+    names = {"learned": "learned", "phash": "pHash", "pixels": "pixels"}
+    print("\n| family | " + " | ".join(f"{names[m]} muAP | {names[m]} R@P.99" for m in methods) + " |")
+    print("|---|" + "---:|" * (2 * len(methods)))
     for r in rows:
-        print(f"{r:<18}" + "".join(f"{quality[m][r][0]:>14.3f}{quality[m][r][1]:>8.3f}" for m in methods))
-    print(f"learned/pHash muAP ratio: {quality['learned']['all'][0] / max(1e-9, quality['phash']['all'][0]):.2f}x; "
-          f"learned/pixels: {quality['learned']['all'][0] / max(1e-9, quality['pixels']['all'][0]):.2f}x")
+        print(f"| {r} | " + " | ".join(f"{quality[m][r][0]:.3f} | {quality[m][r][1]:.3f}" for m in methods) + " |")
+    ratio_ph = quality["learned"]["all"][0] / max(1e-9, quality["phash"]["all"][0])
+    ratio_px = quality["learned"]["all"][0] / max(1e-9, quality["pixels"]["all"][0])
+    results["muap_ratio"] = {"learned_over_phash": ratio_ph, "learned_over_pixels": ratio_px}
+    print(f"\nmuAP ratio learned/pHash {ratio_ph:.2f}x, learned/pixels {ratio_px:.2f}x; "
+          f"learned beats pHash on: " + ", ".join(
+              r for r in ("all", "crop", "rotate") if quality["learned"][r][0] > quality["phash"][r][0]), flush=True)
 
     # 3. throughput on one core: JPEG bytes -> embedding, vs pHash on the same bytes
     from wit_builder.detector import decode_image, to_array
@@ -209,11 +221,13 @@ def main() -> int:
         buf = io.BytesIO()
         im.save(buf, format="JPEG", quality=90)
         blobs.append(buf.getvalue())
+    torch.set_num_threads(1)  # per core
     t0 = time.time()
     arrays = [to_array(decode_image(b, emb.image_size)[0], emb.image_size) for b in blobs]
     for i in range(0, len(arrays), 64):
         emb.embed_arrays(arrays[i:i + 64])
     t_emb = time.time() - t0
+    torch.set_num_threads(args.threads)
     import imagehash
     t0 = time.time()
     for b in blobs:
@@ -257,9 +271,12 @@ def main() -> int:
           f"(sample {info['train_sample']:,}), search {t_ivf:.2f} s "
           f"({t_ivf / args.faiss_queries * 1e3:.2f} ms/query, {t_flat / max(1e-9, t_ivf):.1f}x faster than "
           f"exact)\n  recall@1 of the near-duplicate's source: exact {recall1_flat:.3f}, IVF {recall1:.3f}")
+    results["wall_s"] = round(time.time() - t_start, 1)
+    print(f"\ntotal wall time {results['wall_s']:.0f} s", flush=True)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=2, default=float)
+    shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

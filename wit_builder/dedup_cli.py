@@ -4,7 +4,12 @@ from __future__ import annotations
 import argparse
 import json
 
+from pipelines.options import add_beam_arguments
 from wit_builder.common import WitError
+
+# `wit dedup run` and `wit dedup overlap` embed with a Beam pipeline: unknown --options are
+# passed to Beam as pipeline options (pipelines/options.py); train and calibrate reject them.
+BEAM_OPTIONS = True
 
 DESCRIPTION = (
     "Learned near-duplicate detector (CLIP paper, appendix C). Typical flow: "
@@ -31,14 +36,13 @@ def _layers(text: str) -> list[int]:
 def _common_embed(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="images per model call when embedding")
     p.add_argument("--threads", type=int, default=None, help="torch/faiss threads per worker (default: torch's)")
-    p.add_argument("--runner", default="DirectRunner", help="Beam runner for the embedding pipeline")
-    p.add_argument("--workers", type=int, default=1, help="DirectRunner worker processes (one shard each at a time)")
     p.add_argument("--exact-below", type=int, default=100_000,
                    help="use an exact faiss IndexFlatIP below this many images, IndexIVFFlat at or above it")
     p.add_argument("--nprobe", type=int, default=32, help="IVF lists searched per query (IVF index only)")
     p.add_argument("--threshold", type=float, default=None,
                    help="cosine similarity at/above which two images are near-duplicates "
                         "(default: the calibrated threshold stored in the detector file)")
+    add_beam_arguments(p)  # --runner, --workers (one shard per worker at a time); other --options go to Beam
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -117,6 +121,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    extra = list(getattr(args, "pipeline_args", []) or [])
+    if extra and args.action in ("train", "calibrate"):
+        raise WitError(f"unrecognized arguments for `wit dedup {args.action}`: {' '.join(extra)} "
+                       f"(see `wit dedup {args.action} --help`)")
     if args.action == "train":
         from wit_builder.dedup import expand_shards
         from wit_builder.detector import detector_summary, train_detector
@@ -144,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
         from wit_builder.dedup import run_dedup
         stats = run_dedup(args.shards, args.detector, args.out, threshold=args.threshold, k=args.k,
                           exact_below=args.exact_below, nprobe=args.nprobe, batch_size=args.batch_size,
-                          runner=args.runner, workers=args.workers, threads=args.threads)
+                          runner=args.runner, workers=args.workers, threads=args.threads, pipeline_args=extra)
         print(json.dumps(stats, indent=2))
         return 0
     if args.action == "overlap":
@@ -155,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
                               drop_overlapping=args.drop_overlapping, decisions=args.decisions,
                               exact_below=args.exact_below, nprobe=args.nprobe, batch_size=args.batch_size,
                               runner=args.runner, workers=args.workers, threads=args.threads,
-                              train_embeddings=args.train_embeddings)
+                              train_embeddings=args.train_embeddings, pipeline_args=extra)
         print(json.dumps(summary, indent=2))
         return 0
     raise WitError(f"unknown action {args.action!r}")

@@ -29,14 +29,14 @@ stretched copies keep all their content), scale to [-1, 1].
 
 The detector file is one ``torch.save`` dict, loadable with ``torch.load(weights_only=True)``:
 ``{"format": "wit-dedup-detector", "version": 1, "config": {...}, "model": state_dict,
-"threshold": float | None, "calibration": dict | None, "train": {...}, "optimizer": ...,
-"rng": ...}``.
+"threshold": float | None, "calibration": dict | None, "train": {...}, "optimizer": ...}``.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import math
+import pickle
 import time
 from typing import Iterable, Sequence
 
@@ -228,7 +228,7 @@ def read_detector(path: str) -> dict:
     try:
         with open_read(path) as fh:
             state = torch.load(io.BytesIO(fh.read()), map_location="cpu", weights_only=True)
-    except Exception as exc:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
         raise WitError(f"{path!r} is not a readable detector file: {type(exc).__name__}: "
                        f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
@@ -317,7 +317,78 @@ def _training_pair(img: Image.Image, rng: np.random.Generator, size: int) -> tup
     return to_array(img, size), to_array(augment(img, rng), size)
 
 
-def train_detector(shards: Sequence[str], out: str, *, steps: int = 1000, batch_size: int = 64,
+def _load_with_retry(source, i: int, rng: np.random.Generator, min_size: int) -> Image.Image:
+    """Image ``i`` of ``source``; an undecodable one (recorded in ``source.bad``) is replaced by a
+    random other."""
+    img = source.load(i, min_size=min_size)
+    tries = 0
+    while img is None:
+        tries += 1
+        if tries > 100 or len(source.bad) >= len(source):
+            raise WitError(f"too many undecodable images in the training shards ({len(source.bad)} found)")
+        j = int(rng.integers(len(source)))
+        if j not in source.bad:
+            img = source.load(j, min_size=min_size)
+    return img
+
+
+def _training_batch(source, seed: int, step: int, batch_size: int, size: int) -> tuple[list, list]:
+    """The batch of step ``step``: ``batch_size`` distinct images and one augmented copy of each.
+    Its randomness comes only from (seed, step), so a resumed or prefetched run draws exactly the
+    batches of an uninterrupted one."""
+    rng = np.random.default_rng([seed, step])
+    originals, variants = [], []
+    for i in rng.choice(len(source), size=batch_size, replace=False):
+        img = _load_with_retry(source, int(i), rng, 2 * size)
+        a, b = _training_pair(img, rng, size)
+        originals.append(a)
+        variants.append(b)
+    return originals, variants
+
+
+def _prefetch(make, items: Iterable, depth: int = 2):
+    """Yield ``make(item)`` for each item, computed up to ``depth`` ahead in a background thread
+    (image decoding, PIL resampling and JPEG coding release the GIL, so this overlaps with the
+    model's step). An exception of the producer is re-raised in the consumer."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce():
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                q.put((True, make(item)))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
+            q.put((False, exc))
+            return
+        q.put((True, done))
+
+    worker = threading.Thread(target=produce, name="dedup-batches", daemon=True)
+    worker.start()
+    try:
+        while True:
+            ok, value = q.get()
+            if not ok:
+                raise value
+            if value is done:
+                return
+            yield value
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting on a full queue, then let it end
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                pass
+            worker.join(timeout=0.05)
+
+
+def train_detector(shards: Sequence[str] | None, out: str, *, steps: int = 1000, batch_size: int = 64,
                    arch: str = "resnet50", lr: float | None = None, image_size: int | None = None,
                    embed_dim: int = 256, width: int | None = None, layers: Sequence[int] | None = None,
                    seed: int = 0, holdout: float = 0.1, checkpoint_every: int = 100,
@@ -325,13 +396,14 @@ def train_detector(shards: Sequence[str], out: str, *, steps: int = 1000, batch_
                    images: Sequence | None = None, progress: bool = True, log_every: int = 10) -> dict:
     """Train (or resume training) a detector and write it to ``out``.
 
-    Images are sampled uniformly with replacement across batches (without replacement within a
-    batch) from the shards, leaving out the held-out split (:func:`wit_builder.dedup.is_holdout`)
-    used by calibration. Each training pair is (image, augment(image)). ``out`` is rewritten
-    atomically every ``checkpoint_every`` steps and at the end; if ``out`` already holds a
-    detector with the same config and fewer steps done, training resumes from it (model,
-    optimiser, step and RNG states), unless ``restart``. ``images`` (a list of PIL images) can
-    replace ``shards`` (tests, benchmark).
+    Each step draws ``batch_size`` distinct images uniformly from the shards (leaving out the
+    held-out split of :func:`wit_builder.dedup.is_holdout`, used by calibration) and makes one pair
+    (image, augment(image)) of each; all randomness of a batch derives from (seed, step). Batches
+    are prepared ahead in a background thread. ``out`` is rewritten atomically every
+    ``checkpoint_every`` steps and at the end; if ``out`` already holds a detector with the same
+    config and fewer steps done, training resumes from it (model, optimiser, step), unless
+    ``restart``; the result is the same as an uninterrupted run. ``images`` (a list of PIL images
+    or encoded bytes) can replace ``shards`` (tests, benchmark).
     """
     from tqdm import tqdm
 
@@ -350,27 +422,30 @@ def train_detector(shards: Sequence[str], out: str, *, steps: int = 1000, batch_
     torch.manual_seed(seed)
     model = build_model(config)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    rng = np.random.default_rng(seed)
     start, history = 0, []
     if exists(out) and not restart:
         state = read_detector(out)
+        train = state.get("train") or {}
         if state["config"] != config:
             raise WitError(f"{out!r} holds a detector with config {state['config']}, not {config}; "
                            "use --restart to overwrite it or another --out")
+        for k, mine in (("seed", seed), ("batch_size", batch_size)):
+            if k in train and train[k] != mine:
+                raise WitError(f"{out!r} was trained with {k.replace('_', '-')} {train[k]}, not {mine}; "
+                               "pass the same value to resume, or --restart")
         model.load_state_dict(state["model"])
-        train = state.get("train") or {}
         start = int(train.get("step", 0))
         history = list(train.get("loss_history", []))
+        source.bad.update(int(i) for i in train.get("undecodable", []))
         if state.get("optimizer"):
             opt.load_state_dict(state["optimizer"])
-        if state.get("rng"):
-            rng.bit_generator.state = _rng_state_in(state["rng"]["numpy"])
-            torch.set_rng_state(state["rng"]["torch"])
         if start >= steps:
-            return {"step": start, "resumed_from": start, "loss_history": history, "images": len(source)}
+            source.close()
+            return {"step": start, "resumed_from": start, "loss_history": history, "images": len(source),
+                    "skipped_images": len(source.bad)}
     resumed_from = start
     warmup = max(1, min(200, steps // 20))
-    stats = {"skipped": 0}
+    size = config["image_size"]
 
     def save(step: int) -> None:
         save_detector(out, {
@@ -378,61 +453,39 @@ def train_detector(shards: Sequence[str], out: str, *, steps: int = 1000, batch_
             "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
             "threshold": None, "calibration": None,
             "train": {"step": step, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
-                      "holdout": holdout, "images": len(source), "skipped_images": stats["skipped"],
+                      "holdout": holdout, "weight_decay": weight_decay, "images": len(source),
+                      "skipped_images": len(source.bad), "undecodable": sorted(source.bad),
                       "loss_history": history[-1000:], "time": time.time()},
             "optimizer": opt.state_dict(),
-            "rng": {"numpy": _rng_state_out(rng.bit_generator.state), "torch": torch.get_rng_state()},
         })
 
     model.train()
-    size = config["image_size"]
-    bar = tqdm(range(start, steps), initial=start, total=steps, desc="dedup train", unit="step",
-               disable=not progress)
+    bar = tqdm(total=steps, initial=start, desc="dedup train", unit="step", disable=not progress)
+    batches = _prefetch(lambda step: _training_batch(source, seed, step, batch_size, size), range(start, steps))
     ema = None
-    for step in bar:
-        idx = rng.choice(len(source), size=batch_size, replace=False)
-        originals, variants = [], []
-        for i in idx:
-            img = source.load(int(i), min_size=2 * size)
-            if img is None:  # corrupt: counted, replaced by another random image
-                stats["skipped"] += 1
-                for _ in range(10):
-                    img = source.load(int(rng.integers(len(source))), min_size=2 * size)
-                    if img is not None:
-                        break
-                if img is None:
-                    raise WitError("too many undecodable images in the training shards")
-            a, b = _training_pair(img, rng, size)
-            originals.append(a)
-            variants.append(b)
-        for group in opt.param_groups:
-            group["lr"] = _lr_at(step, steps, lr, warmup)
-        ea, eb = model(to_batch(originals)), model(to_batch(variants))
-        loss = info_nce_loss(ea, eb)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        value = float(loss.detach())
-        history.append(value)
-        ema = value if ema is None else 0.9 * ema + 0.1 * value
-        if step % log_every == 0:
-            bar.set_postfix(loss=f"{ema:.3f}")
-        if (step + 1) % checkpoint_every == 0 and step + 1 < steps:
-            save(step + 1)
+    try:
+        for step, (originals, variants) in zip(range(start, steps), batches):
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(step, steps, lr, warmup)
+            loss = info_nce_loss(model(to_batch(originals)), model(to_batch(variants)))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            value = float(loss.detach())
+            history.append(value)
+            ema = value if ema is None else 0.9 * ema + 0.1 * value
+            bar.update(1)
+            if step % log_every == 0:
+                bar.set_postfix(loss=f"{ema:.3f}")
+            if (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+                save(step + 1)
+    finally:
+        batches.close()
+        bar.close()
+        source.close()
     save(steps)
     return {"step": steps, "resumed_from": resumed_from, "loss_history": history,
-            "images": len(source), "skipped_images": stats["skipped"]}
-
-
-def _rng_state_out(state: dict) -> dict:
-    # numpy's PCG64 state holds 128-bit ints; store them as strings so any loader reads them
-    return {"bit_generator": state["bit_generator"], "state": {k: str(v) for k, v in state["state"].items()},
-            "has_uint32": int(state["has_uint32"]), "uinteger": int(state["uinteger"])}
-
-
-def _rng_state_in(state: dict) -> dict:
-    return {"bit_generator": state["bit_generator"], "state": {k: int(v) for k, v in state["state"].items()},
-            "has_uint32": state["has_uint32"], "uinteger": state["uinteger"]}
+            "images": len(source), "skipped_images": len(source.bad)}
 
 
 # --- calibration --------------------------------------------------------------------------------
