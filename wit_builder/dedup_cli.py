@@ -35,13 +35,13 @@ def _layers(text: str) -> list[int]:
 
 def _common_embed(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="images per model call when embedding")
-    p.add_argument("--threads", type=int, default=None, help="torch/faiss threads per worker (default: torch's)")
+    p.add_argument("--threads", type=int, default=None, help="torch/faiss threads per worker (None: torch's choice)")
     p.add_argument("--exact-below", type=int, default=100_000,
                    help="use an exact faiss IndexFlatIP below this many images, IndexIVFFlat at or above it")
     p.add_argument("--nprobe", type=int, default=32, help="IVF lists searched per query (IVF index only)")
     p.add_argument("--threshold", type=float, default=None,
                    help="cosine similarity at/above which two images are near-duplicates "
-                        "(default: the calibrated threshold stored in the detector file)")
+                        "(None: the calibrated threshold stored in the detector file)")
     add_beam_arguments(p)  # --runner, --workers (one shard per worker at a time); other --options go to Beam
 
 
@@ -60,18 +60,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--batch-size", type=int, default=64, help="images per step (each gives one positive pair)")
     t.add_argument("--arch", default="resnet50", choices=["resnet50", "small", "tiny"],
                    help="preset: resnet50 = the paper's (slow on CPU); small; tiny (CPU in minutes)")
-    t.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate (default per arch: "
-                   "resnet50 3e-4, small 1e-3, tiny 2e-3); linear warmup then cosine decay")
-    t.add_argument("--image-size", type=int, default=None, help="model input side in pixels (default per arch: 224/96/64)")
+    t.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate, linear warmup then cosine "
+                   "decay (None: per arch, resnet50 3e-4, small 1e-3, tiny 2e-3)")
+    t.add_argument("--image-size", type=int, default=None, help="model input side in pixels (None: per arch, 224/96/64)")
     t.add_argument("--embed-dim", type=int, default=256, help="embedding dimension")
     t.add_argument("--width", type=int, default=None, help="base channel width (overrides the arch preset)")
     t.add_argument("--layers", type=_layers, default=None, help="blocks per stage, e.g. 3,4,6,3 (overrides the preset)")
+    t.add_argument("--pool-grid", type=int, default=None,
+                   help="head: 1 = global average pooling (ResNet's), G = average-pool to a GxG grid and "
+                        "concatenate (keeps the coarse layout; None: per arch, resnet50 1, small/tiny 2)")
     t.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
     t.add_argument("--holdout", type=float, default=0.1, help="fraction of images (by key hash) kept out for calibration")
     t.add_argument("--seed", type=int, default=0, help="seed for initialisation, sampling and augmentations")
     t.add_argument("--checkpoint-every", type=int, default=100, help="rewrite --out every this many steps")
     t.add_argument("--restart", action="store_true", help="ignore an existing --out instead of resuming from it")
-    t.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    t.add_argument("--threads", type=int, default=None, help="torch threads (None: torch's choice)")
+    t.add_argument("--device", default="auto", help="torch device: auto (a CUDA GPU if torch sees one, else the "
+                   "CPU), cpu, cuda, cuda:1, ...")
 
     c = sub.add_parser("calibrate", formatter_class=fmt, help="pick the similarity threshold for a target precision",
                        description="Make one augmented copy of each held-out image, score every copy against every "
@@ -86,7 +91,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(for shards the detector was not trained on)")
     c.add_argument("--seed", type=int, default=0, help="seed for image choice and augmentations")
     c.add_argument("--batch-size", type=int, default=64, help="images per model call")
-    c.add_argument("--threads", type=int, default=None, help="torch threads")
+    c.add_argument("--threads", type=int, default=None, help="torch threads (None: torch's choice)")
+    c.add_argument("--device", default="auto", help="torch device (see `wit dedup train --help`)")
 
     r = sub.add_parser("run", formatter_class=fmt, help="deduplicate shards: embed, neighbours, clusters, keep rule",
                        description="Embed every image (Beam), link pairs with similarity >= threshold (faiss k-NN), "
@@ -130,9 +136,10 @@ def run(args: argparse.Namespace) -> int:
         from wit_builder.detector import detector_summary, train_detector
         res = train_detector(expand_shards(args.shards), args.out, steps=args.steps, batch_size=args.batch_size,
                              arch=args.arch, lr=args.lr, image_size=args.image_size, embed_dim=args.embed_dim,
-                             width=args.width, layers=args.layers, seed=args.seed, holdout=args.holdout,
+                             width=args.width, layers=args.layers, pool_grid=args.pool_grid, seed=args.seed,
+                             holdout=args.holdout,
                              checkpoint_every=args.checkpoint_every, weight_decay=args.weight_decay,
-                             restart=args.restart, threads=args.threads)
+                             restart=args.restart, threads=args.threads, device=args.device)
         hist = res["loss_history"]
         tail = hist[-20:]
         print(json.dumps({"out": args.out, "step": res["step"], "resumed_from": res["resumed_from"],
@@ -145,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
         from wit_builder.detector import calibrate_detector
         res = calibrate_detector(args.detector, expand_shards(args.shards), target_precision=args.target_precision,
                                  max_images=args.max_images, use_all=args.all_images, seed=args.seed,
-                                 batch_size=args.batch_size, threads=args.threads)
+                                 batch_size=args.batch_size, threads=args.threads, device=args.device)
         print(json.dumps(res, indent=2))
         return 0
     if args.action == "run":
