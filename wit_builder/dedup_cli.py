@@ -16,7 +16,7 @@ DESCRIPTION = (
     "`wit dedup train --shards 'IMAGES/{00000..00009}.tar' --out detector.pt --arch tiny`, then "
     "`wit dedup calibrate --detector detector.pt --shards ...`, then "
     "`wit dedup run --shards ... --detector detector.pt --out DEDUP` (writes DEDUP/decisions.parquet "
-    "for `wit shards --dedup DEDUP`), and `wit dedup overlap --eval EVAL --shards ... --detector "
+    "for `wit shards`), and `wit dedup overlap --eval EVAL --shards ... --detector "
     "detector.pt --out OVERLAP` for the eval-set contamination report. See docs/dedup.md.")
 
 SHARDS_HELP = ("webdataset shards written by `wit download`: brace patterns like 'IMAGES/{00000..00009}.tar', "
@@ -74,7 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--seed", type=int, default=0, help="seed for initialisation, sampling and augmentations")
     t.add_argument("--checkpoint-every", type=int, default=100, help="rewrite --out every this many steps")
     t.add_argument("--restart", action="store_true", help="ignore an existing --out instead of resuming from it")
-    t.add_argument("--threads", type=int, default=None, help="torch threads (None: torch's choice)")
+    t.add_argument("--threads", type=int, default=None, help="torch threads (None: torch's choice; on a busy "
+                   "shared machine 1 is often much faster, as waiting OpenMP threads spin)")
     t.add_argument("--device", default="auto", help="torch device: auto (a CUDA GPU if torch sees one, else the "
                    "CPU), cpu, cuda, cuda:1, ...")
 
@@ -118,7 +119,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--out", required=True, help="output directory")
     o.add_argument("--drop-overlapping", action="store_true",
                    help="also write OUT/decisions.parquet marking training images that near-duplicate any eval "
-                        "example kept=False (use with `wit shards --dedup OUT`)")
+                        "example kept=False (for `wit shards`, like a `run` output)")
     o.add_argument("--decisions", default=None,
                    help="with --drop-overlapping: a `wit dedup run` output (dir or decisions.parquet) to combine with")
     o.add_argument("--train-embeddings", default=None,
