@@ -15,6 +15,15 @@ from trainer.model import create_model
 from trainer.train import forward_backward
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread (2 per process oversubscribe 2 cores under `pytest -n 2`)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _independent_loss(img, txt, scale):
     """Written out from the definition, in float64 with Python loops."""
     img = [[float(v) for v in row] for row in img]

@@ -13,6 +13,15 @@ from trainer.tokenizer import Tokenizer, train_merges
 from wit_builder.common import WitError
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread (2 per process oversubscribe 2 cores under `pytest -n 2`)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # --- OpenAI's layout, written down from the published architecture (CLIP paper + model card):
 # text transformer of width w: 77 positions, 49408 tokens; ViT: patch conv without bias, class
 # token, ln_pre / ln_post, proj; ResNet: 3-conv stem, bottlenecks with avgpool+conv+BN
