@@ -293,3 +293,34 @@ def test_gradient_checkpointing_gives_same_gradients():
         grads.append({k: p.grad.clone() for k, p in model.named_parameters()})
     for k in grads[0]:
         torch.testing.assert_close(grads[0][k], grads[1][k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("cfg", [TINY_VIT, TINY_RN])
+def test_flops_from_config_match_a_flop_counter(cfg):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from trainer.flops import image_flops, text_flops
+    torch.manual_seed(0)
+    model, full = create_model(cfg)
+    size = full["vision_cfg"]["image_size"]
+    x = torch.randn(2, 3, size, size)
+    t = torch.randint(1, 298, (2, 16))
+    t[:, -1] = 299                    # full length: the text tower runs all 16 positions
+    # the math attention backend is made of matmuls the counter sees (fused kernels are opaque)
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+        with FlopCounterMode(display=False) as counter:
+            model.encode_image(x)
+        assert counter.get_total_flops() == 2 * image_flops(full)
+        with FlopCounterMode(display=False) as counter:
+            model.encode_text(t)
+        assert counter.get_total_flops() == 2 * text_flops(full)
+
+
+def test_vit_b32_flops():
+    from trainer.flops import forward_flops, train_flops
+    from trainer.model import resolve_config
+    cfg = resolve_config("ViT-B-32")
+    # the figure: about 14.8 GFLOPs forward per image-text pair
+    assert forward_flops(cfg) / 1e9 == pytest.approx(14.78, abs=0.01)
+    assert train_flops(cfg) == 3 * forward_flops(cfg)
