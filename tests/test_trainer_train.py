@@ -180,6 +180,7 @@ def test_wit_train_end_to_end(data, tmp_path, capsys):
             "--tokenizer", data["merges"], "--batch-size", "16", "--epochs", "8", "--lr", "2e-3",
             "--warmup", "5", "--wd", "0.1", "--workers", "1", "--log-every", "4",
             "--save-every", "10", "--keep-checkpoints", "2", "--zeroshot-dir", data["zs"],
+            "--retrieval-data", str(data["root"] / "00003.tar"),
             "--eval-every", "16", "--no-progress"]
     assert main(args) == 0
     printed = json.loads(capsys.readouterr().out)
@@ -206,6 +207,9 @@ def test_wit_train_end_to_end(data, tmp_path, capsys):
     assert [e["step"] for e in evals] == [16, 32, 48]
     # it learned the colours: zero-shot on an image folder, as `wit eval` computes it
     assert evals[-1]["zeroshot"]["top1"] == 1.0 and evals[-1]["zeroshot"]["num_images"] == 6
+    assert evals[-1]["retrieval"]["num_pairs"] == 24
+    # 8 same-colour captions per image: a colour-aware model ranks the right one in its top 10
+    assert evals[-1]["retrieval"]["image_to_text_R@10"] >= 0.9
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["step"] == 48 and summary["eval"]["zeroshot"]["top1"] == 1.0

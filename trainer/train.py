@@ -457,7 +457,7 @@ def train(cfg: TrainConfig) -> dict:
 
     last_ckpt = os.path.join(ckpt_dir, "latest.pt") if resume_path else None
     last_eval: dict | None = None
-    last_loss = float("nan")
+    last_loss: float | None = None
     have_eval = bool(cfg.zeroshot_dir or cfg.retrieval_data)
     rates: list[float] = []
     bar = tqdm(total=stop_at, initial=step, disable=rank != 0 or not cfg.progress,
