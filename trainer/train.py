@@ -66,6 +66,7 @@ class TrainConfig:
     image_size: int | None = None         # override the config's image size
     context_length: int | None = None     # override the config's text context length
     workers: int = 2
+    threads: int | None = None            # torch intra-op threads (default: torch's choice)
     seed: int = 0
     shuffle_buffer: int = 1000
     resampled: bool = False
@@ -339,6 +340,8 @@ def train(cfg: TrainConfig) -> dict:
         raise WitError("--batch-size, --accum-freq and --epochs must be >= 1")
     if cfg.workers > 0:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenising in forked workers
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     rank, _, world, device, dist_here = _init_distributed(cfg.device)
     if cfg.precision == "fp16" and device.type != "cuda":
         raise WitError("--precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
@@ -477,11 +480,12 @@ def train(cfg: TrainConfig) -> dict:
                 if item is None:
                     break
                 batches.append(item)
-            have = torch.tensor([len(batches) == cfg.accum_freq], dtype=torch.int32,
-                                device=device)
+            have = len(batches) == cfg.accum_freq
             if world > 1:
-                dist.all_reduce(have, op=dist.ReduceOp.MIN)
-            if not bool(have.item()):
+                flag = torch.tensor([int(have)], dtype=torch.int32, device=device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+                have = bool(flag.item())
+            if not have:
                 # a rank ran out of data before steps_per_epoch (uneven shards): next epoch.
                 # A checkpoint taken earlier in this epoch resumes to the same point.
                 epoch, batches_in_epoch = epoch + 1, 0

@@ -72,6 +72,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "uses cuda:LOCAL_RANK")
     c.add_argument("--workers", type=int, default=d.workers,
                    help="data loader worker processes per training process")
+    c.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads of each training process (default: torch's "
+                        "choice, all cores). On a small or shared CPU use cores minus workers: "
+                        "oversubscribed OpenMP threads make every op wait")
     m = parser.add_argument_group("model overrides")
     m.add_argument("--image-size", type=int, default=None,
                    help="image resolution instead of the config's")
@@ -121,6 +125,7 @@ def config_from_args(args) -> TrainConfig:
         grad_clip=args.grad_clip, precision=args.precision,
         grad_checkpointing=args.grad_checkpointing, compile=args.compile,
         image_size=args.image_size, context_length=args.context_length, workers=args.workers,
+        threads=args.threads,
         seed=args.seed, shuffle_buffer=args.shuffle_buffer, resampled=args.resampled,
         train_num_samples=args.train_num_samples, resume=args.resume,
         save_every=args.save_every, keep_checkpoints=args.keep_checkpoints,
