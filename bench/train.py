@@ -1,7 +1,7 @@
 """Training throughput and model FLOPs utilisation (MFU) of the CLIP trainer.
 
-    python bench/train.py                 # ViT-B/32 at batch 16 and tiny-vit at batch 64, CPU
-    python bench/train.py --quick         # seconds: tiny-vit only, short matmul probe
+    python bench/train.py                 # ViT-B/32 at batch 16, tiny-rn and tiny-vit at 64, CPU
+    python bench/train.py --quick         # seconds: tiny-vit at batch 4, one step
     python bench/train.py --device cuda --models ViT-B-32 --batch-size 256 --precisions bf16,fp16,fp32
 
 For each model and precision it times full training steps exactly as ``wit train`` runs them
@@ -70,9 +70,9 @@ def gemm_shape(cfg: dict, batch: int) -> tuple[int, int, int]:
 
 
 def bench_model(name: str, batch: int, precision: str, device, steps: int, warmup: int,
-                grad_checkpointing: bool, compile_: bool) -> dict:
+                grad_checkpointing: bool, compile_: bool, vocab_size: int | None = None) -> dict:
     torch.manual_seed(0)
-    model, cfg = create_model(name, grad_checkpointing=grad_checkpointing)
+    model, cfg = create_model(name, grad_checkpointing=grad_checkpointing, vocab_size=vocab_size)
     model.to(device).train()
     opt = torch.optim.AdamW(param_groups(model, 0.2), lr=1e-5, betas=(0.9, 0.98), eps=1e-6,
                             **({"fused": True} if device.type == "cuda" else {}))
@@ -137,7 +137,8 @@ def main() -> None:
                     help="seconds: tiny-vit at batch 4, 1 warmup + 1 timed step, short probe")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--models", default=None,
-                    help="comma-separated configs (default ViT-B-32,tiny-vit; quick: tiny-vit)")
+                    help="comma-separated configs (default ViT-B-32,tiny-rn,tiny-vit; quick: "
+                         "tiny-vit)")
     ap.add_argument("--batch-size", type=int, default=None,
                     help="batch for every model (default: 16 for ViT-B-32 and the other "
                          "paper configs, 64 for tiny-*)")
@@ -149,6 +150,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="timed steps (default 3; quick 1)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps (default 2; quick 1)")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    ap.add_argument("--vocab-size", type=int, default=None,
+                    help="text vocabulary (default: the config's 49408; `wit train` uses the "
+                         "tokenizer's, e.g. 10,513 for 10k merges: a smaller AdamW update)")
+    ap.add_argument("--image-size", type=int, default=None, help="override the image size")
     ap.add_argument("--grad-checkpointing", action="store_true")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model")
     ap.add_argument("--json", default=None, help="also write the results here")
@@ -156,7 +161,7 @@ def main() -> None:
     device = torch.device(a.device)
     if a.threads:
         torch.set_num_threads(a.threads)
-    models = (a.models or ("tiny-vit" if a.quick else "ViT-B-32,tiny-vit")).split(",")
+    models = (a.models or ("tiny-vit" if a.quick else "ViT-B-32,tiny-rn,tiny-vit")).split(",")
     precisions = (a.precisions or ("bf16,fp16,fp32" if device.type == "cuda" else "fp32,bf16"))
     precisions = precisions.split(",")
     steps = a.steps or (1 if a.quick else 3)
@@ -167,11 +172,11 @@ def main() -> None:
     print(f"device {device} ({where}), torch {torch.__version__}")
     results = []
     for name in models:
-        batch = a.batch_size or (4 if a.quick else 64 if name.startswith("tiny") else 16)
-        cfg = resolve_config(name)
+        batch = a.batch_size or (4 if a.quick else 64 if "tiny" in name else 16)
+        cfg = resolve_config(name, image_size=a.image_size, vocab_size=a.vocab_size)
         m, k, n = gemm_shape(cfg, batch)
         rates = {p: matmul_rate(m, k, n, DTYPES[p], device, probe_s) for p in precisions}
-        print(f"\n{name}, batch {batch}: {forward_flops(cfg) / 1e9:.2f} GFLOPs forward per pair "
+        print(f"\n{name} at {cfg['vision_cfg']['image_size']} px, batch {batch}: {forward_flops(cfg) / 1e9:.2f} GFLOPs forward per pair "
               f"(image {image_flops(cfg) / 1e9:.2f} + text {text_flops(cfg) / 1e9:.2f}), "
               f"{train_flops(cfg) / 1e9:.2f} per training step")
         print("matmul rate F.linear " f"[{m}x{k}]x[{k}x{n}]: "
@@ -184,8 +189,9 @@ def main() -> None:
                       f"{rates['bf16'] / rates['fp32']:.0%} of fp32 (no native bf16 "
                       "instructions); force with --precisions fp32,bf16")
                 continue
-            r = bench_model(name, batch, precision, device, steps, warmup,
+            r = bench_model(cfg, batch, precision, device, steps, warmup,
                             a.grad_checkpointing, a.compile)
+            r["model"] = name
             r["matmul_tflops"] = {p: v / 1e12 for p, v in rates.items()}
             r["mfu"] = {p: r["achieved_tflops"] * 1e12 / v for p, v in rates.items()}
             results.append(r)

@@ -322,8 +322,9 @@ class CLIP(nn.Module):
         Rows longer than the model's context length (e.g. 77-token rows for a model with a
         shorter context) are cut to it with the end token kept last, which gives exactly the
         tokens the tokenizer would have produced for that context length. Positions after the
-        last end token of the batch are dropped before the transformer: with the causal mask
-        they cannot influence any end-token feature, so this only saves work.
+        last end token of the batch are dropped before the transformer (except under
+        torch.compile, to keep shapes static): with the causal mask they cannot influence any
+        end-token feature, so this only saves work.
         """
         eot = text.argmax(dim=-1)
         if text.shape[1] > self.context_length:
@@ -332,8 +333,10 @@ class CLIP(nn.Module):
             text = text[:, :self.context_length].clone()
             text[cut, -1] = eot_id[cut]
             eot = torch.where(cut, torch.full_like(eot, self.context_length - 1), eot)
-        length = int(eot.max()) + 1 if text.numel() else 1
-        x = self.token_embedding(text[:, :length]).to(self.dtype)
+        if text.numel() and not torch.compiler.is_compiling():
+            text = text[:, :int(eot.max()) + 1]   # compiled graphs keep static shapes instead
+        length = text.shape[1]
+        x = self.token_embedding(text).to(self.dtype)
         x = x + self.positional_embedding[:length].to(x.dtype)
         x = self.ln_final(self.transformer(x))
         return x[torch.arange(x.shape[0], device=x.device), eot] @ self.text_projection.to(x.dtype)
