@@ -236,3 +236,19 @@ def test_train_errors(data, tmp_path, capsys):
     assert main(base + ["--tokenizer", data["merges"], "--precision", "fp16",
                         "--device", "cpu"]) == 2
     assert "fp16 needs a CUDA device" in capsys.readouterr().err
+
+
+def test_bf16_autocast_with_checkpointing_and_accumulation(data, tmp_path):
+    """The mixed-precision path on CPU: bf16 autocast (float32 weights, loss and optimiser
+    state), gradient checkpointing and accumulation together; losses track fp32's."""
+    kw = dict(max_steps=3, batch_size=4, accum_freq=2, workers=0, save_every=100)
+    ref = train(_cfg(data, tmp_path / "fp32", **kw))
+    got = train(_cfg(data, tmp_path / "bf16", precision="bf16", grad_checkpointing=True, **kw))
+    a, b = _losses(tmp_path / "fp32"), _losses(tmp_path / "bf16")
+    assert len(a) == len(b) == 3 and ref["step"] == got["step"] == 3
+    for (_, la, _), (_, lb, _) in zip(a, b):
+        assert math.isfinite(lb) and abs(la - lb) < 0.05
+    assert [x[1] for x in a] != [x[1] for x in b]   # bf16 rounding did take effect
+    ckpt = torch.load(tmp_path / "bf16/checkpoints/latest.pt", weights_only=True)
+    assert all(v.dtype != torch.bfloat16 for v in ckpt["model"].values())
+    assert ckpt["args"]["precision"] == "bf16" and ckpt["scaler"] is None
