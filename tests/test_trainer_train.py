@@ -222,6 +222,8 @@ def test_wit_train_end_to_end(data, tmp_path, capsys):
     assert "--resume latest" in capsys.readouterr().err
     assert main(args + ["--resume", "latest"]) == 0
     assert json.loads(capsys.readouterr().out)["step"] == 48
+    assert main(args + ["--resume", "latest", "--model", "tiny-rn"]) == 2
+    assert "is a micro run but --model is tiny-rn" in capsys.readouterr().err
 
 
 def test_train_errors(data, tmp_path, capsys):

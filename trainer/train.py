@@ -331,7 +331,7 @@ def train(cfg: TrainConfig) -> dict:
 
     from trainer.data import make_train_loader
     from trainer.loss import ClipLoss, clamp_logit_scale
-    from trainer.model import create_model
+    from trainer.model import create_model, resolve_config
     from trainer.tokenizer import Tokenizer
 
     if cfg.precision not in PRECISIONS:
@@ -376,6 +376,11 @@ def train(cfg: TrainConfig) -> dict:
     import numpy as np
     np.random.seed(cfg.seed % 2**32)
     if ckpt is not None:
+        saved = ckpt["model_cfg"].get("name")
+        asked = resolve_config(cfg.model).get("name")
+        if saved and asked and saved != asked:
+            raise WitError(f"{resume_path} is a {saved} run but --model is {asked}; pass "
+                           f"--model {saved} to resume it")
         model, model_cfg = create_model(ckpt["model_cfg"])
     else:
         model, model_cfg = create_model(cfg.model, image_size=cfg.image_size,
@@ -405,12 +410,10 @@ def train(cfg: TrainConfig) -> dict:
         _set_rng_state(ckpt["rng"])
         del ckpt
 
-    ddp = None
     train_model = model
     if world > 1:
-        ddp = torch.nn.parallel.DistributedDataParallel(
+        train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-        train_model = ddp
     if cfg.compile:
         train_model = torch.compile(train_model)
     loss_fn = ClipLoss(rank, world)
