@@ -21,16 +21,18 @@ header line, then one merge per line, two space-separated symbols; gzip or plain
 
 Two implementations live here: :class:`ReferenceBPE`, a direct pure-Python implementation of
 the algorithm above (the ground truth the tests compare against), and :class:`Tokenizer`, the
-fast one: cleaning and the pre-tokenisation regex in Python (the regex runs in C), the byte
-mapping and BPE in HuggingFace ``tokenizers`` (Rust, batched). Tests check both give identical
-ids on large random and Unicode corpora.
+fast one: the same cleaning without running ftfy's fixers where they provably change nothing
+(:func:`_fix_text_fast`, checked against ``ftfy.fix_text`` including on mojibake), a per-word
+id cache, BPE of unseen pieces in HuggingFace ``tokenizers`` (Rust, one call per batch) and the
+output array built with numpy. Tests check both give identical ids on large random, Unicode
+and mojibake corpora.
 """
 from __future__ import annotations
 
 import functools
 import gzip
 import html
-import io
+import itertools
 import os
 from typing import Iterable, Sequence
 
@@ -74,6 +76,12 @@ def bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, (chr(c) for c in cs)))
 
 
+@functools.lru_cache(maxsize=None)
+def _byte_table() -> dict[int, str]:
+    """``str.translate`` table: a latin-1 decoded byte string -> its byte-to-unicode mapping."""
+    return {b: c for b, c in bytes_to_unicode().items()}
+
+
 def basic_clean(text: str) -> str:
     import ftfy
     text = ftfy.fix_text(text)
@@ -90,21 +98,198 @@ def clean_text(text: str) -> str:
     return whitespace_clean(basic_clean(text)).lower()
 
 
-_NOT_PLAIN = regex.compile(r"[^\t\n\r -%'-~]")  # anything but printable ASCII without '&'
+# --- fast cleaning -------------------------------------------------------------------------
+# ``ftfy.fix_text`` is the cost of CLIP's cleaning (tens to hundreds of microseconds per caption,
+# most of it Python overhead around fixers that change nothing). ``_fix_text_fast`` returns the
+# same string as ``ftfy.fix_text`` (default configuration, ftfy 6.x): it re-states ftfy's loop
+# (``fix_text`` -> per-line ``fix_and_explain``) calling ftfy's own fixer functions, and skips
+# work only where ftfy provably changes nothing:
+#
+# * ``fix_encoding`` is a no-op on text that is ASCII or that ftfy's ``is_bad`` does not flag
+#   (the first test in ftfy's ``_fix_encoding_one_step_and_explain``); text it would act on
+#   (mojibake) goes to ``ftfy.fix_text`` itself;
+# * the character fixers (C1 controls, ligatures, width, curly quotes, line breaks, surrogates,
+#   terminal escapes, control characters) are identities on text without any character of
+#   :func:`_unsafe_chars`, built from ftfy's own tables (a test checks every code point);
+# * ``unescape_html`` needs a ``&``; NFC is checked with ``unicodedata.is_normalized``.
+_FTFY_FIXERS = ("fix_c1_controls", "fix_latin_ligatures", "fix_character_width", "uncurl_quotes",
+                "fix_line_breaks", "fix_surrogates", "remove_terminal_escapes",
+                "remove_control_chars")  # the order of ftfy's fix_and_explain
 
 
-def _is_plain(text: str) -> bool:
-    return _NOT_PLAIN.search(text) is None
+@functools.lru_cache(maxsize=None)
+def _unsafe_chars() -> str:
+    """Every character one of ftfy's character fixers may change (besides ``unescape_html``)."""
+    from ftfy import chardata
+    bmp = "".join(map(chr, range(0x10000)))
+    chars = set(chardata.C1_CONTROL_RE.findall(bmp))
+    chars |= set(chardata.SINGLE_QUOTE_RE.findall(bmp)) | set(chardata.DOUBLE_QUOTE_RE.findall(bmp))
+    chars |= {chr(c) for c in (*chardata.LIGATURES, *chardata.WIDTH_MAP, *chardata.CONTROL_CHARS)}
+    chars |= set("\r\u2028\u2029\x85\x1b")  # fix_line_breaks, remove_terminal_escapes
+    chars |= {chr(c) for c in range(0xD800, 0xE000)}  # fix_surrogates
+    return "".join(sorted(chars))
+
+
+@functools.lru_cache(maxsize=None)
+def _ftfy_parts():
+    import re
+    import unicodedata
+
+    import ftfy
+    if not ftfy.__version__.startswith("6."):
+        return None  # the re-statement below follows ftfy 6's fix_text; else use ftfy itself
+    unsafe = re.compile("[" + "".join(f"\\U{ord(c):08x}" for c in _unsafe_chars()) + "]")
+    # printable ASCII and \t \n (not '&', '\r', controls): ftfy leaves such text unchanged
+    plain = re.compile(r"[\t\n -%'-~]*")
+    fixers = tuple(ftfy.FIXERS[name] for name in _FTFY_FIXERS)
+    return (plain.fullmatch, unsafe.search, fixers, ftfy.FIXERS["unescape_html"],
+            unicodedata.is_normalized, unicodedata.normalize,
+            ftfy.TextFixerConfig().max_decode_length)
+
+
+def _required_chars(items) -> frozenset | None:
+    """Characters of which every match of the parsed regex ``items`` contains one (None: no
+    such finite non-ASCII set). Picks, per sequence, the element with the fewest letters, then
+    the fewest characters (symbols are rarer in captions than letters)."""
+    from re import _constants as c
+    best = None
+    for op, av in items:
+        cand = None
+        if op is c.LITERAL and av >= 128:
+            cand = frozenset(chr(av))
+        elif op is c.IN and all(o in (c.LITERAL, c.RANGE) for o, _ in av):
+            chars = set()
+            for o, a in av:
+                chars.update(chr(a) if o is c.LITERAL else map(chr, range(a[0], a[1] + 1)))
+            cand = frozenset(chars) if all(ord(ch) >= 128 for ch in chars) else None
+        elif op is c.BRANCH:
+            alts = [_required_chars(alt.data) for alt in av[1]]
+            cand = None if None in alts else frozenset().union(*alts)
+        elif op is c.SUBPATTERN:
+            cand = _required_chars(av[-1].data)
+        elif op in (c.MAX_REPEAT, c.MIN_REPEAT) and av[0] >= 1:
+            cand = _required_chars(av[2].data)
+        if cand is not None and (best is None or _rank(cand) < _rank(best)):
+            best = cand
+    return best
+
+
+def _rank(chars: frozenset) -> tuple[int, int]:
+    return sum(ch.isalpha() for ch in chars), len(chars)
+
+
+@functools.lru_cache(maxsize=None)
+def _badness_windows():
+    """``(finditer of the characters every match of ftfy's BADNESS_RE contains, the longest
+    match)`` or None where that cannot be derived (then ``is_bad`` runs on the whole text)."""
+    import re
+    from ftfy.badness import BADNESS_RE
+    try:
+        from re import _parser
+    except ImportError:  # not CPython 3.11+
+        return None
+    if BADNESS_RE.flags & re.IGNORECASE:
+        return None
+    parsed = _parser.parse(BADNESS_RE.pattern, BADNESS_RE.flags)
+    required = _required_chars(parsed.data)
+    span = parsed.getwidth()[1]
+    if not required or span > 64:
+        return None
+    chars = "".join(f"\\U{ord(ch):08x}" for ch in sorted(required))
+    return re.compile(f"[{chars}]").finditer, span
+
+
+def _is_bad(text: str) -> bool:
+    r"""``ftfy.badness.is_bad(text)``, searching only around the characters every match needs:
+    a match of length <= span containing one at index j lies inside [j - span + 1, j + span).
+    ``search(text, pos, endpos)`` keeps ``^`` at the real start; the pattern has no other
+    context-dependent construct (no lookaround, ``\b`` or ``$``)."""
+    from ftfy.badness import BADNESS_RE, is_bad
+    windows = _badness_windows()
+    if windows is None:
+        return is_bad(text)
+    finditer, span = windows
+    search = BADNESS_RE.search
+    start = end = -1
+    for m in finditer(text):
+        j = m.start()
+        lo = max(0, j - span + 1)
+        if lo > end:  # disjoint from the current window: search that one, start a new one
+            if end >= 0 and search(text, start, end):
+                return True
+            start = lo
+        end = j + span
+    return end >= 0 and search(text, start, end) is not None
+
+
+def _fix_segment(text: str, unescape: bool, parts) -> str | None:
+    """ftfy's ``fix_and_explain`` loop on one segment; ``None`` where fix_encoding would act."""
+    _, unsafe, fixers, unescape_html, is_normalized, normalize, _ = parts
+    while True:
+        orig = text
+        if unescape and "&" in text:
+            text = unescape_html(text)
+        if not text.isascii() and _is_bad(text):  # isascii == possible_encoding(, 'ascii')
+            return None
+        if unsafe(text):
+            for fix in fixers:
+                text = fix(text)
+        if not is_normalized("NFC", text):
+            text = normalize("NFC", text)
+        if text == orig:
+            return text
+
+
+def _fix_text_fast(text: str) -> str:
+    """``ftfy.fix_text(text)``, faster where ftfy has nothing to fix (see above)."""
+    parts = _ftfy_parts()
+    if parts is not None:
+        if parts[0](text):
+            return text
+        if len(text) <= parts[-1]:
+            # fix_text's segments: lines including their '\n'; once a segment contains '<',
+            # HTML unescaping is off for it and all later segments ("auto")
+            lines = text.split("\n")
+            segments = [line + "\n" for line in lines[:-1]]
+            if lines[-1]:
+                segments.append(lines[-1])
+            out, unescape = [], True
+            for seg in segments:
+                unescape = unescape and "<" not in seg
+                fixed = _fix_segment(seg, unescape, parts)
+                if fixed is None:
+                    break
+                out.append(fixed)
+            else:
+                return "".join(out)
+    import ftfy
+    return ftfy.fix_text(text)
+
+
+_ODD_SPACE = regex.compile(r"[\x1c-\x1f]")  # str.isspace() but not regex's \s (a test checks)
+
+
+def _clean_words(text: str) -> list[str]:
+    r"""``clean_text(text)`` split at its spaces (``[]`` for an empty result), computed faster.
+
+    ``str.split()`` splits at the characters regex's ``\s`` matches except U+001C..U+001F
+    (those take the exact path), and ``str.lower`` neither makes nor removes whitespace (tests
+    check both over every code point), so lower-casing first and splitting once gives the words
+    of CLIP's "whitespace runs -> one space, strip, lower-case".
+    """
+    parts = _ftfy_parts()
+    if parts is not None and parts[0](text):  # printable ASCII without '&': nothing to fix
+        return text.lower().split()
+    text = html.unescape(html.unescape(_fix_text_fast(text)))
+    if _ODD_SPACE.search(text):
+        cleaned = whitespace_clean(text.strip()).lower()
+        return cleaned.split(" ") if cleaned else []
+    return text.lower().split()
 
 
 def _clean_fast(text: str) -> str:
-    """Same result as :func:`clean_text`; skips ftfy on printable ASCII without ``&`` (which
-    ftfy leaves unchanged: its fixes concern mojibake, non-ASCII characters, control characters,
-    terminal escapes and HTML entities, all excluded by the test). Verified against
-    :func:`clean_text` in the tests."""
-    if _is_plain(text):
-        return whitespace_clean(text).lower()
-    return clean_text(text)
+    """Same result as :func:`clean_text` (tests compare them on large random corpora)."""
+    return " ".join(_clean_words(text))
 
 
 def _parse_merges(text: str, max_merges: int | None, where: str) -> list[tuple[str, str]]:
@@ -236,16 +421,21 @@ class ReferenceBPE:
 
 
 class Tokenizer:
-    """Fast CLIP tokenizer (HuggingFace ``tokenizers`` BPE), identical ids to :class:`ReferenceBPE`.
+    """Fast CLIP tokenizer, identical ids to :class:`ReferenceBPE`.
+
+    Per batch: each text is cleaned into words (:func:`_clean_words`: the result of
+    :func:`clean_text` split at its spaces, without running ftfy where it provably changes
+    nothing); each word not seen before is split with CLIP's pattern and its pieces are
+    BPE-encoded by HuggingFace ``tokenizers`` (Rust, one call for the whole batch); the ids of
+    every word are kept in a cache (CLIP's tokenizer keeps one per piece; this one is bounded by
+    ``cache_size`` words), and the ``[N, context_length]`` array is filled with numpy.
 
     >>> tok = Tokenizer.from_merges("merges.txt.gz")
     >>> tok(["a photo of a cat"]).shape      # torch.LongTensor [1, 77]
     """
 
-    def __init__(self, merges_text: str, max_merges: int | None = OPENAI_NUM_MERGES):
-        from tokenizers import Tokenizer as HFTokenizer
-        from tokenizers import decoders, models, pre_tokenizers
-
+    def __init__(self, merges_text: str, max_merges: int | None = OPENAI_NUM_MERGES,
+                 cache_size: int = 200_000):
         merges = _parse_merges(merges_text, max_merges, "merges")
         self.merges = merges
         self.merges_text = MERGES_HEADER + "\n" + "".join(f"{a} {b}\n" for a, b in merges)
@@ -254,27 +444,34 @@ class Tokenizer:
         self.encoder = dict(zip(vocab, range(len(vocab))))
         self.sot_token_id = self.encoder[SOT]
         self.eot_token_id = self.encoder[EOT]
+        self.cache_size = int(cache_size)
+        self._word_end_ids = frozenset(i for t, i in self.encoder.items() if t.endswith("</w>"))
         self._ref: ReferenceBPE | None = None
-        bpe = models.BPE(vocab=dict(self.encoder), merges=list(merges), end_of_word_suffix="</w>",
-                         fuse_unk=False)
-        hf = HFTokenizer(bpe)
-        # input arrives already split by CLIP's regex (is_pretokenized); ByteLevel here only
-        # maps each piece's UTF-8 bytes through the byte-to-unicode table.
-        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-        hf.decoder = decoders.ByteLevel()
-        self._hf = hf
-        # Printable-ASCII texts (most captions) are split in Rust too: after cleaning the only
-        # whitespace left is ' ', so CLIP's pattern is equivalent to this one on them
-        # (\p{L} = [a-z], \p{N} = [0-9] on ASCII, so Unicode-table versions cannot differ).
-        from tokenizers import Regex
-        ascii_pat = r"(?i)'s|'t|'re|'ve|'m|'ll|'d|\p{L}+|\p{N}|[^ \p{L}\p{N}]+"
-        hf_ascii = HFTokenizer(models.BPE(vocab=dict(self.encoder), merges=list(merges),
-                                          end_of_word_suffix="</w>", fuse_unk=False))
-        hf_ascii.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(" "), "removed"),
-            pre_tokenizers.Split(Regex(ascii_pat), "isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-        self._hf_ascii = hf_ascii
+        self._hf = self._build_hf()
+        self._reset_cache()
+
+    def _build_hf(self):
+        """HuggingFace BPE over byte-mapped pieces separated by spaces (no mapped byte is
+        whitespace, so ``WhitespaceSplit`` gives back exactly the pieces)."""
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import models, pre_tokenizers
+        hf = HFTokenizer(models.BPE(vocab=dict(self.encoder), merges=list(self.merges),
+                                    end_of_word_suffix="</w>", fuse_unk=False))
+        hf.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        return hf
+
+    def _reset_cache(self) -> None:
+        self._cache: dict[str, tuple[int, ...]] = {}  # cleaned word -> its ids
+
+    def __getstate__(self) -> dict:  # pickled to data-loader workers: without the caches
+        state = self.__dict__.copy()
+        state["_ref"] = None
+        del state["_cache"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._reset_cache()
 
     # --- construction -------------------------------------------------------------------
     @classmethod
@@ -292,37 +489,57 @@ class Tokenizer:
         return self._ref
 
     # --- encoding -----------------------------------------------------------------------
-    def _pieces(self, text: str) -> list[str] | None:
-        cleaned = _clean_fast(text)
-        if "<|" in cleaned and (SOT in cleaned or EOT in cleaned):
-            return None  # literal special tokens: rare, handled by the reference path
-        return _PAT.findall(cleaned)
+    def _word_ids(self, texts: Sequence[str]) -> tuple[list[list[str]], list[tuple[int, ...]]]:
+        """The cleaned words of every text, and the ids of every word of every text in order.
+
+        CLIP's pattern never matches across whitespace, so a text's pieces are the
+        concatenation of its space-separated words' pieces: caching per word is exact.
+        """
+        words = [_clean_words(t) for t in texts]
+        chain = itertools.chain.from_iterable
+        try:  # the common case: every word already cached
+            return words, list(map(self._cache.__getitem__, chain(words)))
+        except KeyError:
+            pass
+        missing = set(chain(words)).difference(self._cache)
+        if len(self._cache) + len(missing) > self.cache_size:
+            self._reset_cache()
+            missing = set(chain(words))
+        self._add_words(list(missing))
+        return words, list(map(self._cache.__getitem__, chain(words)))
+
+    def _add_words(self, words: list[str]) -> None:
+        chain = itertools.chain.from_iterable
+        findall = _PAT.findall
+        # an ASCII letter run is one piece of CLIP's pattern (the letters alternative)
+        pieces = [[w] if w.isalpha() and w.isascii() else findall(w) for w in words]
+        # a piece equal to SOT/EOT can only come from the pattern's special-token alternatives
+        piece_ids = {SOT: (self.sot_token_id,), EOT: (self.eot_token_id,)}
+        todo = list(set(chain(pieces)).difference(piece_ids))
+        if todo:
+            piece_ids.update(zip(todo, self._bpe(todo)))
+        get = piece_ids.__getitem__
+        self._cache.update(zip(words, (tuple(chain(map(get, ps))) for ps in pieces)))
+
+    def _bpe(self, pieces: list[str]) -> list[tuple[int, ...]]:
+        """Ids of each piece. One HuggingFace call for all (far less overhead than one each) on
+        the byte-mapped pieces joined by spaces; the ids are cut after each piece's last token,
+        the only one ending in ``</w>``."""
+        table = _byte_table()
+        mapped = " ".join([p.encode("utf-8").decode("latin-1").translate(table) for p in pieces])
+        ids = self._hf.encode(mapped, add_special_tokens=False).ids
+        ends = [i for i, tid in enumerate(ids, 1) if tid in self._word_end_ids]
+        if len(ends) != len(pieces):  # cannot happen with a CLIP vocabulary; stay exact anyway
+            ref = self.reference
+            return [tuple(ref.encoder[t] for t in ref.bpe(
+                p.encode("utf-8").decode("latin-1").translate(table))) for p in pieces]
+        return [tuple(ids[a:b]) for a, b in zip([0, *ends[:-1]], ends)]
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        out: list[list[int]] = [[] for _ in texts]
-        plain = [i for i, t in enumerate(texts) if _is_plain(t)]
-        if plain:
-            cleaned = [whitespace_clean(texts[i]).lower() for i in plain]
-            batch = [c for c in cleaned if "<|" not in c]
-            if len(batch) == len(cleaned):
-                for i, enc in zip(plain, self._hf_ascii.encode_batch_fast(
-                        cleaned, add_special_tokens=False)):
-                    out[i] = enc.ids
-            else:
-                plain = []  # literal special tokens somewhere: use the general path below
-        done = set(plain)
-        rest = [i for i in range(len(texts)) if i not in done]
-        pieces = {i: self._pieces(texts[i]) for i in rest}
-        todo = [i for i in rest if pieces[i]]
-        if todo:
-            encs = self._hf.encode_batch_fast([pieces[i] for i in todo], is_pretokenized=True,
-                                              add_special_tokens=False)
-            for i, enc in zip(todo, encs):
-                out[i] = enc.ids
-        for i, p in pieces.items():
-            if p is None:
-                out[i] = self.reference.encode(texts[i])
-        return out
+        """Token ids of each text (no start/end tokens, no truncation)."""
+        words, word_ids = self._word_ids(texts)
+        it = iter(word_ids)
+        return [list(itertools.chain.from_iterable(itertools.islice(it, len(w)))) for w in words]
 
     def encode(self, text: str) -> list[int]:
         return self.encode_batch([text])[0]
@@ -339,12 +556,26 @@ class Tokenizer:
             texts = [texts]
         if context_length < 2:
             raise WitError(f"context_length must be >= 2, got {context_length}")
-        result = np.zeros((len(texts), context_length), dtype=np.int64)
+        chain = itertools.chain.from_iterable
+        room = context_length - 2
+        # no per-text Python below: the ids of every word of every text, in order...
+        words, word_ids = self._word_ids(texts)
+        flat = np.array(list(chain(word_ids)), dtype=np.int64)
+        # ...each text's slice of them (cumulative token counts at its word boundaries)...
+        ends = np.zeros(len(word_ids) + 1, dtype=np.int64)
+        np.cumsum(np.fromiter(map(len, word_ids), dtype=np.int64, count=len(word_ids)),
+                  out=ends[1:])
+        bounds = np.zeros(len(words) + 1, dtype=np.int64)
+        np.cumsum(np.fromiter(map(len, words), dtype=np.int64, count=len(words)), out=bounds[1:])
+        starts, lengths = ends[bounds[:-1]], ends[bounds[1:]] - ends[bounds[:-1]]
+        # ...and its first `room` ids go to columns 1..room of its row
+        row = np.repeat(np.arange(len(words)), lengths)
+        col = np.arange(len(flat)) - np.repeat(starts, lengths)
+        keep = col < room
+        result = np.zeros((len(words), context_length), dtype=np.int64)
         result[:, 0] = self.sot_token_id
-        for row, ids in enumerate(self.encode_batch(texts)):
-            n = min(len(ids), context_length - 2)
-            result[row, 1:n + 1] = ids[:n]
-            result[row, n + 1] = self.eot_token_id
+        result[row[keep], col[keep] + 1] = flat[keep]
+        result[np.arange(len(words)), np.minimum(lengths, room) + 1] = self.eot_token_id
         return torch.from_numpy(result)
 
     def __repr__(self) -> str:
@@ -353,8 +584,7 @@ class Tokenizer:
 
 # --- training ----------------------------------------------------------------------------
 def _pretokenize_for_training(texts: Iterable[str]) -> Iterable[str]:
-    enc = bytes_to_unicode()
-    table = {i: enc[i] for i in range(256)}
+    table = _byte_table()
     for text in texts:
         words = []
         for piece in _PAT.findall(_clean_fast(text)):
