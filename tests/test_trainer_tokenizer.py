@@ -197,22 +197,29 @@ def test_fast_is_bad_equals_ftfy_is_bad():
 
 
 def test_cleaning_facts_over_every_code_point():
+    import re
+
     import ftfy
     import regex
 
-    from trainer.tokenizer import _FTFY_FIXERS, _unsafe_chars
-    unsafe = set(_unsafe_chars())
-    safe = "".join(chr(c) for c in range(0x110000) if chr(c) not in unsafe)
-    # ftfy's character fixers change no character outside the unsafe set
-    for name in _FTFY_FIXERS:
-        assert ftfy.FIXERS[name](safe) == safe, name
-    assert "\r" in unsafe and "\u2019" in unsafe and "ﬁ" in unsafe and "é" not in unsafe
+    from trainer.tokenizer import _char_class, _fixer_chars, _unsafe_chars
     every = "".join(map(chr, range(0x110000)))
+    # each of ftfy's character fixers changes no character outside its set
+    for name, chars in _fixer_chars().items():
+        others = re.sub(_char_class(chars), "", every)
+        assert len(others) == len(every) - len(chars) and ftfy.FIXERS[name](others) == others, name
+    # ...and they are applied in the order of ftfy's own loop
+    import inspect
+    source = inspect.getsource(ftfy.fix_and_explain)
+    assert sorted(_fixer_chars(), key=lambda n: source.index(f'"{n}"')) == list(_fixer_chars())
+    unsafe = _unsafe_chars()
+    assert "\r" in unsafe and "\u2019" in unsafe and "ﬁ" in unsafe and "é" not in unsafe
     # str.isspace() vs regex's \s differ only on U+001C..U+001F (the cleaning relies on it)
     spaces = {c for c in every if c.isspace()}
     assert spaces ^ set(regex.findall(r"\s", every)) == set("\x1c\x1d\x1e\x1f")
-    # lower-casing neither creates nor removes whitespace
-    assert all(any(ch.isspace() for ch in c.lower()) == (c in spaces) for c in every)
+    # lower-casing neither creates nor removes whitespace (stdlib re's \s is str.isspace)
+    assert set(re.findall(r"\s", every)) == spaces and all(c.lower() == c for c in spaces)
+    assert re.findall(r"\s", every.lower()) == re.findall(r"\s", every)
 
 
 def test_cleaning_edge_cases():
@@ -237,7 +244,7 @@ def test_fast_equals_reference_adversarial(merges_path):
     assert tok([]).shape == (0, 77)
 
 
-def test_word_cache_bound_pickle_and_fallback(merges_path):
+def test_word_cache_bound_and_pickle(merges_path):
     import pickle
     ref = ReferenceBPE(read_merges(merges_path), max_merges=None)
     texts = _corpus(400, 12)
@@ -247,14 +254,14 @@ def test_word_cache_bound_pickle_and_fallback(merges_path):
         batch = texts[start:start + 50]
         assert torch.equal(tok(batch), ref(batch))
         assert len(tok._cache) <= max(300, len({w for t in batch for w in _clean_fast(t).split()}))
+    long_word = "x" * 65
+    assert tok.encode(f"{long_word} photo") == ref.encode(f"{long_word} photo")
+    assert long_word not in tok._cache and "photo" in tok._cache
     size = len(pickle.dumps(tok))
     tok(_corpus(500, 13))  # a warm cache is not pickled (data-loader workers)
     clone = pickle.loads(pickle.dumps(tok))
     assert len(pickle.dumps(tok)) == size and clone._cache == {}
     assert torch.equal(clone(texts), ref(texts))
-    # the per-piece path taken if ids could not be cut at word ends gives the same ids
-    clone._word_end_ids = frozenset()
-    assert clone.encode_batch(_corpus(300, 14)) == [ref.encode(t) for t in _corpus(300, 14)]
 
 
 def _write(tmp_path, lines, gz=False):

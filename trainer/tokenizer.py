@@ -34,7 +34,8 @@ import gzip
 import html
 import itertools
 import os
-from typing import Iterable, Sequence
+import unicodedata
+from typing import Callable, Iterable, NamedTuple, Sequence
 
 import regex
 
@@ -108,9 +109,10 @@ def clean_text(text: str) -> str:
 # * ``fix_encoding`` is a no-op on text that is ASCII or that ftfy's ``is_bad`` does not flag
 #   (the first test in ftfy's ``_fix_encoding_one_step_and_explain``); text it would act on
 #   (mojibake) goes to ``ftfy.fix_text`` itself;
-# * the character fixers (C1 controls, ligatures, width, curly quotes, line breaks, surrogates,
-#   terminal escapes, control characters) are identities on text without any character of
-#   :func:`_unsafe_chars`, built from ftfy's own tables (a test checks every code point);
+# * each character fixer (C1 controls, ligatures, width, curly quotes, line breaks, surrogates,
+#   terminal escapes, control characters) is an identity on text without any of its characters
+#   in :func:`_fixer_chars`, built from ftfy's own tables (a test checks every code point), and
+#   runs only on text holding one;
 # * ``unescape_html`` needs a ``&``; NFC is checked with ``unicodedata.is_normalized``.
 _FTFY_FIXERS = ("fix_c1_controls", "fix_latin_ligatures", "fix_character_width", "uncurl_quotes",
                 "fix_line_breaks", "fix_surrogates", "remove_terminal_escapes",
@@ -118,39 +120,62 @@ _FTFY_FIXERS = ("fix_c1_controls", "fix_latin_ligatures", "fix_character_width",
 
 
 @functools.lru_cache(maxsize=None)
-def _unsafe_chars() -> str:
-    """Every character one of ftfy's character fixers may change (besides ``unescape_html``)."""
+def _fixer_chars() -> dict[str, str]:
+    """For each of ftfy's character fixers, every character it may change (from ftfy's own
+    tables; a test checks that each fixer leaves every other code point alone)."""
     from ftfy import chardata
     bmp = "".join(map(chr, range(0x10000)))
-    chars = set(chardata.C1_CONTROL_RE.findall(bmp))
-    chars |= set(chardata.SINGLE_QUOTE_RE.findall(bmp)) | set(chardata.DOUBLE_QUOTE_RE.findall(bmp))
-    chars |= {chr(c) for c in (*chardata.LIGATURES, *chardata.WIDTH_MAP, *chardata.CONTROL_CHARS)}
-    chars |= set("\r\u2028\u2029\x85\x1b")  # fix_line_breaks, remove_terminal_escapes
-    chars |= {chr(c) for c in range(0xD800, 0xE000)}  # fix_surrogates
-    return "".join(sorted(chars))
+    quotes = chardata.SINGLE_QUOTE_RE.findall(bmp) + chardata.DOUBLE_QUOTE_RE.findall(bmp)
+    chars = {"fix_c1_controls": chardata.C1_CONTROL_RE.findall(bmp),
+             "fix_latin_ligatures": map(chr, chardata.LIGATURES),
+             "fix_character_width": map(chr, chardata.WIDTH_MAP),
+             "uncurl_quotes": quotes,
+             "fix_line_breaks": "\r\u2028\u2029\x85",
+             "fix_surrogates": map(chr, range(0xD800, 0xE000)),
+             "remove_terminal_escapes": "\x1b",
+             "remove_control_chars": map(chr, chardata.CONTROL_CHARS)}
+    return {name: "".join(sorted(set(chars[name]))) for name in _FTFY_FIXERS}
+
+
+def _unsafe_chars() -> str:
+    """Every character one of ftfy's character fixers may change (``unescape_html`` aside)."""
+    return "".join(sorted(set("".join(_fixer_chars().values()))))
+
+
+def _char_class(chars: str) -> str:
+    return "[" + "".join(f"\\U{ord(c):08x}" for c in chars) + "]"
+
+
+class _Ftfy(NamedTuple):
+    """What the fast path calls, prepared once (see :func:`_ftfy`)."""
+    plain: Callable  # fullmatch: printable ASCII and \t \n without '&' (ftfy changes nothing)
+    unsafe: Callable  # search: a character some character fixer may change
+    fixers: tuple  # (search: a character this fixer may change, the fixer), in ftfy's order
+    unescape_html: Callable
+    is_bad: Callable  # ftfy.badness.is_bad, see _is_bad_function
+    max_segment: int
 
 
 @functools.lru_cache(maxsize=None)
-def _ftfy_parts():
+def _ftfy() -> _Ftfy | None:
+    """None where ftfy is not 6.x (the re-statement follows ftfy 6's fix_text)."""
     import re
-    import unicodedata
 
     import ftfy
     if not ftfy.__version__.startswith("6."):
-        return None  # the re-statement below follows ftfy 6's fix_text; else use ftfy itself
-    unsafe = re.compile("[" + "".join(f"\\U{ord(c):08x}" for c in _unsafe_chars()) + "]")
-    # printable ASCII and \t \n (not '&', '\r', controls): ftfy leaves such text unchanged
-    plain = re.compile(r"[\t\n -%'-~]*")
-    fixers = tuple(ftfy.FIXERS[name] for name in _FTFY_FIXERS)
-    return (plain.fullmatch, unsafe.search, fixers, ftfy.FIXERS["unescape_html"],
-            unicodedata.is_normalized, unicodedata.normalize,
-            ftfy.TextFixerConfig().max_decode_length)
+        return None
+    return _Ftfy(plain=re.compile(r"[\t\n -%'-~]*").fullmatch,
+                 unsafe=re.compile(_char_class(_unsafe_chars())).search,
+                 fixers=tuple((re.compile(_char_class(chars)).search, ftfy.FIXERS[name])
+                              for name, chars in _fixer_chars().items()),
+                 unescape_html=ftfy.FIXERS["unescape_html"], is_bad=_is_bad_function(),
+                 max_segment=ftfy.TextFixerConfig().max_decode_length)
 
 
 def _required_chars(items) -> frozenset | None:
     """Characters of which every match of the parsed regex ``items`` contains one (None: no
-    such finite non-ASCII set). Picks, per sequence, the element with the fewest letters, then
-    the fewest characters (symbols are rarer in captions than letters)."""
+    such finite non-ASCII set). Picks, per sequence, the element with the fewest characters
+    common in correct text (letters, curly quotes, dashes...), then the fewest characters."""
     from re import _constants as c
     best = None
     for op, av in items:
@@ -174,8 +199,13 @@ def _required_chars(items) -> frozenset | None:
     return best
 
 
+# characters common in correct captions (letters aside): not good window anchors
+_COMMON_IN_CAPTIONS = frozenset("\xa0\u2019\u2018\u201c\u201d\u2013\u2014\u2026\u2022\xb7\xa9\xae"
+                                "\u2122\xb0\xab\xbb\xbf\xa1\xbd")
+
+
 def _rank(chars: frozenset) -> tuple[int, int]:
-    return sum(ch.isalpha() for ch in chars), len(chars)
+    return sum(ch.isalpha() or ch in _COMMON_IN_CAPTIONS for ch in chars), len(chars)
 
 
 @functools.lru_cache(maxsize=None)
@@ -195,58 +225,69 @@ def _badness_windows():
     span = parsed.getwidth()[1]
     if not required or span > 64:
         return None
-    chars = "".join(f"\\U{ord(ch):08x}" for ch in sorted(required))
-    return re.compile(f"[{chars}]").finditer, span
+    return re.compile(_char_class("".join(sorted(required)))).finditer, span
 
 
-def _is_bad(text: str) -> bool:
-    r"""``ftfy.badness.is_bad(text)``, searching only around the characters every match needs:
-    a match of length <= span containing one at index j lies inside [j - span + 1, j + span).
+def _is_bad_function() -> Callable[[str], bool]:
+    r"""``ftfy.badness.is_bad``, searching only around the characters every match needs: a
+    match of length <= span containing one at index j lies inside [j - span + 1, j + span).
     ``search(text, pos, endpos)`` keeps ``^`` at the real start; the pattern has no other
-    context-dependent construct (no lookaround, ``\b`` or ``$``)."""
+    context-dependent construct (no lookaround, ``\b`` or ``$``; a test checks)."""
     from ftfy.badness import BADNESS_RE, is_bad
     windows = _badness_windows()
     if windows is None:
-        return is_bad(text)
+        return is_bad
     finditer, span = windows
     search = BADNESS_RE.search
-    start = end = -1
-    for m in finditer(text):
-        j = m.start()
-        lo = max(0, j - span + 1)
-        if lo > end:  # disjoint from the current window: search that one, start a new one
-            if end >= 0 and search(text, start, end):
-                return True
-            start = lo
-        end = j + span
-    return end >= 0 and search(text, start, end) is not None
+
+    def is_bad_windowed(text: str) -> bool:
+        start = end = -1
+        for m in finditer(text):
+            j = m.start()
+            lo = max(0, j - span + 1)
+            if lo > end:  # disjoint from the current window: search that one, start a new one
+                if end >= 0 and search(text, start, end):
+                    return True
+                start = lo
+            end = j + span
+        return end >= 0 and search(text, start, end) is not None
+    return is_bad_windowed
 
 
-def _fix_segment(text: str, unescape: bool, parts) -> str | None:
+def _is_bad(text: str) -> bool:
+    """``ftfy.badness.is_bad(text)`` (the windowed search)."""
+    return _is_bad_function()(text)
+
+
+def _fix_segment(text: str, unescape: bool, f: _Ftfy) -> str | None:
     """ftfy's ``fix_and_explain`` loop on one segment; ``None`` where fix_encoding would act."""
-    _, unsafe, fixers, unescape_html, is_normalized, normalize, _ = parts
     while True:
         orig = text
         if unescape and "&" in text:
-            text = unescape_html(text)
-        if not text.isascii() and _is_bad(text):  # isascii == possible_encoding(, 'ascii')
+            text = f.unescape_html(text)
+        if not text.isascii() and f.is_bad(text):  # isascii == possible_encoding(, 'ascii')
             return None
-        if unsafe(text):
-            for fix in fixers:
-                text = fix(text)
-        if not is_normalized("NFC", text):
-            text = normalize("NFC", text)
+        if f.unsafe(text):
+            for needs, fix in f.fixers:
+                if needs(text):
+                    text = fix(text)
+        if not unicodedata.is_normalized("NFC", text):
+            text = unicodedata.normalize("NFC", text)
         if text == orig:
             return text
 
 
 def _fix_text_fast(text: str) -> str:
     """``ftfy.fix_text(text)``, faster where ftfy has nothing to fix (see above)."""
-    parts = _ftfy_parts()
-    if parts is not None:
-        if parts[0](text):
+    f = _ftfy()
+    if f is not None:
+        if f.plain(text):
             return text
-        if len(text) <= parts[-1]:
+        if "\n" not in text and len(text) <= f.max_segment:  # one segment
+            fixed = _fix_segment(text, "<" not in text, f)
+            if fixed is not None:
+                return fixed
+        elif len(text) <= f.max_segment:
             # fix_text's segments: lines including their '\n'; once a segment contains '<',
             # HTML unescaping is off for it and all later segments ("auto")
             lines = text.split("\n")
@@ -256,7 +297,7 @@ def _fix_text_fast(text: str) -> str:
             out, unescape = [], True
             for seg in segments:
                 unescape = unescape and "<" not in seg
-                fixed = _fix_segment(seg, unescape, parts)
+                fixed = _fix_segment(seg, unescape, f)
                 if fixed is None:
                     break
                 out.append(fixed)
@@ -277,10 +318,12 @@ def _clean_words(text: str) -> list[str]:
     check both over every code point), so lower-casing first and splitting once gives the words
     of CLIP's "whitespace runs -> one space, strip, lower-case".
     """
-    parts = _ftfy_parts()
-    if parts is not None and parts[0](text):  # printable ASCII without '&': nothing to fix
+    f = _ftfy()
+    if f is not None and f.plain(text):  # printable ASCII without '&': nothing to fix
         return text.lower().split()
-    text = html.unescape(html.unescape(_fix_text_fast(text)))
+    text = _fix_text_fast(text)
+    if "&" in text:
+        text = html.unescape(html.unescape(text))
     if _ODD_SPACE.search(text):
         cleaned = whitespace_clean(text.strip()).lower()
         return cleaned.split(" ") if cleaned else []
@@ -420,15 +463,18 @@ class ReferenceBPE:
         return result
 
 
+_MAX_CACHED_WORD = 64  # characters
+
+
 class Tokenizer:
     """Fast CLIP tokenizer, identical ids to :class:`ReferenceBPE`.
 
     Per batch: each text is cleaned into words (:func:`_clean_words`: the result of
     :func:`clean_text` split at its spaces, without running ftfy where it provably changes
-    nothing); each word not seen before is split with CLIP's pattern and its pieces are
-    BPE-encoded by HuggingFace ``tokenizers`` (Rust, one call for the whole batch); the ids of
-    every word are kept in a cache (CLIP's tokenizer keeps one per piece; this one is bounded by
-    ``cache_size`` words), and the ``[N, context_length]`` array is filled with numpy.
+    nothing); each word not seen before is split with CLIP's pattern and its distinct pieces
+    are BPE-encoded by HuggingFace ``tokenizers``' BPE model (Rust); the ids of every word are
+    kept in a cache (CLIP's tokenizer keeps one per piece; this one is bounded by ``cache_size``
+    words), and the ``[N, context_length]`` array is filled with numpy. One thread.
 
     >>> tok = Tokenizer.from_merges("merges.txt.gz")
     >>> tok(["a photo of a cat"]).shape      # torch.LongTensor [1, 77]
@@ -445,20 +491,13 @@ class Tokenizer:
         self.sot_token_id = self.encoder[SOT]
         self.eot_token_id = self.encoder[EOT]
         self.cache_size = int(cache_size)
-        self._word_end_ids = frozenset(i for t, i in self.encoder.items() if t.endswith("</w>"))
         self._ref: ReferenceBPE | None = None
-        self._hf = self._build_hf()
+        from tokenizers import models
+        # HuggingFace's BPE model alone, on byte-mapped pieces; no cache of its own (ours is
+        # per word, so it would only hold pieces already in ours)
+        self._bpe_model = models.BPE(vocab=dict(self.encoder), merges=list(merges),
+                                     end_of_word_suffix="</w>", fuse_unk=False, cache_capacity=0)
         self._reset_cache()
-
-    def _build_hf(self):
-        """HuggingFace BPE over byte-mapped pieces separated by spaces (no mapped byte is
-        whitespace, so ``WhitespaceSplit`` gives back exactly the pieces)."""
-        from tokenizers import Tokenizer as HFTokenizer
-        from tokenizers import models, pre_tokenizers
-        hf = HFTokenizer(models.BPE(vocab=dict(self.encoder), merges=list(self.merges),
-                                    end_of_word_suffix="</w>", fuse_unk=False))
-        hf.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-        return hf
 
     def _reset_cache(self) -> None:
         self._cache: dict[str, tuple[int, ...]] = {}  # cleaned word -> its ids
@@ -506,7 +545,11 @@ class Tokenizer:
             self._reset_cache()
             missing = set(chain(words))
         self._add_words(list(missing))
-        return words, list(map(self._cache.__getitem__, chain(words)))
+        word_ids = list(map(self._cache.__getitem__, chain(words)))
+        for word in missing:  # very long "words" (URLs, data) are rare: not worth their memory
+            if len(word) > _MAX_CACHED_WORD:
+                del self._cache[word]
+        return words, word_ids
 
     def _add_words(self, words: list[str]) -> None:
         chain = itertools.chain.from_iterable
@@ -522,18 +565,12 @@ class Tokenizer:
         self._cache.update(zip(words, (tuple(chain(map(get, ps))) for ps in pieces)))
 
     def _bpe(self, pieces: list[str]) -> list[tuple[int, ...]]:
-        """Ids of each piece. One HuggingFace call for all (far less overhead than one each) on
-        the byte-mapped pieces joined by spaces; the ids are cut after each piece's last token,
-        the only one ending in ``</w>``."""
+        """Ids of each piece: its UTF-8 bytes through the byte-to-unicode table, then BPE with
+        ``</w>`` in HuggingFace ``tokenizers`` (Rust)."""
         table = _byte_table()
-        mapped = " ".join([p.encode("utf-8").decode("latin-1").translate(table) for p in pieces])
-        ids = self._hf.encode(mapped, add_special_tokens=False).ids
-        ends = [i for i, tid in enumerate(ids, 1) if tid in self._word_end_ids]
-        if len(ends) != len(pieces):  # cannot happen with a CLIP vocabulary; stay exact anyway
-            ref = self.reference
-            return [tuple(ref.encoder[t] for t in ref.bpe(
-                p.encode("utf-8").decode("latin-1").translate(table))) for p in pieces]
-        return [tuple(ids[a:b]) for a, b in zip([0, *ends[:-1]], ends)]
+        tokenize = self._bpe_model.tokenize
+        mapped = [p.encode("utf-8").decode("latin-1").translate(table) for p in pieces]
+        return [tuple([t.id for t in tokenize(m)]) for m in mapped]
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text (no start/end tokens, no truncation)."""
