@@ -29,6 +29,7 @@ and mojibake corpora.
 """
 from __future__ import annotations
 
+import array
 import functools
 import gzip
 import html
@@ -500,7 +501,8 @@ class Tokenizer:
         self._reset_cache()
 
     def _reset_cache(self) -> None:
-        self._cache: dict[str, tuple[int, ...]] = {}  # cleaned word -> its ids
+        # cleaned word -> its ids as native int32 bytes: a batch's ids are then one bytes.join
+        self._cache: dict[str, bytes] = {}
 
     def __getstate__(self) -> dict:  # pickled to data-loader workers: without the caches
         state = self.__dict__.copy()
@@ -528,28 +530,31 @@ class Tokenizer:
         return self._ref
 
     # --- encoding -----------------------------------------------------------------------
-    def _word_ids(self, texts: Sequence[str]) -> tuple[list[list[str]], list[tuple[int, ...]]]:
-        """The cleaned words of every text, and the ids of every word of every text in order.
+    def _word_ids(self, texts: Sequence[str]):
+        """(the cleaned words of every text, the int32 ids of all of them in order, the number
+        of ids of each word).
 
         CLIP's pattern never matches across whitespace, so a text's pieces are the
         concatenation of its space-separated words' pieces: caching per word is exact.
         """
+        import numpy as np
         words = [_clean_words(t) for t in texts]
         chain = itertools.chain.from_iterable
         try:  # the common case: every word already cached
-            return words, list(map(self._cache.__getitem__, chain(words)))
+            ids = list(map(self._cache.__getitem__, chain(words)))
         except KeyError:
-            pass
-        missing = set(chain(words)).difference(self._cache)
-        if len(self._cache) + len(missing) > self.cache_size:
-            self._reset_cache()
-            missing = set(chain(words))
-        self._add_words(list(missing))
-        word_ids = list(map(self._cache.__getitem__, chain(words)))
-        for word in missing:  # very long "words" (URLs, data) are rare: not worth their memory
-            if len(word) > _MAX_CACHED_WORD:
-                del self._cache[word]
-        return words, word_ids
+            missing = set(chain(words)).difference(self._cache)
+            if len(self._cache) + len(missing) > self.cache_size:
+                self._reset_cache()
+                missing = set(chain(words))
+            self._add_words(list(missing))
+            ids = list(map(self._cache.__getitem__, chain(words)))
+            for word in missing:  # very long "words" (URLs, data) are rare: not worth memory
+                if len(word) > _MAX_CACHED_WORD:
+                    del self._cache[word]
+        flat = np.frombuffer(b"".join(ids), dtype=np.int32)
+        counts = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)) // 4
+        return words, flat, counts
 
     def _add_words(self, words: list[str]) -> None:
         chain = itertools.chain.from_iterable
@@ -557,26 +562,28 @@ class Tokenizer:
         # an ASCII letter run is one piece of CLIP's pattern (the letters alternative)
         pieces = [[w] if w.isalpha() and w.isascii() else findall(w) for w in words]
         # a piece equal to SOT/EOT can only come from the pattern's special-token alternatives
-        piece_ids = {SOT: (self.sot_token_id,), EOT: (self.eot_token_id,)}
+        piece_ids = {SOT: [self.sot_token_id], EOT: [self.eot_token_id]}
         todo = list(set(chain(pieces)).difference(piece_ids))
         if todo:
             piece_ids.update(zip(todo, self._bpe(todo)))
         get = piece_ids.__getitem__
-        self._cache.update(zip(words, (tuple(chain(map(get, ps))) for ps in pieces)))
+        self._cache.update(zip(words, (array.array("i", chain(map(get, ps))).tobytes()
+                                       for ps in pieces)))
 
-    def _bpe(self, pieces: list[str]) -> list[tuple[int, ...]]:
+    def _bpe(self, pieces: list[str]) -> list[list[int]]:
         """Ids of each piece: its UTF-8 bytes through the byte-to-unicode table, then BPE with
         ``</w>`` in HuggingFace ``tokenizers`` (Rust)."""
         table = _byte_table()
         tokenize = self._bpe_model.tokenize
         mapped = [p.encode("utf-8").decode("latin-1").translate(table) for p in pieces]
-        return [tuple([t.id for t in tokenize(m)]) for m in mapped]
+        return [[t.id for t in tokenize(m)] for m in mapped]
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text (no start/end tokens, no truncation)."""
-        words, word_ids = self._word_ids(texts)
-        it = iter(word_ids)
-        return [list(itertools.chain.from_iterable(itertools.islice(it, len(w)))) for w in words]
+        words, flat, counts = self._word_ids(texts)
+        ids, ends = flat.tolist(), [0, *itertools.accumulate(counts.tolist())]
+        bounds = [0, *itertools.accumulate(map(len, words))]
+        return [ids[ends[a]:ends[b]] for a, b in zip(bounds, bounds[1:])]
 
     def encode(self, text: str) -> list[int]:
         return self.encode_batch([text])[0]
@@ -593,15 +600,12 @@ class Tokenizer:
             texts = [texts]
         if context_length < 2:
             raise WitError(f"context_length must be >= 2, got {context_length}")
-        chain = itertools.chain.from_iterable
         room = context_length - 2
         # no per-text Python below: the ids of every word of every text, in order...
-        words, word_ids = self._word_ids(texts)
-        flat = np.array(list(chain(word_ids)), dtype=np.int64)
+        words, flat, counts = self._word_ids(texts)
         # ...each text's slice of them (cumulative token counts at its word boundaries)...
-        ends = np.zeros(len(word_ids) + 1, dtype=np.int64)
-        np.cumsum(np.fromiter(map(len, word_ids), dtype=np.int64, count=len(word_ids)),
-                  out=ends[1:])
+        ends = np.zeros(len(counts) + 1, dtype=np.int64)
+        np.cumsum(counts, out=ends[1:])
         bounds = np.zeros(len(words) + 1, dtype=np.int64)
         np.cumsum(np.fromiter(map(len, words), dtype=np.int64, count=len(words)), out=bounds[1:])
         starts, lengths = ends[bounds[:-1]], ends[bounds[1:]] - ends[bounds[:-1]]
