@@ -467,6 +467,11 @@ class ReferenceBPE:
 _MAX_CACHED_WORD = 64  # characters
 
 
+def _c_ints(ids) -> bytes:
+    """Ids (or one id) as the bytes of a C-int array (the word cache's values)."""
+    return array.array("i", [ids] if isinstance(ids, int) else ids).tobytes()
+
+
 class Tokenizer:
     """Fast CLIP tokenizer, identical ids to :class:`ReferenceBPE`.
 
@@ -501,7 +506,7 @@ class Tokenizer:
         self._reset_cache()
 
     def _reset_cache(self) -> None:
-        # cleaned word -> its ids as native int32 bytes: a batch's ids are then one bytes.join
+        # cleaned word -> its ids as C-int bytes: a batch's ids are then one bytes.join
         self._cache: dict[str, bytes] = {}
 
     def __getstate__(self) -> dict:  # pickled to data-loader workers: without the caches
@@ -531,8 +536,8 @@ class Tokenizer:
 
     # --- encoding -----------------------------------------------------------------------
     def _word_ids(self, texts: Sequence[str]):
-        """(the cleaned words of every text, the int32 ids of all of them in order, the number
-        of ids of each word).
+        """(the cleaned words of every text, the ids of all of them in order, the number of
+        ids of each word).
 
         CLIP's pattern never matches across whitespace, so a text's pieces are the
         concatenation of its space-separated words' pieces: caching per word is exact.
@@ -552,23 +557,26 @@ class Tokenizer:
             for word in missing:  # very long "words" (URLs, data) are rare: not worth memory
                 if len(word) > _MAX_CACHED_WORD:
                     del self._cache[word]
-        flat = np.frombuffer(b"".join(ids), dtype=np.int32)
-        counts = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)) // 4
+        flat = np.frombuffer(b"".join(ids), dtype=np.intc)  # array("i") is a C int
+        counts = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)) // flat.itemsize
         return words, flat, counts
 
     def _add_words(self, words: list[str]) -> None:
         chain = itertools.chain.from_iterable
         findall = _PAT.findall
+        cache = self._cache
         # an ASCII letter run is one piece of CLIP's pattern (the letters alternative)
         pieces = [[w] if w.isalpha() and w.isascii() else findall(w) for w in words]
         # a piece equal to SOT/EOT can only come from the pattern's special-token alternatives
-        piece_ids = {SOT: [self.sot_token_id], EOT: [self.eot_token_id]}
-        todo = list(set(chain(pieces)).difference(piece_ids))
-        if todo:
-            piece_ids.update(zip(todo, self._bpe(todo)))
+        piece_ids = {SOT: _c_ints(self.sot_token_id), EOT: _c_ints(self.eot_token_id)}
+        todo = set(chain(pieces)).difference(piece_ids)
+        # a piece on its own is one piece again, so a cached word equal to it has its ids
+        piece_ids.update((p, cache[p]) for p in todo.intersection(cache))
+        new = list(todo.difference(cache))
+        if new:
+            piece_ids.update(zip(new, map(_c_ints, self._bpe(new))))
         get = piece_ids.__getitem__
-        self._cache.update(zip(words, (array.array("i", chain(map(get, ps))).tobytes()
-                                       for ps in pieces)))
+        cache.update(zip(words, (b"".join(map(get, ps)) for ps in pieces)))
 
     def _bpe(self, pieces: list[str]) -> list[list[int]]:
         """Ids of each piece: its UTF-8 bytes through the byte-to-unicode table, then BPE with
