@@ -1,21 +1,21 @@
 """Tokenizer throughput: fast CLIP tokenizer vs the pure-Python reference BPE on the same texts.
 
     python bench/tokenizer.py [--texts 10000] [--merges 8000] [--mix 0,0.2] [--threads N]
-    python bench/tokenizer.py --quick          # a few seconds
+    python bench/tokenizer.py --quick          # about 15 seconds
 
 Trains a merges file on synthetic Zipf-distributed captions, then for each caption mix times,
-on the same texts and producing the same [N, 77] tensor: (a) ReferenceBPE with CLIP's word
-cache, (b) ReferenceBPE without it, (c) Tokenizer, each a fresh instance (cold caches), and
-(d) that Tokenizer called again on the same texts (warm word cache, as in training after the
-first batches). Construction is not timed. Each is the best of --repeats interleaved runs, in
-wall time and in process CPU time (all threads; steadier on a shared machine). Prints texts/s
-and ratios, and checks all outputs are identical.
+on the same texts and producing the same [N, 77] tensor: ReferenceBPE with CLIP's word cache,
+ReferenceBPE without it and Tokenizer, each a fresh instance (cold caches), and the cached
+ReferenceBPE and the Tokenizer called a second time on the same texts (warm caches, as in
+training after the first batches). Construction is not timed. Each figure is the best of
+--repeats interleaved runs, in wall time and in process CPU time (all threads; steadier on a
+shared machine). Prints texts/s and ratios, and checks all outputs are identical.
 
 A mix is the fraction of captions given something beyond plain ASCII: accented or non-Latin
 words, emoji, curly quotes, dashes, non-breaking spaces, HTML entities, full-width letters, or
 (for --mojibake of all captions, counted within the mix) UTF-8 mojibake, which both tokenizers
-send through ftfy in full. The fast tokenizer runs on one thread (HuggingFace gets one
-sequence per batch); --threads 1 pins HuggingFace's thread pool anyway.
+send through ftfy in full. Both tokenizers run on one thread (the fast one calls HuggingFace's
+BPE model directly, which does not use its thread pool); --threads 1 pins that pool anyway.
 """
 from __future__ import annotations
 
@@ -60,20 +60,26 @@ def _time(fn, texts):
     return (time.perf_counter() - w0, time.process_time() - c0), out
 
 
+REF, REF_WARM, REF_NOCACHE = ("reference, cold cache (as CLIP)", "reference, warm cache",
+                              "reference, no cache")
+FAST, FAST_WARM = "fast, cold cache", "fast, warm cache"
+
+
 def run_mix(merges_text, texts, repeats):
+    """{name: (wall texts/s, CPU texts/s)}, each the best of `repeats` interleaved runs."""
     from trainer.tokenizer import ReferenceBPE, Tokenizer
-    makers = {"reference (word cache, as CLIP)": lambda: ReferenceBPE(merges_text),
-              "reference (no cache)": lambda: ReferenceBPE(merges_text, cache=False),
-              "fast (cold cache)": lambda: Tokenizer(merges_text, max_merges=None)}
+    makers = {REF: lambda: ReferenceBPE(merges_text),
+              REF_NOCACHE: lambda: ReferenceBPE(merges_text, cache=False),
+              FAST: lambda: Tokenizer(merges_text, max_merges=None)}
+    warm = {REF: REF_WARM, FAST: FAST_WARM}  # the same instance called again on the same texts
     for make in makers.values():  # warm-up: imports (torch, ftfy), regex compilation
         make()(texts[:20])
-    best = {name: [float("inf")] * 2 for name in list(makers) + ["fast (warm cache)"]}
+    best = {name: [float("inf")] * 2 for name in [REF, REF_WARM, REF_NOCACHE, FAST, FAST_WARM]}
     outs = {}
     for _ in range(repeats):
         for name, make in makers.items():
             tok = make()  # construction is not timed
-            names = [name, "fast (warm cache)"] if name == "fast (cold cache)" else [name]
-            for key in names:
+            for key in [name, warm[name]] if name in warm else [name]:
                 dt, outs[key] = _time(tok, texts)
                 best[key] = [min(b, d) for b, d in zip(best[key], dt)]
     first = next(iter(outs.values()))
@@ -118,12 +124,9 @@ def main() -> None:
         for name, (wall, cpu) in rates.items():
             print(f"  {name:34s} {wall:13.0f} {cpu:12.0f}")
         for i, kind in enumerate(("wall", "CPU")):
-            ref = rates["reference (word cache, as CLIP)"][i]
-            print(f"  speed-up ({kind} time) vs cached reference: cold "
-                  f"{rates['fast (cold cache)'][i] / ref:.1f}x, warm "
-                  f"{rates['fast (warm cache)'][i] / ref:.1f}x; vs no-cache reference: cold "
-                  f"{rates['fast (cold cache)'][i] / rates['reference (no cache)'][i]:.1f}x")
-
+            print(f"  speed-up ({kind} time): cold vs cold {rates[FAST][i] / rates[REF][i]:.1f}x, "
+                  f"warm vs warm {rates[FAST_WARM][i] / rates[REF_WARM][i]:.1f}x, "
+                  f"cold vs no-cache reference {rates[FAST][i] / rates[REF_NOCACHE][i]:.1f}x")
 
 if __name__ == "__main__":
     main()
