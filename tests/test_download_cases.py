@@ -39,7 +39,7 @@ def test_every_case_gets_its_status_and_error(tmp_path):
             "/b.png": {"body": image_bytes("PNG", (20, 40)), "headers": {"Content-Type": "image/png"}},
             "/c.webp": {"body": image_bytes("WEBP", (30, 30)), "headers": {"Content-Type": "image/webp"}},
             "/e500": {"status": 500, "body": "oops"},
-            "/slow.jpg": {"delay": 2.5, "body": image_bytes("JPEG"), "headers": JPEG_H},
+            "/slow.jpg": {"delay": 4.5, "body": image_bytes("JPEG"), "headers": JPEG_H},
             "/r1": {"redirect": "/r2"},
             "/r2": {"redirect": "/r3", "status": 301},
             "/r3": {"redirect": f"{host}/c.webp", "status": 307},
@@ -78,7 +78,7 @@ def test_every_case_gets_its_status_and_error(tmp_path):
         pairs.mkdir()
         table = write_balanced(str(pairs / "part-00000-of-00001.parquet"), [c[0] for c in cases])
         out = str(tmp_path / "images")
-        opts = DownloadOptions(processes=1, threads=8, timeout=1, max_bytes=200_000, image_size=64,
+        opts = DownloadOptions(processes=1, threads=8, timeout=2, max_bytes=200_000, image_size=64,
                                user_agent="wit-test/1 (loopback)",
                                allowed_endpoints=[f"127.0.0.1:{public.port}"],
                                resolve={"img.test": "127.0.0.1", "internal.test": "127.0.0.1"})

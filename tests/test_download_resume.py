@@ -64,7 +64,10 @@ def test_kill_9_midway_then_rerun_gives_every_key_once(tmp_path):
             _wait_for(lambda: srv.hits("/1/4.jpg") > 0, 30, "shard 1 to be half-way", proc)
             os.kill(proc.pid, signal.SIGKILL)  # the parent only
             proc.wait()
-            _wait_for(lambda: not _group_alive(proc.pid), 10, "the orphaned workers to exit by themselves")
+            end = time.monotonic() + 30
+            while _group_alive(proc.pid) and time.monotonic() < end:
+                time.sleep(0.05)
+            assert not _group_alive(proc.pid), f"orphaned workers still running after 30 s: {_group_members(proc.pid)}"
         finally:
             if _group_alive(proc.pid):
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -112,6 +115,22 @@ def test_kill_9_midway_then_rerun_gives_every_key_once(tmp_path):
     assert summary["by_error_kind"] == {"http_404": 1} and summary["shards_already_done"] == len(done_before)
 
 
+def _group_members(pgid: int) -> list[str]:
+    """'pid state ppid cmdline' of every process of group ``pgid`` (for failure messages)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                cmd = fh.read().replace(b"\0", b" ").decode(errors="replace")[:160]
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            found.append(f"{pid} {fields[0]} ppid={fields[1]} {cmd}")
+    return found
+
+
 def _group_alive(pgid: int) -> bool:
     """Is any process of group ``pgid`` still running? (Zombies don't count: where PID 1 does not
     reap adopted orphans they linger as entries, but they run nothing.)"""
@@ -124,3 +143,41 @@ def _group_alive(pgid: int) -> bool:
         if int(fields[2]) == pgid and fields[0] != "Z":  # fields: state, ppid, pgrp, ...
             return True
     return False
+
+
+_LATE_WATCHDOG = '''
+import multiprocessing, sys, time
+
+
+def child():
+    time.sleep(1.0)  # the parent is killed meanwhile (as if during the worker's imports)
+    from wit_builder.download_worker import _start_watchdog
+    _start_watchdog()
+    time.sleep(120)  # only the watchdog ends this early
+
+
+if __name__ == "__main__":
+    p = multiprocessing.get_context("spawn").Process(target=child)
+    p.start()
+    print(p.pid, flush=True)
+    time.sleep(120)
+'''
+
+
+def test_worker_whose_parent_died_before_its_watchdog_started_exits(tmp_path):
+    script = tmp_path / "late_watchdog.py"
+    script.write_text(_LATE_WATCHDOG)
+    env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, str(script)], env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        int(proc.stdout.readline())  # the child exists
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        end = time.monotonic() + 60
+        while _group_alive(proc.pid) and time.monotonic() < end:
+            time.sleep(0.1)
+        assert not _group_alive(proc.pid), f"orphan still running: {_group_members(proc.pid)}"
+    finally:
+        if _group_alive(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -38,17 +38,23 @@ def _start_watchdog() -> None:
     """In a multiprocessing child: exit as soon as the parent is gone (killed with -9), so an
     orphan never keeps running, or finishes a shard, behind a re-run."""
     global _watchdog_started
+    parent_process = multiprocessing.parent_process()
     with _setup_lock:
-        if _watchdog_started or multiprocessing.parent_process() is None:
+        if _watchdog_started or parent_process is None:
             return
         _watchdog_started = True
-    parent = os.getppid()
+    # The parent's pid as multiprocessing recorded it at spawn time, not os.getppid() now: a kill
+    # that lands while this process is still importing would otherwise go unnoticed (getppid()
+    # already names the reaper by then).
+    parent = parent_process.pid
+    if os.getppid() != parent:  # re-parented already
+        os._exit(3)
 
     def watch():
         while True:
-            time.sleep(0.5)
             if os.getppid() != parent:  # re-parented: the parent died
                 os._exit(3)
+            time.sleep(0.5)
 
     threading.Thread(target=watch, name="wit-parent-watchdog", daemon=True).start()
 

@@ -111,6 +111,15 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve(False)
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's default listen backlog is 5: a burst of parallel connects (8 download threads)
+    # on a busy machine overflows it, and a dropped SYN is retried only after 1 s, which a test
+    # client with a 1 s timeout reports as a timeout that never reached the server.
+    request_queue_size = 128
+    daemon_threads = True
+    block_on_close = False
+
+
 class LoopbackServer:
     """Threaded HTTP server bound to 127.0.0.1 (see the module docstring for the API)."""
 
@@ -130,7 +139,7 @@ class LoopbackServer:
     def start(self) -> "LoopbackServer":
         if self._httpd is not None:
             return self
-        httpd = ThreadingHTTPServer((self._host, self._port), _Handler)
+        httpd = _Server((self._host, self._port), _Handler)
         httpd.daemon_threads = True
         httpd.block_on_close = False
         httpd.owner = self  # type: ignore[attr-defined]
