@@ -42,7 +42,7 @@ def main() -> None:
                     help="relaid: nodes re-allocated in traversal order by a pickle round trip, as the "
                          "pipeline's Matcher does for large query lists; built: as pyahocorasick built them. "
                          "Compare in separate runs: two automata in one process share the caches")
-    ap.add_argument("--quick", action="store_true", help="20k texts, 5 naive texts")
+    ap.add_argument("--quick", action="store_true", help="40k texts, 5 naive texts")
     a = ap.parse_args()
     if a.quick:
         a.texts, a.naive = 40_000, 5
