@@ -320,6 +320,12 @@ class SimWeb:
         """Host -> IP table for the downloader (``NetPolicy.resolve`` / ``--resolve``)."""
         return {h: ip for h in HOSTS}
 
+    def connect_to(self, port: int, ip: str = "127.0.0.1") -> dict[str, str]:
+        """``HOST:80`` -> ``IP:PORT`` for every simulated host (``NetPolicy.resolve`` entries with
+        ports, like curl's ``--connect-to``): a web built without a port (URLs
+        ``http://shapes.example/...``) served by a loopback server on ``port``."""
+        return {f"{h}:80": f"{ip}:{port}" for h in HOSTS}
+
     # -- serving -----------------------------------------------------------------------------
     def image_by_url(self, url: str) -> WebImage:
         return self._by_url[url]

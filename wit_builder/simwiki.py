@@ -61,8 +61,8 @@ TAIL_WORDS: tuple[str, ...] = (
 
 # Thresholds for `wit queries` on this corpus (the CLIP paper's 100 occurrences / 70 views are for
 # the full English Wikipedia, ~3 billion words; this corpus has ~10^5).
-DEMO_THRESHOLDS = {"unigram_min_count": 8, "bigram_min_count": 5, "title_min_views": 70,
-                   "title_min_hourly_views": 10}
+DEMO_THRESHOLDS = {"unigram_min_count": 8, "bigram_min_count": 5, "bigram_min_pmi": 3.0,
+                   "title_min_views": 70, "title_min_hourly_views": 10}
 
 SHAPE_FACTS = {
     "circle": ("the set of points at the same distance from a centre", "round", 0),
