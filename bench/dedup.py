@@ -10,11 +10,15 @@
    queries pooled, ranked by score, AP over the number of queries that have a true match) and
    recall at precision 0.99, overall and per family (each family: its copies + all query
    distractors).
-2. Speed: embedding images/s on one core (decode + resize + model), against pHash on the same
-   images; faiss search time over 1M random 256-d vectors (exact IndexFlatIP, and IVF).
+2. Speed: embedding images/s on one core (decode + resize + model) for the trained detector and for
+   an untrained one of the paper's ResNet-50 shape, against pHash on the same images.
+3. faiss: build and search time over 1M random 256-d vectors (exact IndexFlatIP, and the IVF index
+   `wit dedup run` switches to at scale), with the IVF's recall of planted near-duplicates.
 
-Run:  python bench/dedup.py              (trains a tiny detector for --steps, ~5 CPU minutes)
-      python bench/dedup.py --quick      (a smoke run in well under a minute)
+Run:  python bench/dedup.py              (trains a tiny detector: about 10 minutes on 2 cores)
+      python bench/dedup.py --quick      (a smoke run in about half a minute)
+      python bench/dedup.py --parts faiss   (or quality / speed / any comma-separated subset)
+It prints Markdown tables ready to paste into docs/dedup.md.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import argparse
 import io
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -126,69 +131,50 @@ def pixel_vectors(imgs, side: int = 16) -> np.ndarray:
 
 # --- main ---------------------------------------------------------------------------------------
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
-    ap.add_argument("--train-images", type=int, default=3000)
-    ap.add_argument("--steps", type=int, default=600)
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--arch", default="tiny")
-    ap.add_argument("--image-size", type=int, default=None)
-    ap.add_argument("--refs", type=int, default=300, help="reference originals (copies are made of these)")
-    ap.add_argument("--ref-distractors", type=int, default=300)
-    ap.add_argument("--copies", type=int, default=60, help="queries per family")
-    ap.add_argument("--query-distractors", type=int, default=300)
-    ap.add_argument("--faiss-n", type=int, default=1_000_000)
-    ap.add_argument("--faiss-queries", type=int, default=1000)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--detector", default=None, help="reuse this trained detector instead of training one")
-    ap.add_argument("--keep", default=None, help="write the trained detector here")
-    ap.add_argument("--json", default=None, help="also write the results as JSON here")
-    args = ap.parse_args()
-    if args.quick:
-        args.train_images, args.steps, args.batch_size = 200, 20, 16
-        args.refs, args.ref_distractors, args.copies, args.query_distractors = 40, 40, 8, 40
-        args.faiss_n, args.faiss_queries = 50_000, 100
-    torch.set_num_threads(args.threads)
-    import faiss
-    faiss.omp_set_num_threads(args.threads)
-    from wit_builder.dedup import build_index, search
-    from wit_builder.detector import Embedder, calibrate_detector, train_detector
+def train_and_calibrate(args, results: dict, tmp: str) -> str:
+    """The detector, trained on generated images written as img2dataset-style shards (seed 1), then
+    calibrated on other generated images (seeds 10000+)."""
+    from wit_builder.detector import calibrate_detector, train_detector
 
-    results: dict = {"args": vars(args)}
-    tmp = tempfile.mkdtemp(prefix="wit-bench-dedup-")
+    det = args.keep or os.path.join(tmp, "detector.pt")
+    rng = np.random.default_rng(1)
+    per = 500
+    t0 = time.time()
+    for s in range(0, args.train_images, per):
+        items = [{"key": f"{s // per:05d}{i:04d}", "image": synthetic_image(rng)}
+                 for i in range(min(per, args.train_images - s))]
+        write_shard(os.path.join(tmp, f"{s // per:05d}.tar"), items)
+    shards = sorted(os.path.join(tmp, f) for f in os.listdir(tmp) if f.endswith(".tar"))
+    print(f"generated {args.train_images} training images in {time.time() - t0:.0f} s", flush=True)
+    t0 = time.time()
+    res = train_detector(shards, det, steps=args.steps, batch_size=args.batch_size, arch=args.arch,
+                         image_size=args.image_size, threads=args.threads, restart=True,
+                         progress=sys.stderr.isatty(), device="cpu")
+    results["train"] = {"seconds": round(time.time() - t0, 1), "steps": args.steps,
+                        "batch_size": args.batch_size, "arch": args.arch, "images": res["images"],
+                        "final_loss": float(np.mean(res["loss_history"][-20:]))}
+    print(f"trained {args.arch} detector: {args.steps} steps x {args.batch_size} in "
+          f"{results['train']['seconds']} s, final loss {results['train']['final_loss']:.3f}", flush=True)
+    cal_imgs = [synthetic_image(np.random.default_rng(10_000 + i)) for i in range(60 if args.quick else 300)]
+    cal = calibrate_detector(det, images=cal_imgs, use_all=True, threads=args.threads, progress=False,
+                             device="cpu")
+    results["calibration"] = {k: cal[k] for k in ("threshold", "precision", "recall", "images")}
+    print(f"calibrated threshold {cal['threshold']:.4f} (precision {cal['precision']:.3f}, "
+          f"recall {cal['recall']:.3f} on {cal['images']} held-out images)", flush=True)
+    return det
 
-    # 1. the detector, trained on generated images written as img2dataset-style shards (seed 1)
-    det = args.detector or args.keep or os.path.join(tmp, "detector.pt")
-    if not args.detector:
-        rng = np.random.default_rng(1)
-        per = 500
-        for s in range(0, args.train_images, per):
-            items = [{"key": f"{s // per:05d}{i:04d}", "image": synthetic_image(rng)}
-                     for i in range(min(per, args.train_images - s))]
-            write_shard(os.path.join(tmp, f"{s // per:05d}.tar"), items)
-        shards = sorted(os.path.join(tmp, f) for f in os.listdir(tmp) if f.endswith(".tar"))
-        t0 = time.time()
-        res = train_detector(shards, det, steps=args.steps, batch_size=args.batch_size, arch=args.arch,
-                             image_size=args.image_size, threads=args.threads, restart=True, progress=True)
-        results["train"] = {"seconds": round(time.time() - t0, 1), "steps": args.steps,
-                            "batch_size": args.batch_size, "arch": args.arch, "images": res["images"],
-                            "final_loss": float(np.mean(res["loss_history"][-20:]))}
-        print(f"trained {args.arch} detector: {args.steps} steps x {args.batch_size} in "
-              f"{results['train']['seconds']} s, final loss {results['train']['final_loss']:.3f}", flush=True)
-        cal_imgs = [synthetic_image(np.random.default_rng(10_000 + i)) for i in range(300 if not args.quick else 60)]
-        cal = calibrate_detector(det, images=cal_imgs, use_all=True, threads=args.threads, progress=False)
-        results["calibration"] = {k: cal[k] for k in ("threshold", "precision", "recall", "images")}
-        print(f"calibrated threshold {cal['threshold']:.4f} (precision {cal['precision']:.3f}, "
-              f"recall {cal['recall']:.3f} on {cal['images']} held-out images)", flush=True)
 
-    # 2. quality on the copy-detection set (seed 2: never seen in training or calibration)
+def bench_quality(args, results: dict, det: str) -> None:
+    """muAP and recall at precision 0.99 on the copy-detection set (seed 2: images never seen in
+    training or calibration), learned vs pHash vs raw pixels."""
+    from wit_builder.detector import Embedder
+
     refs, queries, truth, family = build_set(args.refs, args.ref_distractors, args.copies,
                                              args.query_distractors, seed=2)
     print(f"copy-detection set: {len(refs)} references ({args.refs} originals + {args.ref_distractors} "
           f"distractors), {len(queries)} queries ({args.copies} per family x {len(FAMILIES)} families + "
           f"{args.query_distractors} distractors)", flush=True)
-    emb = Embedder(det, threads=args.threads)
+    emb = Embedder(det, threads=args.threads, device="cpu")
     er, eq = emb.embed_images(refs), emb.embed_images(queries)
     pr, pq_ = phash_bits(refs), phash_bits(queries)
     xr, xq = pixel_vectors(refs), pixel_vectors(queries)
@@ -196,36 +182,63 @@ def main() -> int:
     quality = {m: evaluate(s, truth, family) for m, s in methods.items()}
     results["quality"] = quality
     rows = ["all"] + FAMILIES + ["resize_all"]
-    print(f"\n{'family':<18}" + "".join(f"{m + ' muAP':>14}{'R@P99':>8}" for m in methods))
+    names = {"learned": "learned", "phash": "pHash", "pixels": "pixels"}
+    print("\n| family | " + " | ".join(f"{names[m]} muAP | {names[m]} R@P.99" for m in methods) + " |")
+    print("|---|" + "---:|" * (2 * len(methods)))
     for r in rows:
-        print(f"{r:<18}" + "".join(f"{quality[m][r][0]:>14.3f}{quality[m][r][1]:>8.3f}" for m in methods))
-    print(f"learned/pHash muAP ratio: {quality['learned']['all'][0] / max(1e-9, quality['phash']['all'][0]):.2f}x; "
-          f"learned/pixels: {quality['learned']['all'][0] / max(1e-9, quality['pixels']['all'][0]):.2f}x")
+        print(f"| {r} | " + " | ".join(f"{quality[m][r][0]:.3f} | {quality[m][r][1]:.3f}" for m in methods) + " |")
+    ratio_ph = quality["learned"]["all"][0] / max(1e-9, quality["phash"]["all"][0])
+    ratio_px = quality["learned"]["all"][0] / max(1e-9, quality["pixels"]["all"][0])
+    results["muap_ratio"] = {"learned_over_phash": ratio_ph, "learned_over_pixels": ratio_px}
+    beats = [r for r in ("all", "crop", "rotate") if quality["learned"][r][0] > quality["phash"][r][0]]
+    print(f"\nmuAP ratio learned/pHash {ratio_ph:.2f}x, learned/pixels {ratio_px:.2f}x; learned beats pHash "
+          f"on: {', '.join(beats) or 'none'} (of all, crop, rotate)", flush=True)
 
-    # 3. throughput on one core: JPEG bytes -> embedding, vs pHash on the same bytes
-    from wit_builder.detector import decode_image, to_array
-    blobs = []
-    for im in refs[:200]:
-        buf = io.BytesIO()
-        im.save(buf, format="JPEG", quality=90)
-        blobs.append(buf.getvalue())
-    t0 = time.time()
-    arrays = [to_array(decode_image(b, emb.image_size)[0], emb.image_size) for b in blobs]
-    for i in range(0, len(arrays), 64):
-        emb.embed_arrays(arrays[i:i + 64])
-    t_emb = time.time() - t0
+
+def bench_speed(args, results: dict, det: str) -> None:
+    """Images/s on one core, JPEG bytes -> embedding (decode with DCT scaling, resize, model), for the
+    trained detector and an untrained one of the paper's ResNet-50 shape, vs pHash on the same bytes."""
     import imagehash
+
+    from wit_builder.detector import (FORMAT, VERSION, Embedder, build_model, decode_image, make_config,
+                                      save_detector, to_array)
+
+    rng = np.random.default_rng(4)
+    n = 64 if args.quick else 256
+    blobs = []
+    for _ in range(n):
+        buf = io.BytesIO()
+        synthetic_image(rng, (320, 240)).save(buf, format="JPEG", quality=90)
+        blobs.append(buf.getvalue())
+    rn50 = os.path.join(os.path.dirname(det), "resnet50-untrained.pt")
+    cfg = make_config("resnet50")
+    save_detector(rn50, {"format": FORMAT, "version": VERSION, "config": cfg,
+                         "model": build_model(cfg).state_dict()})
+    torch.set_num_threads(1)  # per core
+    rows = []
+    for name, path, count in (("learned (" + args.arch + ")", det, n), ("resnet50 (paper's shape)", rn50, n // 8)):
+        emb = Embedder(path, device="cpu")
+        t0 = time.time()
+        arrays = [to_array(decode_image(b, emb.image_size)[0], emb.image_size) for b in blobs[:count]]
+        for i in range(0, len(arrays), 32):
+            emb.embed_arrays(arrays[i:i + 32])
+        rows.append((name, emb.image_size, count / (time.time() - t0)))
+    torch.set_num_threads(args.threads)
     t0 = time.time()
     for b in blobs:
         imagehash.phash(Image.open(io.BytesIO(b)))
-    t_ph = time.time() - t0
-    results["throughput"] = {"learned_images_per_s_per_core": len(blobs) / t_emb,
-                             "phash_images_per_s_per_core": len(blobs) / t_ph}
-    print(f"\nthroughput on 1 core ({len(blobs)} JPEGs of ~{refs[0].size[0]}x{refs[0].size[1]}): learned "
-          f"{len(blobs) / t_emb:.0f} img/s, pHash {len(blobs) / t_ph:.0f} img/s "
-          f"(learned/pHash {t_ph / t_emb:.2f}x)")
+    rows.append(("pHash", None, n / (time.time() - t0)))
+    results["throughput"] = {name: {"input": size, "images_per_s_per_core": v} for name, size, v in rows}
+    print(f"\nthroughput on 1 core, 320x240 JPEGs -> embedding/hash:\n\n| method | input | images/s/core |\n|---|---:|---:|")
+    for name, size, v in rows:
+        print(f"| {name} | {f'{size} px' if size else '-'} | {v:.1f} |")
 
-    # 4. faiss search over N random 256-d vectors
+
+def bench_faiss(args, results: dict) -> None:
+    """Index build and k=10 search time over N random unit 256-d vectors: exact and IVF (as
+    `wit dedup run` builds them), with the IVF's recall of the planted near-duplicate."""
+    from wit_builder.dedup import build_index, search
+
     rng = np.random.default_rng(3)
     x = rng.standard_normal((args.faiss_n, 256), dtype=np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
@@ -251,12 +264,67 @@ def main() -> int:
     results["faiss"] = {"n": args.faiss_n, "queries": args.faiss_queries, "threads": args.threads,
                         "flat_add_s": t_add, "flat_search_s": t_flat, "ivf": info, "ivf_build_s": t_ivf_build,
                         "ivf_search_s": t_ivf, "ivf_recall_at_1": recall1, "flat_recall_at_1": recall1_flat}
-    print(f"\nfaiss, {args.faiss_n:,} x 256-d, {args.faiss_queries} queries, k=10, {args.threads} thread(s):\n"
-          f"  IndexFlatIP  search {t_flat:.2f} s ({t_flat / args.faiss_queries * 1e3:.2f} ms/query)\n"
-          f"  IndexIVFFlat nlist={info['nlist']} nprobe={info['nprobe']}: train+add {t_ivf_build:.1f} s "
-          f"(sample {info['train_sample']:,}), search {t_ivf:.2f} s "
-          f"({t_ivf / args.faiss_queries * 1e3:.2f} ms/query, {t_flat / max(1e-9, t_ivf):.1f}x faster than "
-          f"exact)\n  recall@1 of the near-duplicate's source: exact {recall1_flat:.3f}, IVF {recall1:.3f}")
+    nq = args.faiss_queries
+    print(f"\nfaiss, {args.faiss_n:,} random unit 256-d vectors, {nq} queries, k=10, {args.threads} thread(s):\n\n"
+          "| index | build s | search s | ms/query | recall@1 |\n|---|---:|---:|---:|---:|\n"
+          f"| IndexFlatIP (exact) | {t_add:.1f} | {t_flat:.2f} | {t_flat / nq * 1e3:.2f} | {recall1_flat:.3f} |\n"
+          f"| IndexIVFFlat nlist={info['nlist']} nprobe={info['nprobe']} | {t_ivf_build:.1f} | {t_ivf:.2f} | "
+          f"{t_ivf / nq * 1e3:.2f} | {recall1:.3f} |\n\nIVF search {t_flat / max(1e-9, t_ivf):.1f}x faster than "
+          f"exact (IVF trained on {info['train_sample']:,} vectors)", flush=True)
+
+
+PARTS = ("quality", "speed", "faiss")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
+    ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {', '.join(PARTS)}")
+    ap.add_argument("--train-images", type=int, default=2000, help="generated training images (written as shards)")
+    ap.add_argument("--steps", type=int, default=600, help="detector training steps")
+    ap.add_argument("--batch-size", type=int, default=32, help="pairs per training step")
+    ap.add_argument("--arch", default="tiny", help="detector preset (tiny trains on a CPU in minutes)")
+    ap.add_argument("--image-size", type=int, default=None, help="detector input side (default: the preset's)")
+    ap.add_argument("--refs", type=int, default=300, help="reference originals (copies are made of these)")
+    ap.add_argument("--ref-distractors", type=int, default=300, help="references with no copy among the queries")
+    ap.add_argument("--copies", type=int, default=60, help="queries per family")
+    ap.add_argument("--query-distractors", type=int, default=300, help="queries with no original")
+    ap.add_argument("--faiss-n", type=int, default=1_000_000, help="random 256-d vectors in the faiss timing")
+    ap.add_argument("--faiss-queries", type=int, default=1000, help="queries in the faiss timing")
+    ap.add_argument("--threads", type=int, default=1, help="torch/faiss threads for training and search "
+                    "(embedding throughput is always measured on 1 thread)")
+    ap.add_argument("--detector", default=None, help="reuse this trained detector instead of training one")
+    ap.add_argument("--keep", default=None, help="write the trained detector here")
+    ap.add_argument("--json", default=None, help="also write the results as JSON here")
+    args = ap.parse_args()
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    if not parts or set(parts) - set(PARTS):
+        ap.error(f"--parts: choose from {', '.join(PARTS)}")
+    if args.quick:
+        args.train_images, args.steps, args.batch_size = 200, 20, 16
+        args.refs, args.ref_distractors, args.copies, args.query_distractors = 40, 40, 8, 40
+        args.faiss_n, args.faiss_queries = 50_000, 100
+    torch.set_num_threads(args.threads)
+    import faiss
+    faiss.omp_set_num_threads(args.threads)
+
+    results: dict = {"args": vars(args), "command": " ".join(["python", *sys.argv])}
+    t_start = time.time()
+    print("command: " + results["command"], flush=True)
+    tmp = tempfile.mkdtemp(prefix="wit-bench-dedup-")
+    try:
+        if "quality" in parts or "speed" in parts:
+            det = args.detector or train_and_calibrate(args, results, tmp)
+            if "quality" in parts:
+                bench_quality(args, results, det)
+            if "speed" in parts:
+                bench_speed(args, results, det)
+        if "faiss" in parts:
+            bench_faiss(args, results)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    results["wall_s"] = round(time.time() - t_start, 1)
+    print(f"\ntotal wall time {results['wall_s']:.0f} s", flush=True)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=2, default=float)

@@ -14,7 +14,8 @@ from typing import Sequence
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines.options import make_options
 
 
 class EmbedShardDoFn(beam.DoFn):
@@ -50,14 +51,9 @@ def build(p, shards: Sequence[str], detector: str, out_dir: str, batch_size: int
 def run_embedding(shards: Sequence[str], detector: str, out_dir: str, *, batch_size: int = 64,
                   runner: str = "DirectRunner", workers: int = 1, threads: int | None = None,
                   pipeline_args: Sequence[str] = ()) -> None:
-    """Run the embedding pipeline to completion (raises on failure)."""
+    """Run the embedding pipeline to completion (raises on failure). ``pipeline_args`` are extra
+    Beam options (``--project``, ``--temp_location``... for Dataflow), see pipelines/options.py."""
     from wit_builder.detector import read_detector
     read_detector(detector)  # fail early with a clear error, before any worker starts
-    args = [f"--runner={runner}", *pipeline_args]
-    if runner == "DirectRunner":
-        args.append(f"--direct_num_workers={max(1, int(workers))}")
-        if workers > 1:
-            args.append("--direct_running_mode=multi_processing")
-    options = PipelineOptions(args)
-    with beam.Pipeline(options=options) as p:
+    with beam.Pipeline(options=make_options(runner, workers, pipeline_args)) as p:
         build(p, shards, detector, out_dir, batch_size, threads)

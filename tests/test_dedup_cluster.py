@@ -110,7 +110,7 @@ def _shards(d, imgs):
     return str(d)
 
 
-def test_dedup_run_end_to_end(tmp_path, imgs):
+def test_dedup_run_end_to_end(tmp_path, imgs, monkeypatch):
     det = _detector(tmp_path / "det.pt")
     shards = _shards(tmp_path / "images", imgs)
     stats = run_dedup([shards], det, str(tmp_path / "out"), runner="DirectRunner", threads=1)
@@ -128,9 +128,21 @@ def test_dedup_run_end_to_end(tmp_path, imgs):
     for u in ("uB", "uC", "uD", "uE0"):
         assert rows[u]["kept"] and rows[u]["cluster_size"] == 1
     assert stats["kept"] == 5 and stats["dropped_duplicates"] == 2 and stats["index"]["index"] == "IndexFlatIP"
-    # deterministic: shards listed in another order, fresh embeddings -> identical decisions
+    # deterministic: shards listed in another order, fresh embeddings -> identical decisions. Via the
+    # CLI, which hands unknown --options to Beam like every other stage.
+    import pipelines.dedup_pipeline as P
+    seen = []
+    real = P.make_options
+
+    def spy(runner, workers, pipeline_args):
+        seen.append((runner, workers, list(pipeline_args)))
+        return real(runner, workers, pipeline_args)
+
+    monkeypatch.setattr(P, "make_options", spy)
     shard_list = [os.path.join(shards, f) for f in ("00002.tar", "00001.tar", "00000.tar")]
-    run_dedup(shard_list, det, str(tmp_path / "out2"), threads=1)
+    assert wit_main(["dedup", "run", "--shards", *shard_list, "--detector", det, "--out", str(tmp_path / "out2"),
+                     "--threads", "1", "--runner", "DirectRunner", "--job_name=wit-dedup-test"]) == 0
+    assert seen == [("DirectRunner", 1, ["--job_name=wit-dedup-test"])]
     t2 = pq.read_table(tmp_path / "out2" / "decisions.parquet")
     cols = ["uid", "key", "cluster_id", "cluster_size", "kept"]
     assert t2.select(cols).to_pylist() == t.select(cols).to_pylist()
@@ -195,6 +207,10 @@ def test_overlap_end_to_end(tmp_path, imgs):
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
+    # train/calibrate run no Beam pipeline: a stray option is an error, not a Beam option
+    rc = wit_main(["dedup", "train", "--shards", str(tmp_path), "--out", str(tmp_path / "d.pt"), "--stpes", "3"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "unrecognized arguments" in err and "--stpes" in err
     rc = wit_main(["dedup", "run", "--shards", str(tmp_path), "--detector", str(tmp_path / "none.pt"),
                    "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err

@@ -50,8 +50,11 @@ def test_model_is_weight_normed_antialiased_and_batch_independent():
     with torch.no_grad():
         model.train()
         assert torch.allclose(model(x), y, atol=1e-5)  # train mode = eval mode (no BN, no dropout)
-    # resnet50 preset: the paper's block counts
-    assert make_config("resnet50")["layers"] == [3, 4, 6, 3]
+    # tiny preset: 2x2 grid head over the last stage's 16*8*4 channels
+    assert cfg["pool_grid"] == 2 and model.head.in_features == 4 * 512
+    # resnet50 preset: the paper's block counts, global average pooling
+    r50 = make_config("resnet50")
+    assert r50["layers"] == [3, 4, 6, 3] and r50["pool_grid"] == 1 and r50["image_size"] == 224
     with pytest.raises(WitError):
         make_config("vgg")
 
@@ -90,19 +93,20 @@ def test_tiny_detector_learns_to_separate_copies_from_distractors(tmp_path):
     out = str(tmp_path / "det.pt")
     torch.manual_seed(0)
     untrained = build_model(make_config("tiny", image_size=32))
-    _, _, gap0 = _separation(untrained, 32, held)
-    res = train_detector(None, out, images=train, steps=80, batch_size=16, arch="tiny", image_size=32,
+    auc0, _, gap0 = _separation(untrained, 32, held)
+    res = train_detector(None, out, images=train, steps=40, batch_size=16, arch="tiny", image_size=32,
                          progress=False, threads=1, checkpoint_every=1000)
     hist = res["loss_history"]
     assert np.mean(hist[-10:]) < np.mean(hist[:10])
     model = model_from_state(read_detector(out))
     auc, top1, gap = _separation(model, 32, held)
-    # copies of held-out images vs the 31 other held-out originals (chance: auc 0.5, top-1 1/32)
-    assert auc > 0.9
-    assert top1 > 0.4
-    assert gap > gap0 + 0.2  # training pushed distractors away from copies
+    # copies of held-out images vs the 31 other held-out originals (chance: auc 0.5, top-1 1/32).
+    # Random conv features already rank most copies first (auc0 ~0.92), so also assert the gain.
+    assert auc > 0.9 and top1 > 10 / 32
+    assert auc > auc0 + 0.025  # measured: 0.911 -> 0.967
+    assert gap > gap0 + 0.2  # training pushed distractors away from copies (measured: 0.27 -> 0.78)
     state = torch.load(out, weights_only=True)
-    assert state["format"] == FORMAT and state["train"]["step"] == 80 and state["threshold"] is None
+    assert state["format"] == FORMAT and state["train"]["step"] == 40 and state["threshold"] is None
 
 
 def test_training_resumes_exactly(tmp_path, monkeypatch):
@@ -156,8 +160,16 @@ def test_calibrate_stores_threshold_atomically(tmp_path):
     state = read_detector(out)
     assert state["threshold"] == pytest.approx(cal["threshold"])
     assert state["calibration"]["precision"] >= 0.9 and cal["images"] == 40
-    assert cal["positive_pairs"] == 40 and cal["negative_pairs"] == 40 * 39
+    assert cal["positive_pairs"] == 40 and cal["negative_pairs"] + cal["ambiguous_pairs"] == 40 * 39
+    assert cal["false_positive_rate"] == cal["false_pairs"] / cal["negative_pairs"]
     assert [p.name for p in tmp_path.iterdir()] == ["det.pt"]  # no temp files left
+    # calibration images holding duplicates of each other: (copy of i, i's duplicate) is no negative
+    dup = imgs[:30] + [im.copy() for im in imgs[:10]]
+    cal2 = calibrate_detector(out, images=dup, use_all=True, target_precision=0.9, progress=False, threads=1,
+                              write=False)
+    assert cal2["ambiguous_pairs"] >= 2 * 10  # both directions of each identical pair
+    assert cal2["negative_pairs"] + cal2["ambiguous_pairs"] == 40 * 39
+    assert read_detector(out)["threshold"] == pytest.approx(cal["threshold"])  # write=False
 
 
 def test_bad_detector_files_give_clear_errors(tmp_path):
@@ -195,7 +207,7 @@ def test_cli_train_and_calibrate_on_shards_with_a_corrupt_image(tmp_path, capsys
             "--threads", "1"]
     assert wit_main(args) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["training_images"] == 13 and out["skipped_images"] == 4  # drawn in each of the 4 batches
+    assert out["training_images"] == 13 and out["skipped_images"] == 1  # the one corrupt image, counted once
     assert wit_main(["dedup", "calibrate", "--detector", det, "--shards", str(tmp_path), "--all-images",
                      "--target-precision", "0.5", "--threads", "1"]) == 0
     cal = json.loads(capsys.readouterr().out)

@@ -21,18 +21,22 @@ header line, then one merge per line, two space-separated symbols; gzip or plain
 
 Two implementations live here: :class:`ReferenceBPE`, a direct pure-Python implementation of
 the algorithm above (the ground truth the tests compare against), and :class:`Tokenizer`, the
-fast one: cleaning and the pre-tokenisation regex in Python (the regex runs in C), the byte
-mapping and BPE in HuggingFace ``tokenizers`` (Rust, batched). Tests check both give identical
-ids on large random and Unicode corpora.
+fast one: the same cleaning without running ftfy's fixers where they provably change nothing
+(:func:`_fix_text_fast`, checked against ``ftfy.fix_text`` including on mojibake), a per-word
+id cache, BPE of unseen pieces in HuggingFace ``tokenizers`` (Rust, one call per batch) and the
+output array built with numpy. Tests check both give identical ids on large random, Unicode
+and mojibake corpora.
 """
 from __future__ import annotations
 
+import array
 import functools
 import gzip
 import html
-import io
+import itertools
 import os
-from typing import Iterable, Sequence
+import unicodedata
+from typing import Callable, Iterable, NamedTuple, Sequence
 
 import regex
 
@@ -74,6 +78,12 @@ def bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, (chr(c) for c in cs)))
 
 
+@functools.lru_cache(maxsize=None)
+def _byte_table() -> dict[int, str]:
+    """``str.translate`` table: a latin-1 decoded byte string -> its byte-to-unicode mapping."""
+    return {b: c for b, c in bytes_to_unicode().items()}
+
+
 def basic_clean(text: str) -> str:
     import ftfy
     text = ftfy.fix_text(text)
@@ -90,21 +100,240 @@ def clean_text(text: str) -> str:
     return whitespace_clean(basic_clean(text)).lower()
 
 
-_NOT_PLAIN = regex.compile(r"[^\t\n\r -%'-~]")  # anything but printable ASCII without '&'
+# --- fast cleaning -------------------------------------------------------------------------
+# ``ftfy.fix_text`` is the cost of CLIP's cleaning (tens to hundreds of microseconds per caption,
+# most of it Python overhead around fixers that change nothing). ``_fix_text_fast`` returns the
+# same string as ``ftfy.fix_text`` (default configuration, ftfy 6.x): it re-states ftfy's loop
+# (``fix_text`` -> per-line ``fix_and_explain``) calling ftfy's own fixer functions, and skips
+# work only where ftfy provably changes nothing:
+#
+# * ``fix_encoding`` is a no-op on text that is ASCII or that ftfy's ``is_bad`` does not flag
+#   (the first test in ftfy's ``_fix_encoding_one_step_and_explain``); text it would act on
+#   (mojibake) goes to ``ftfy.fix_text`` itself;
+# * each character fixer (C1 controls, ligatures, width, curly quotes, line breaks, surrogates,
+#   terminal escapes, control characters) is an identity on text without any of its characters
+#   in :func:`_fixer_chars`, built from ftfy's own tables (a test checks every code point), and
+#   runs only on text holding one;
+# * ``unescape_html`` needs a ``&``; NFC is checked with ``unicodedata.is_normalized``.
+_FTFY_FIXERS = ("fix_c1_controls", "fix_latin_ligatures", "fix_character_width", "uncurl_quotes",
+                "fix_line_breaks", "fix_surrogates", "remove_terminal_escapes",
+                "remove_control_chars")  # the order of ftfy's fix_and_explain
 
 
-def _is_plain(text: str) -> bool:
-    return _NOT_PLAIN.search(text) is None
+@functools.lru_cache(maxsize=None)
+def _fixer_chars() -> dict[str, str]:
+    """For each of ftfy's character fixers, every character it may change (from ftfy's own
+    tables; a test checks that each fixer leaves every other code point alone)."""
+    from ftfy import chardata
+    bmp = "".join(map(chr, range(0x10000)))
+    quotes = chardata.SINGLE_QUOTE_RE.findall(bmp) + chardata.DOUBLE_QUOTE_RE.findall(bmp)
+    chars = {"fix_c1_controls": chardata.C1_CONTROL_RE.findall(bmp),
+             "fix_latin_ligatures": map(chr, chardata.LIGATURES),
+             "fix_character_width": map(chr, chardata.WIDTH_MAP),
+             "uncurl_quotes": quotes,
+             "fix_line_breaks": "\r\u2028\u2029\x85",
+             "fix_surrogates": map(chr, range(0xD800, 0xE000)),
+             "remove_terminal_escapes": "\x1b",
+             "remove_control_chars": map(chr, chardata.CONTROL_CHARS)}
+    return {name: "".join(sorted(set(chars[name]))) for name in _FTFY_FIXERS}
+
+
+def _unsafe_chars() -> str:
+    """Every character one of ftfy's character fixers may change (``unescape_html`` aside)."""
+    return "".join(sorted(set("".join(_fixer_chars().values()))))
+
+
+def _char_class(chars: str) -> str:
+    return "[" + "".join(f"\\U{ord(c):08x}" for c in chars) + "]"
+
+
+class _Ftfy(NamedTuple):
+    """What the fast path calls, prepared once (see :func:`_ftfy`)."""
+    plain: Callable  # fullmatch: printable ASCII and \t \n without '&' (ftfy changes nothing)
+    unsafe: Callable  # search: a character some character fixer may change
+    fixers: tuple  # (search: a character this fixer may change, the fixer), in ftfy's order
+    unescape_html: Callable
+    is_bad: Callable  # ftfy.badness.is_bad, see _is_bad_function
+    max_segment: int
+
+
+@functools.lru_cache(maxsize=None)
+def _ftfy() -> _Ftfy | None:
+    """None where ftfy is not 6.x (the re-statement follows ftfy 6's fix_text)."""
+    import re
+
+    import ftfy
+    if not ftfy.__version__.startswith("6."):
+        return None
+    return _Ftfy(plain=re.compile(r"[\t\n -%'-~]*").fullmatch,
+                 unsafe=re.compile(_char_class(_unsafe_chars())).search,
+                 fixers=tuple((re.compile(_char_class(chars)).search, ftfy.FIXERS[name])
+                              for name, chars in _fixer_chars().items()),
+                 unescape_html=ftfy.FIXERS["unescape_html"], is_bad=_is_bad_function(),
+                 max_segment=ftfy.TextFixerConfig().max_decode_length)
+
+
+def _required_chars(items) -> frozenset | None:
+    """Characters of which every match of the parsed regex ``items`` contains one (None: no
+    such finite non-ASCII set). Picks, per sequence, the element with the fewest characters
+    common in correct text (letters, curly quotes, dashes...), then the fewest characters."""
+    from re import _constants as c
+    best = None
+    for op, av in items:
+        cand = None
+        if op is c.LITERAL and av >= 128:
+            cand = frozenset(chr(av))
+        elif op is c.IN and all(o in (c.LITERAL, c.RANGE) for o, _ in av):
+            chars = set()
+            for o, a in av:
+                chars.update(chr(a) if o is c.LITERAL else map(chr, range(a[0], a[1] + 1)))
+            cand = frozenset(chars) if all(ord(ch) >= 128 for ch in chars) else None
+        elif op is c.BRANCH:
+            alts = [_required_chars(alt.data) for alt in av[1]]
+            cand = None if None in alts else frozenset().union(*alts)
+        elif op is c.SUBPATTERN:
+            cand = _required_chars(av[-1].data)
+        elif op in (c.MAX_REPEAT, c.MIN_REPEAT) and av[0] >= 1:
+            cand = _required_chars(av[2].data)
+        if cand is not None and (best is None or _rank(cand) < _rank(best)):
+            best = cand
+    return best
+
+
+# characters common in correct captions (letters aside): not good window anchors
+_COMMON_IN_CAPTIONS = frozenset("\xa0\u2019\u2018\u201c\u201d\u2013\u2014\u2026\u2022\xb7\xa9\xae"
+                                "\u2122\xb0\xab\xbb\xbf\xa1\xbd")
+
+
+def _rank(chars: frozenset) -> tuple[int, int]:
+    return sum(ch.isalpha() or ch in _COMMON_IN_CAPTIONS for ch in chars), len(chars)
+
+
+@functools.lru_cache(maxsize=None)
+def _badness_windows():
+    """``(finditer of the characters every match of ftfy's BADNESS_RE contains, the longest
+    match)`` or None where that cannot be derived (then ``is_bad`` runs on the whole text)."""
+    import re
+    from ftfy.badness import BADNESS_RE
+    try:
+        from re import _parser
+    except ImportError:  # not CPython 3.11+
+        return None
+    if BADNESS_RE.flags & re.IGNORECASE:
+        return None
+    parsed = _parser.parse(BADNESS_RE.pattern, BADNESS_RE.flags)
+    required = _required_chars(parsed.data)
+    span = parsed.getwidth()[1]
+    if not required or span > 64:
+        return None
+    return re.compile(_char_class("".join(sorted(required)))).finditer, span
+
+
+def _is_bad_function() -> Callable[[str], bool]:
+    r"""``ftfy.badness.is_bad``, searching only around the characters every match needs: a
+    match of length <= span containing one at index j lies inside [j - span + 1, j + span).
+    ``search(text, pos, endpos)`` keeps ``^`` at the real start; the pattern has no other
+    context-dependent construct (no lookaround, ``\b`` or ``$``; a test checks)."""
+    from ftfy.badness import BADNESS_RE, is_bad
+    windows = _badness_windows()
+    if windows is None:
+        return is_bad
+    finditer, span = windows
+    search = BADNESS_RE.search
+
+    def is_bad_windowed(text: str) -> bool:
+        start = end = -1
+        for m in finditer(text):
+            j = m.start()
+            lo = max(0, j - span + 1)
+            if lo > end:  # disjoint from the current window: search that one, start a new one
+                if end >= 0 and search(text, start, end):
+                    return True
+                start = lo
+            end = j + span
+        return end >= 0 and search(text, start, end) is not None
+    return is_bad_windowed
+
+
+def _is_bad(text: str) -> bool:
+    """``ftfy.badness.is_bad(text)`` (the windowed search)."""
+    return _is_bad_function()(text)
+
+
+def _fix_segment(text: str, unescape: bool, f: _Ftfy) -> str | None:
+    """ftfy's ``fix_and_explain`` loop on one segment; ``None`` where fix_encoding would act."""
+    while True:
+        orig = text
+        if unescape and "&" in text:
+            text = f.unescape_html(text)
+        if not text.isascii() and f.is_bad(text):  # isascii == possible_encoding(, 'ascii')
+            return None
+        if f.unsafe(text):
+            for needs, fix in f.fixers:
+                if needs(text):
+                    text = fix(text)
+        if not unicodedata.is_normalized("NFC", text):
+            text = unicodedata.normalize("NFC", text)
+        if text == orig:
+            return text
+
+
+def _fix_text_fast(text: str) -> str:
+    """``ftfy.fix_text(text)``, faster where ftfy has nothing to fix (see above)."""
+    f = _ftfy()
+    if f is not None:
+        if f.plain(text):
+            return text
+        if "\n" not in text and len(text) <= f.max_segment:  # one segment
+            fixed = _fix_segment(text, "<" not in text, f)
+            if fixed is not None:
+                return fixed
+        elif len(text) <= f.max_segment:
+            # fix_text's segments: lines including their '\n'; once a segment contains '<',
+            # HTML unescaping is off for it and all later segments ("auto")
+            lines = text.split("\n")
+            segments = [line + "\n" for line in lines[:-1]]
+            if lines[-1]:
+                segments.append(lines[-1])
+            out, unescape = [], True
+            for seg in segments:
+                unescape = unescape and "<" not in seg
+                fixed = _fix_segment(seg, unescape, f)
+                if fixed is None:
+                    break
+                out.append(fixed)
+            else:
+                return "".join(out)
+    import ftfy
+    return ftfy.fix_text(text)
+
+
+_ODD_SPACE = regex.compile(r"[\x1c-\x1f]")  # str.isspace() but not regex's \s (a test checks)
+
+
+def _clean_words(text: str) -> list[str]:
+    r"""``clean_text(text)`` split at its spaces (``[]`` for an empty result), computed faster.
+
+    ``str.split()`` splits at the characters regex's ``\s`` matches except U+001C..U+001F
+    (those take the exact path), and ``str.lower`` neither makes nor removes whitespace (tests
+    check both over every code point), so lower-casing first and splitting once gives the words
+    of CLIP's "whitespace runs -> one space, strip, lower-case".
+    """
+    f = _ftfy()
+    if f is not None and f.plain(text):  # printable ASCII without '&': nothing to fix
+        return text.lower().split()
+    text = _fix_text_fast(text)
+    if "&" in text:
+        text = html.unescape(html.unescape(text))
+    if _ODD_SPACE.search(text):
+        cleaned = whitespace_clean(text.strip()).lower()
+        return cleaned.split(" ") if cleaned else []
+    return text.lower().split()
 
 
 def _clean_fast(text: str) -> str:
-    """Same result as :func:`clean_text`; skips ftfy on printable ASCII without ``&`` (which
-    ftfy leaves unchanged: its fixes concern mojibake, non-ASCII characters, control characters,
-    terminal escapes and HTML entities, all excluded by the test). Verified against
-    :func:`clean_text` in the tests."""
-    if _is_plain(text):
-        return whitespace_clean(text).lower()
-    return clean_text(text)
+    """Same result as :func:`clean_text` (tests compare them on large random corpora)."""
+    return " ".join(_clean_words(text))
 
 
 def _parse_merges(text: str, max_merges: int | None, where: str) -> list[tuple[str, str]]:
@@ -235,17 +464,30 @@ class ReferenceBPE:
         return result
 
 
+_MAX_CACHED_WORD = 64  # characters
+
+
+def _c_ints(ids) -> bytes:
+    """Ids (or one id) as the bytes of a C-int array (the word cache's values)."""
+    return array.array("i", [ids] if isinstance(ids, int) else ids).tobytes()
+
+
 class Tokenizer:
-    """Fast CLIP tokenizer (HuggingFace ``tokenizers`` BPE), identical ids to :class:`ReferenceBPE`.
+    """Fast CLIP tokenizer, identical ids to :class:`ReferenceBPE`.
+
+    Per batch: each text is cleaned into words (:func:`_clean_words`: the result of
+    :func:`clean_text` split at its spaces, without running ftfy where it provably changes
+    nothing); each word not seen before is split with CLIP's pattern and its distinct pieces
+    are BPE-encoded by HuggingFace ``tokenizers``' BPE model (Rust); the ids of every word are
+    kept in a cache (CLIP's tokenizer keeps one per piece; this one is bounded by ``cache_size``
+    words), and the ``[N, context_length]`` array is filled with numpy. One thread.
 
     >>> tok = Tokenizer.from_merges("merges.txt.gz")
     >>> tok(["a photo of a cat"]).shape      # torch.LongTensor [1, 77]
     """
 
-    def __init__(self, merges_text: str, max_merges: int | None = OPENAI_NUM_MERGES):
-        from tokenizers import Tokenizer as HFTokenizer
-        from tokenizers import decoders, models, pre_tokenizers
-
+    def __init__(self, merges_text: str, max_merges: int | None = OPENAI_NUM_MERGES,
+                 cache_size: int = 200_000):
         merges = _parse_merges(merges_text, max_merges, "merges")
         self.merges = merges
         self.merges_text = MERGES_HEADER + "\n" + "".join(f"{a} {b}\n" for a, b in merges)
@@ -254,27 +496,28 @@ class Tokenizer:
         self.encoder = dict(zip(vocab, range(len(vocab))))
         self.sot_token_id = self.encoder[SOT]
         self.eot_token_id = self.encoder[EOT]
+        self.cache_size = int(cache_size)
         self._ref: ReferenceBPE | None = None
-        bpe = models.BPE(vocab=dict(self.encoder), merges=list(merges), end_of_word_suffix="</w>",
-                         fuse_unk=False)
-        hf = HFTokenizer(bpe)
-        # input arrives already split by CLIP's regex (is_pretokenized); ByteLevel here only
-        # maps each piece's UTF-8 bytes through the byte-to-unicode table.
-        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-        hf.decoder = decoders.ByteLevel()
-        self._hf = hf
-        # Printable-ASCII texts (most captions) are split in Rust too: after cleaning the only
-        # whitespace left is ' ', so CLIP's pattern is equivalent to this one on them
-        # (\p{L} = [a-z], \p{N} = [0-9] on ASCII, so Unicode-table versions cannot differ).
-        from tokenizers import Regex
-        ascii_pat = r"(?i)'s|'t|'re|'ve|'m|'ll|'d|\p{L}+|\p{N}|[^ \p{L}\p{N}]+"
-        hf_ascii = HFTokenizer(models.BPE(vocab=dict(self.encoder), merges=list(merges),
-                                          end_of_word_suffix="</w>", fuse_unk=False))
-        hf_ascii.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(" "), "removed"),
-            pre_tokenizers.Split(Regex(ascii_pat), "isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-        self._hf_ascii = hf_ascii
+        from tokenizers import models
+        # HuggingFace's BPE model alone, on byte-mapped pieces; no cache of its own (ours is
+        # per word, so it would only hold pieces already in ours)
+        self._bpe_model = models.BPE(vocab=dict(self.encoder), merges=list(merges),
+                                     end_of_word_suffix="</w>", fuse_unk=False, cache_capacity=0)
+        self._reset_cache()
+
+    def _reset_cache(self) -> None:
+        # cleaned word -> its ids as C-int bytes: a batch's ids are then one bytes.join
+        self._cache: dict[str, bytes] = {}
+
+    def __getstate__(self) -> dict:  # pickled to data-loader workers: without the caches
+        state = self.__dict__.copy()
+        state["_ref"] = None
+        del state["_cache"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._reset_cache()
 
     # --- construction -------------------------------------------------------------------
     @classmethod
@@ -292,37 +535,63 @@ class Tokenizer:
         return self._ref
 
     # --- encoding -----------------------------------------------------------------------
-    def _pieces(self, text: str) -> list[str] | None:
-        cleaned = _clean_fast(text)
-        if "<|" in cleaned and (SOT in cleaned or EOT in cleaned):
-            return None  # literal special tokens: rare, handled by the reference path
-        return _PAT.findall(cleaned)
+    def _word_ids(self, texts: Sequence[str]):
+        """(the cleaned words of every text, the ids of all of them in order, the number of
+        ids of each word).
+
+        CLIP's pattern never matches across whitespace, so a text's pieces are the
+        concatenation of its space-separated words' pieces: caching per word is exact.
+        """
+        import numpy as np
+        words = [_clean_words(t) for t in texts]
+        chain = itertools.chain.from_iterable
+        try:  # the common case: every word already cached
+            ids = list(map(self._cache.__getitem__, chain(words)))
+        except KeyError:
+            missing = set(chain(words)).difference(self._cache)
+            if len(self._cache) + len(missing) > self.cache_size:
+                self._reset_cache()
+                missing = set(chain(words))
+            self._add_words(list(missing))
+            ids = list(map(self._cache.__getitem__, chain(words)))
+            for word in missing:  # very long "words" (URLs, data) are rare: not worth memory
+                if len(word) > _MAX_CACHED_WORD:
+                    del self._cache[word]
+        flat = np.frombuffer(b"".join(ids), dtype=np.intc)  # array("i") is a C int
+        counts = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)) // flat.itemsize
+        return words, flat, counts
+
+    def _add_words(self, words: list[str]) -> None:
+        chain = itertools.chain.from_iterable
+        findall = _PAT.findall
+        cache = self._cache
+        # an ASCII letter run is one piece of CLIP's pattern (the letters alternative)
+        pieces = [[w] if w.isalpha() and w.isascii() else findall(w) for w in words]
+        # a piece equal to SOT/EOT can only come from the pattern's special-token alternatives
+        piece_ids = {SOT: _c_ints(self.sot_token_id), EOT: _c_ints(self.eot_token_id)}
+        todo = set(chain(pieces)).difference(piece_ids)
+        # a piece on its own is one piece again, so a cached word equal to it has its ids
+        piece_ids.update((p, cache[p]) for p in todo.intersection(cache))
+        new = list(todo.difference(cache))
+        if new:
+            piece_ids.update(zip(new, map(_c_ints, self._bpe(new))))
+        get = piece_ids.__getitem__
+        cache.update(zip(words, (b"".join(map(get, ps)) for ps in pieces)))
+
+    def _bpe(self, pieces: list[str]) -> list[list[int]]:
+        """Ids of each piece: its UTF-8 bytes through the byte-to-unicode table, then BPE with
+        ``</w>`` in HuggingFace ``tokenizers`` (Rust)."""
+        table = _byte_table()
+        tokenize = self._bpe_model.tokenize
+        mapped = [p.encode("utf-8").decode("latin-1").translate(table) for p in pieces]
+        return [[t.id for t in tokenize(m)] for m in mapped]
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        out: list[list[int]] = [[] for _ in texts]
-        plain = [i for i, t in enumerate(texts) if _is_plain(t)]
-        if plain:
-            cleaned = [whitespace_clean(texts[i]).lower() for i in plain]
-            batch = [c for c in cleaned if "<|" not in c]
-            if len(batch) == len(cleaned):
-                for i, enc in zip(plain, self._hf_ascii.encode_batch_fast(
-                        cleaned, add_special_tokens=False)):
-                    out[i] = enc.ids
-            else:
-                plain = []  # literal special tokens somewhere: use the general path below
-        done = set(plain)
-        rest = [i for i in range(len(texts)) if i not in done]
-        pieces = {i: self._pieces(texts[i]) for i in rest}
-        todo = [i for i in rest if pieces[i]]
-        if todo:
-            encs = self._hf.encode_batch_fast([pieces[i] for i in todo], is_pretokenized=True,
-                                              add_special_tokens=False)
-            for i, enc in zip(todo, encs):
-                out[i] = enc.ids
-        for i, p in pieces.items():
-            if p is None:
-                out[i] = self.reference.encode(texts[i])
-        return out
+        """Token ids of each text (no start/end tokens, no truncation)."""
+        words, flat, counts = self._word_ids(texts)
+        ids, ends = flat.tolist(), [0, *itertools.accumulate(counts.tolist())]
+        bounds = [0, *itertools.accumulate(map(len, words))]
+        return [ids[ends[a]:ends[b]] for a, b in zip(bounds, bounds[1:])]
 
     def encode(self, text: str) -> list[int]:
         return self.encode_batch([text])[0]
@@ -339,12 +608,23 @@ class Tokenizer:
             texts = [texts]
         if context_length < 2:
             raise WitError(f"context_length must be >= 2, got {context_length}")
-        result = np.zeros((len(texts), context_length), dtype=np.int64)
+        room = context_length - 2
+        # no per-text Python below: the ids of every word of every text, in order...
+        words, flat, counts = self._word_ids(texts)
+        # ...each text's slice of them (cumulative token counts at its word boundaries)...
+        ends = np.zeros(len(counts) + 1, dtype=np.int64)
+        np.cumsum(counts, out=ends[1:])
+        bounds = np.zeros(len(words) + 1, dtype=np.int64)
+        np.cumsum(np.fromiter(map(len, words), dtype=np.int64, count=len(words)), out=bounds[1:])
+        starts, lengths = ends[bounds[:-1]], ends[bounds[1:]] - ends[bounds[:-1]]
+        # ...and its first `room` ids go to columns 1..room of its row
+        row = np.repeat(np.arange(len(words)), lengths)
+        col = np.arange(len(flat)) - np.repeat(starts, lengths)
+        keep = col < room
+        result = np.zeros((len(words), context_length), dtype=np.int64)
         result[:, 0] = self.sot_token_id
-        for row, ids in enumerate(self.encode_batch(texts)):
-            n = min(len(ids), context_length - 2)
-            result[row, 1:n + 1] = ids[:n]
-            result[row, n + 1] = self.eot_token_id
+        result[row[keep], col[keep] + 1] = flat[keep]
+        result[np.arange(len(words)), np.minimum(lengths, room) + 1] = self.eot_token_id
         return torch.from_numpy(result)
 
     def __repr__(self) -> str:
@@ -353,8 +633,7 @@ class Tokenizer:
 
 # --- training ----------------------------------------------------------------------------
 def _pretokenize_for_training(texts: Iterable[str]) -> Iterable[str]:
-    enc = bytes_to_unicode()
-    table = {i: enc[i] for i in range(256)}
+    table = _byte_table()
     for text in texts:
         words = []
         for piece in _PAT.findall(_clean_fast(text)):

@@ -142,6 +142,7 @@ class ImageSource:
                 self.broken_shards += broken
             self.refs = [r for r in refs if keep(r.key)]
         self._handles: dict[str, object] = {}
+        self.bad: set[int] = set()  # indices found undecodable by load()
 
     def __len__(self) -> int:
         return len(self.images) if self.images is not None else len(self.refs)
@@ -155,21 +156,17 @@ class ImageSource:
         return fh.read(ref.size)
 
     def load(self, i: int, min_size: int | None = None):
-        """The i-th image as RGB PIL, or None if it cannot be decoded."""
+        """The i-th image as RGB PIL, or None (and i added to ``bad``) if it cannot be decoded."""
         from wit_builder.augment import to_rgb
         from wit_builder.detector import BadImage, decode_image
 
-        if self.images is not None:
-            im = self.images[i]
-            if isinstance(im, (bytes, bytearray)):
-                try:
-                    return decode_image(bytes(im), min_size)[0]
-                except BadImage:
-                    return None
-            return to_rgb(im)
+        if self.images is not None and not isinstance(self.images[i], (bytes, bytearray)):
+            return to_rgb(self.images[i])
+        data = bytes(self.images[i]) if self.images is not None else self.read_bytes(i)
         try:
-            return decode_image(self.read_bytes(i), min_size)[0]
+            return decode_image(data, min_size)[0]
         except BadImage:
+            self.bad.add(i)
             return None
 
     def close(self) -> None:
@@ -293,6 +290,8 @@ def embed_shard_to_file(embedder, shard: str, out_dir: str, batch_size: int = 64
     returns its status counts."""
     import pyarrow.parquet as pq
 
+    import pyarrow as pa
+
     path = embedding_path(out_dir, shard)
     if exists(path):
         try:
@@ -300,8 +299,8 @@ def embed_shard_to_file(embedder, shard: str, out_dir: str, batch_size: int = 64
             if meta.get(b"detector_fingerprint", b"").decode() == embedder.fingerprint:
                 t = pq.read_table(path, columns=["status"])
                 return {"shard": shard, "reused": True, **_status_counts(t.column("status").to_pylist())}
-        except Exception:
-            pass  # unreadable / stale: re-embed
+        except (OSError, pa.ArrowException, UnicodeDecodeError, KeyError):
+            pass  # unreadable or from an older layout: re-embed
     table = embed_records(embedder, iter_shard_records(shard), shard, batch_size, progress)
     table = table.replace_schema_metadata({"detector_fingerprint": embedder.fingerprint, "shard": shard})
     atomic_write_parquet(path, table)
@@ -633,7 +632,7 @@ def run_overlap(evals: Sequence[str], shards: Sequence[str], detector: str, out:
                 threshold: float | None = None, drop_overlapping: bool = False, decisions: str | None = None,
                 exact_below: int = 100_000, nprobe: int = 32, batch_size: int = 64,
                 runner: str = "DirectRunner", workers: int = 1, threads: int | None = None,
-                train_embeddings: str | None = None) -> dict:
+                train_embeddings: str | None = None, pipeline_args: Sequence[str] = ()) -> dict:
     """``wit dedup overlap``: per eval set, which examples have a near-duplicate in the training
     shards (CLIP section 5). Writes OUT/summary.json, OUT/overlap.parquet, OUT/<set>.overlap.txt and
     OUT/<set>.clean.txt (ids: the webdataset key, or the relative file path for a folder of
@@ -654,7 +653,8 @@ def run_overlap(evals: Sequence[str], shards: Sequence[str], detector: str, out:
         raise WitError("give at least one --eval")
     train_paths = expand_shards(shards)
     train_files = embed_set(train_paths, detector, train_embeddings or os.path.join(out, "embeddings", "_train"),
-                            batch_size=batch_size, runner=runner, workers=workers, threads=threads)
+                            batch_size=batch_size, runner=runner, workers=workers, threads=threads,
+                            pipeline_args=pipeline_args)
     train = load_embeddings(train_files)
     summary = {"threshold": thr, "train_images": int(len(train)), "train_embedded": int(train.ok.sum()),
                "train_skipped": _skips(train), "sets": {}}
@@ -674,7 +674,7 @@ def run_overlap(evals: Sequence[str], shards: Sequence[str], detector: str, out:
             files = [f]
         else:
             files = embed_set(expand_shards(path, f"--eval {name}"), detector, emb_dir, batch_size=batch_size,
-                              runner=runner, workers=workers, threads=threads)
+                              runner=runner, workers=workers, threads=threads, pipeline_args=pipeline_args)
         ev = load_embeddings(files)
         r = overlap_vectors(train.vectors, ev.vectors, thr, exact_below, nprobe, train_side=drop_overlapping)
         if drop_overlapping:

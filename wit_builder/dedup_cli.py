@@ -4,14 +4,19 @@ from __future__ import annotations
 import argparse
 import json
 
+from pipelines.options import add_beam_arguments
 from wit_builder.common import WitError
+
+# `wit dedup run` and `wit dedup overlap` embed with a Beam pipeline: unknown --options are
+# passed to Beam as pipeline options (pipelines/options.py); train and calibrate reject them.
+BEAM_OPTIONS = True
 
 DESCRIPTION = (
     "Learned near-duplicate detector (CLIP paper, appendix C). Typical flow: "
     "`wit dedup train --shards 'IMAGES/{00000..00009}.tar' --out detector.pt --arch tiny`, then "
     "`wit dedup calibrate --detector detector.pt --shards ...`, then "
     "`wit dedup run --shards ... --detector detector.pt --out DEDUP` (writes DEDUP/decisions.parquet "
-    "for `wit shards --dedup DEDUP`), and `wit dedup overlap --eval EVAL --shards ... --detector "
+    "for `wit shards`), and `wit dedup overlap --eval EVAL --shards ... --detector "
     "detector.pt --out OVERLAP` for the eval-set contamination report. See docs/dedup.md.")
 
 SHARDS_HELP = ("webdataset shards written by `wit download`: brace patterns like 'IMAGES/{00000..00009}.tar', "
@@ -30,15 +35,14 @@ def _layers(text: str) -> list[int]:
 
 def _common_embed(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="images per model call when embedding")
-    p.add_argument("--threads", type=int, default=None, help="torch/faiss threads per worker (default: torch's)")
-    p.add_argument("--runner", default="DirectRunner", help="Beam runner for the embedding pipeline")
-    p.add_argument("--workers", type=int, default=1, help="DirectRunner worker processes (one shard each at a time)")
+    p.add_argument("--threads", type=int, default=None, help="torch/faiss threads per worker (None: torch's choice)")
     p.add_argument("--exact-below", type=int, default=100_000,
                    help="use an exact faiss IndexFlatIP below this many images, IndexIVFFlat at or above it")
     p.add_argument("--nprobe", type=int, default=32, help="IVF lists searched per query (IVF index only)")
     p.add_argument("--threshold", type=float, default=None,
                    help="cosine similarity at/above which two images are near-duplicates "
-                        "(default: the calibrated threshold stored in the detector file)")
+                        "(None: the calibrated threshold stored in the detector file)")
+    add_beam_arguments(p)  # --runner, --workers (one shard per worker at a time); other --options go to Beam
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,18 +60,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--batch-size", type=int, default=64, help="images per step (each gives one positive pair)")
     t.add_argument("--arch", default="resnet50", choices=["resnet50", "small", "tiny"],
                    help="preset: resnet50 = the paper's (slow on CPU); small; tiny (CPU in minutes)")
-    t.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate (default per arch: "
-                   "resnet50 3e-4, small 1e-3, tiny 2e-3); linear warmup then cosine decay")
-    t.add_argument("--image-size", type=int, default=None, help="model input side in pixels (default per arch: 224/96/64)")
+    t.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate, linear warmup then cosine "
+                   "decay (None: per arch, resnet50 3e-4, small 1e-3, tiny 2e-3)")
+    t.add_argument("--image-size", type=int, default=None, help="model input side in pixels (None: per arch, 224/96/64)")
     t.add_argument("--embed-dim", type=int, default=256, help="embedding dimension")
     t.add_argument("--width", type=int, default=None, help="base channel width (overrides the arch preset)")
     t.add_argument("--layers", type=_layers, default=None, help="blocks per stage, e.g. 3,4,6,3 (overrides the preset)")
+    t.add_argument("--pool-grid", type=int, default=None,
+                   help="head: 1 = global average pooling (ResNet's), G = average-pool to a GxG grid and "
+                        "concatenate (keeps the coarse layout; None: per arch, resnet50 1, small/tiny 2)")
     t.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
     t.add_argument("--holdout", type=float, default=0.1, help="fraction of images (by key hash) kept out for calibration")
     t.add_argument("--seed", type=int, default=0, help="seed for initialisation, sampling and augmentations")
     t.add_argument("--checkpoint-every", type=int, default=100, help="rewrite --out every this many steps")
     t.add_argument("--restart", action="store_true", help="ignore an existing --out instead of resuming from it")
-    t.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    t.add_argument("--threads", type=int, default=None, help="torch threads (None: torch's choice; on a busy "
+                   "shared machine 1 is often much faster, as waiting OpenMP threads spin)")
+    t.add_argument("--device", default="auto", help="torch device: auto (a CUDA GPU if torch sees one, else the "
+                   "CPU), cpu, cuda, cuda:1, ...")
 
     c = sub.add_parser("calibrate", formatter_class=fmt, help="pick the similarity threshold for a target precision",
                        description="Make one augmented copy of each held-out image, score every copy against every "
@@ -82,7 +92,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(for shards the detector was not trained on)")
     c.add_argument("--seed", type=int, default=0, help="seed for image choice and augmentations")
     c.add_argument("--batch-size", type=int, default=64, help="images per model call")
-    c.add_argument("--threads", type=int, default=None, help="torch threads")
+    c.add_argument("--threads", type=int, default=None, help="torch threads (None: torch's choice)")
+    c.add_argument("--device", default="auto", help="torch device (see `wit dedup train --help`)")
 
     r = sub.add_parser("run", formatter_class=fmt, help="deduplicate shards: embed, neighbours, clusters, keep rule",
                        description="Embed every image (Beam), link pairs with similarity >= threshold (faiss k-NN), "
@@ -108,7 +119,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--out", required=True, help="output directory")
     o.add_argument("--drop-overlapping", action="store_true",
                    help="also write OUT/decisions.parquet marking training images that near-duplicate any eval "
-                        "example kept=False (use with `wit shards --dedup OUT`)")
+                        "example kept=False (for `wit shards`, like a `run` output)")
     o.add_argument("--decisions", default=None,
                    help="with --drop-overlapping: a `wit dedup run` output (dir or decisions.parquet) to combine with")
     o.add_argument("--train-embeddings", default=None,
@@ -117,14 +128,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    extra = list(getattr(args, "pipeline_args", []) or [])
+    if extra and args.action in ("train", "calibrate"):
+        raise WitError(f"unrecognized arguments for `wit dedup {args.action}`: {' '.join(extra)} "
+                       f"(see `wit dedup {args.action} --help`)")
     if args.action == "train":
         from wit_builder.dedup import expand_shards
         from wit_builder.detector import detector_summary, train_detector
         res = train_detector(expand_shards(args.shards), args.out, steps=args.steps, batch_size=args.batch_size,
                              arch=args.arch, lr=args.lr, image_size=args.image_size, embed_dim=args.embed_dim,
-                             width=args.width, layers=args.layers, seed=args.seed, holdout=args.holdout,
+                             width=args.width, layers=args.layers, pool_grid=args.pool_grid, seed=args.seed,
+                             holdout=args.holdout,
                              checkpoint_every=args.checkpoint_every, weight_decay=args.weight_decay,
-                             restart=args.restart, threads=args.threads)
+                             restart=args.restart, threads=args.threads, device=args.device)
         hist = res["loss_history"]
         tail = hist[-20:]
         print(json.dumps({"out": args.out, "step": res["step"], "resumed_from": res["resumed_from"],
@@ -137,14 +153,14 @@ def run(args: argparse.Namespace) -> int:
         from wit_builder.detector import calibrate_detector
         res = calibrate_detector(args.detector, expand_shards(args.shards), target_precision=args.target_precision,
                                  max_images=args.max_images, use_all=args.all_images, seed=args.seed,
-                                 batch_size=args.batch_size, threads=args.threads)
+                                 batch_size=args.batch_size, threads=args.threads, device=args.device)
         print(json.dumps(res, indent=2))
         return 0
     if args.action == "run":
         from wit_builder.dedup import run_dedup
         stats = run_dedup(args.shards, args.detector, args.out, threshold=args.threshold, k=args.k,
                           exact_below=args.exact_below, nprobe=args.nprobe, batch_size=args.batch_size,
-                          runner=args.runner, workers=args.workers, threads=args.threads)
+                          runner=args.runner, workers=args.workers, threads=args.threads, pipeline_args=extra)
         print(json.dumps(stats, indent=2))
         return 0
     if args.action == "overlap":
@@ -155,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
                               drop_overlapping=args.drop_overlapping, decisions=args.decisions,
                               exact_below=args.exact_below, nprobe=args.nprobe, batch_size=args.batch_size,
                               runner=args.runner, workers=args.workers, threads=args.threads,
-                              train_embeddings=args.train_embeddings)
+                              train_embeddings=args.train_embeddings, pipeline_args=extra)
         print(json.dumps(summary, indent=2))
         return 0
     raise WitError(f"unknown action {args.action!r}")

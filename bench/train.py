@@ -1,0 +1,212 @@
+"""Training throughput and model FLOPs utilisation (MFU) of the CLIP trainer.
+
+    python bench/train.py                 # ViT-B/32 at batch 16, tiny-rn and tiny-vit at 64, CPU
+    python bench/train.py --quick         # seconds: tiny-vit at batch 4, one step
+    python bench/train.py --device cuda --models ViT-B-32 --batch-size 256 --precisions bf16,fp16,fp32
+
+For each model and precision it times full training steps exactly as ``wit train`` runs them
+(``trainer.train.forward_backward`` with the CLIP loss, AdamW step, temperature clamp) on
+random images and full-length texts (the end-of-text token in the last position, so the text
+tower runs all context positions and the work done equals the counted FLOPs). Model FLOPs per
+pair come from the config (``trainer.flops``; ViT-B/32: 14.78 GFLOPs forward, x3 per training
+step). In the same run it measures the device's matmul rate in fp32 and bf16 (``F.linear`` with
+the model's largest GEMM shape: the MLP of the image transformer at this batch), and reports
+
+    MFU = samples/s x training FLOPs per sample / measured matmul rate (same dtype)
+
+plus where the step time goes (forward / backward / optimiser).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from trainer.flops import forward_flops, image_flops, text_flops, train_flops  # noqa: E402
+from trainer.loss import ClipLoss, clamp_logit_scale  # noqa: E402
+from trainer.model import create_model, resolve_config  # noqa: E402
+from trainer.train import forward_backward, param_groups  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_rate(m: int, k: int, n: int, dtype, device, seconds: float) -> float:
+    """FLOP/s of ``F.linear([m, k], [n, k])`` in ``dtype`` (best of repeated timings)."""
+    a = torch.randn(m, k, device=device).to(dtype)
+    w = torch.randn(n, k, device=device).to(dtype)
+    F.linear(a, w)
+    sync(device)
+    best, spent = 0.0, 0.0
+    while spent < seconds:
+        t0 = time.perf_counter()
+        F.linear(a, w)
+        sync(device)
+        dt = time.perf_counter() - t0
+        spent += dt
+        best = max(best, 2 * m * k * n / dt)
+    return best
+
+
+def gemm_shape(cfg: dict, batch: int) -> tuple[int, int, int]:
+    v = cfg["vision_cfg"]
+    if isinstance(v["layers"], (list, tuple)):  # ResNet: the attention pool's projections
+        c = 32 * v["width"]
+        return batch * ((v["image_size"] // 32) ** 2 + 1), c, c
+    tokens = (v["image_size"] // v["patch_size"]) ** 2 + 1
+    return batch * tokens, v["width"], 4 * v["width"]
+
+
+def bench_model(name: str, batch: int, precision: str, device, steps: int, warmup: int,
+                grad_checkpointing: bool, compile_: bool, vocab_size: int | None = None) -> dict:
+    torch.manual_seed(0)
+    model, cfg = create_model(name, grad_checkpointing=grad_checkpointing, vocab_size=vocab_size)
+    model.to(device).train()
+    opt = torch.optim.AdamW(param_groups(model, 0.2), lr=1e-5, betas=(0.9, 0.98), eps=1e-6,
+                            **({"fused": True} if device.type == "cuda" else {}))
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    run_model = torch.compile(model) if compile_ else model
+    size, ctx = cfg["vision_cfg"]["image_size"], cfg["text_cfg"]["context_length"]
+    images = torch.randn(batch, 3, size, size, device=device)
+    tokens = torch.randint(1, cfg["text_cfg"]["vocab_size"] - 1, (batch, ctx), device=device)
+    tokens[:, -1] = cfg["text_cfg"]["vocab_size"] - 1
+    if precision == "fp32":
+        autocast = contextlib.nullcontext
+    else:
+        def autocast():
+            return torch.autocast(device.type, dtype=DTYPES[precision])
+    loss_fn = ClipLoss()
+    times = {"forward": 0.0, "step": 0.0}
+    for i in range(warmup + steps):
+        sync(device)
+        t0 = time.perf_counter()
+        forward_backward(run_model, loss_fn, [(images, tokens)], autocast, scaler)
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+        clamp_logit_scale(model)
+        sync(device)
+        if i >= warmup:
+            times["step"] += time.perf_counter() - t0
+    # forward-only and optimiser-only timings for the breakdown
+    with torch.no_grad():
+        for i in range(max(1, steps // 2) + 1):
+            sync(device)
+            t0 = time.perf_counter()
+            with autocast():
+                run_model(images, tokens)
+            sync(device)
+            if i:
+                times["forward"] += time.perf_counter() - t0
+    fwd = times["forward"] / max(1, steps // 2)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    sync(device)
+    t0 = time.perf_counter()
+    opt.step()
+    sync(device)
+    optim = time.perf_counter() - t0
+    step = times["step"] / steps
+    return {"model": name, "precision": precision, "batch": batch,
+            "grad_checkpointing": grad_checkpointing, "compile": compile_,
+            "samples_per_s": batch / step, "step_s": step,
+            "forward_s": fwd, "backward_s": max(0.0, step - fwd - optim), "optimizer_s": optim,
+            "gflops_forward_per_pair": forward_flops(cfg) / 1e9,
+            "gflops_image": image_flops(cfg) / 1e9, "gflops_text": text_flops(cfg) / 1e9,
+            "gflops_train_per_pair": train_flops(cfg) / 1e9,
+            "achieved_tflops": batch * train_flops(cfg) / step / 1e12,
+            "gemm": gemm_shape(cfg, batch)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true",
+                    help="seconds: tiny-vit at batch 4, 1 warmup + 1 timed step, short probe")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--models", default=None,
+                    help="comma-separated configs (default ViT-B-32,tiny-rn,tiny-vit; quick: "
+                         "tiny-vit)")
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help="batch for every model (default: 16 for ViT-B-32 and the other "
+                         "paper configs, 64 for tiny-*)")
+    ap.add_argument("--precisions", default=None,
+                    help="comma-separated of fp32,bf16,fp16 (default cuda: bf16,fp16,fp32; cpu: "
+                         "fp32,bf16, where bf16 training is skipped for non-tiny models when "
+                         "the CPU's bf16 matmul is less than half its fp32 rate, i.e. no "
+                         "native bf16; naming the precisions forces them)")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps (default 3; quick 1)")
+    ap.add_argument("--warmup", type=int, default=None, help="untimed steps (default 2; quick 1)")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    ap.add_argument("--vocab-size", type=int, default=None,
+                    help="text vocabulary (default: the config's 49408; `wit train` uses the "
+                         "tokenizer's, e.g. 10,513 for 10k merges: a smaller AdamW update)")
+    ap.add_argument("--image-size", type=int, default=None, help="override the image size")
+    ap.add_argument("--grad-checkpointing", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model")
+    ap.add_argument("--json", default=None, help="also write the results here")
+    a = ap.parse_args()
+    device = torch.device(a.device)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    models = (a.models or ("tiny-vit" if a.quick else "ViT-B-32,tiny-rn,tiny-vit")).split(",")
+    precisions = (a.precisions or ("bf16,fp16,fp32" if device.type == "cuda" else "fp32,bf16"))
+    precisions = precisions.split(",")
+    steps = a.steps or (1 if a.quick else 3)
+    warmup = a.warmup or (1 if a.quick else 2)
+    probe_s = 0.3 if a.quick else 2.0
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"{torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}"
+    print(f"device {device} ({where}), torch {torch.__version__}")
+    results = []
+    for name in models:
+        batch = a.batch_size or (4 if a.quick else 64 if "tiny" in name else 16)
+        cfg = resolve_config(name, image_size=a.image_size, vocab_size=a.vocab_size)
+        m, k, n = gemm_shape(cfg, batch)
+        rates = {p: matmul_rate(m, k, n, DTYPES[p], device, probe_s) for p in precisions}
+        print(f"\n{name} at {cfg['vision_cfg']['image_size']} px, batch {batch}: {forward_flops(cfg) / 1e9:.2f} GFLOPs forward per pair "
+              f"(image {image_flops(cfg) / 1e9:.2f} + text {text_flops(cfg) / 1e9:.2f}), "
+              f"{train_flops(cfg) / 1e9:.2f} per training step")
+        print("matmul rate F.linear " f"[{m}x{k}]x[{k}x{n}]: "
+              + ", ".join(f"{p} {r / 1e12:.3f} TFLOP/s" for p, r in rates.items()))
+        for precision in precisions:
+            slow = (device.type == "cpu" and precision == "bf16" and not a.precisions
+                    and not name.startswith("tiny") and rates["bf16"] < 0.5 * rates["fp32"])
+            if slow:
+                print(f"  bf16  skipped: this CPU's bf16 matmul runs at "
+                      f"{rates['bf16'] / rates['fp32']:.0%} of fp32 (no native bf16 "
+                      "instructions); force with --precisions fp32,bf16")
+                continue
+            r = bench_model(cfg, batch, precision, device, steps, warmup,
+                            a.grad_checkpointing, a.compile)
+            r["model"] = name
+            r["matmul_tflops"] = {p: v / 1e12 for p, v in rates.items()}
+            r["mfu"] = {p: r["achieved_tflops"] * 1e12 / v for p, v in rates.items()}
+            results.append(r)
+            share = {k: r[f"{k}_s"] / r["step_s"] for k in ("forward", "backward", "optimizer")}
+            print(f"  {precision:5s} {r['samples_per_s']:8.2f} samples/s  "
+                  f"{r['achieved_tflops'] * 1e3:8.1f} GFLOP/s  "
+                  f"MFU {r['mfu'][precision]:.0%} of measured {precision} matmul"
+                  + (f" ({r['mfu']['fp32']:.0%} of fp32)" if precision != "fp32" and "fp32" in
+                     rates else "")
+                  + f"  [forward {share['forward']:.0%}, backward {share['backward']:.0%}, "
+                  f"AdamW {share['optimizer']:.0%}]")
+    if a.json:
+        with open(a.json, "w", encoding="utf-8") as fh:
+            json.dump(results, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()

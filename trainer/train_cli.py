@@ -1,0 +1,145 @@
+"""`wit train`: contrastive CLIP training on WebDataset shards (see docs/trainer.md)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from trainer.train import PRECISIONS, TrainConfig
+
+DESCRIPTION = (
+    "Train a CLIP model (OpenAI-compatible ResNet/ViT image tower, causal text transformer) "
+    "with CLIP's symmetric contrastive loss on WebDataset shards. Multi-GPU / multi-node: "
+    "launch with torchrun (DDP; NCCL on GPU, gloo on CPU). Writes RUN/checkpoints/"
+    "{step-NNNNNNNN,latest}.pt, RUN/log.jsonl, RUN/curves.png and RUN/summary.json; re-run "
+    "with --resume latest to continue an interrupted run.")
+
+
+def _model_names() -> list[str]:
+    """Bundled config names, without importing torch (keeps `wit train --help` fast)."""
+    configs = os.path.join(os.path.dirname(os.path.abspath(__file__)), "model_configs")
+    return sorted(f[:-len(".json")] for f in os.listdir(configs) if f.endswith(".json"))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = TrainConfig(train_data="", out="")
+    a = parser.add_argument
+    a("--train-data", required=True,
+      help="training shards: brace pattern 'SHARDS/{00000..00099}.tar'; several sources "
+           "joined with '::'. Epoch size comes from sizes.json next to the shards")
+    a("--out", required=True, help="run directory (checkpoints, log.jsonl, curves.png)")
+    a("--model", default=d.model,
+      help=f"model config: one of {', '.join(_model_names())}, or a config .json file")
+    a("--tokenizer", default=None,
+      help="CLIP-format BPE merges file (e.g. from `wit tokenizer train`, or OpenAI's "
+           "bpe_simple_vocab_16e6.txt.gz); the text vocabulary size follows it. Not needed "
+           "when resuming (the checkpoint holds it)")
+    g = parser.add_argument_group("batch and schedule")
+    g.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help="pairs per micro-batch per process; global batch = batch size x "
+                        "accum freq x processes")
+    g.add_argument("--accum-freq", type=int, default=d.accum_freq,
+                   help="micro-batches per optimisation step; with feature caching, the loss "
+                        "and gradients equal those of one batch of all of them")
+    g.add_argument("--epochs", type=int, default=d.epochs, help="passes over the data")
+    g.add_argument("--max-steps", type=int, default=None,
+                   help="cap on optimisation steps (the cosine schedule ends there)")
+    g.add_argument("--stop-at-step", type=int, default=None,
+                   help="stop with a checkpoint at this step without changing the schedule "
+                        "(for time-sliced jobs; continue with --resume latest)")
+    g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
+    g.add_argument("--wd", type=float, default=d.wd,
+                   help="AdamW decoupled weight decay, on weights with >= 2 dims only (not on "
+                        "biases, gains, logit_scale, class_embedding)")
+    g.add_argument("--warmup", type=int, default=d.warmup,
+                   help="linear warmup steps before the cosine decay")
+    g.add_argument("--beta1", type=float, default=d.beta1, help="AdamW beta1")
+    g.add_argument("--beta2", type=float, default=d.beta2,
+                   help="AdamW beta2 (the paper: 0.98 for ViTs, 0.999 for ResNets)")
+    g.add_argument("--eps", type=float, default=d.eps,
+                   help="AdamW epsilon (the paper: 1e-6 for ViTs, 1e-8 for ResNets)")
+    g.add_argument("--grad-clip", type=float, default=None,
+                   help="clip the global gradient norm to this value (default: no clipping)")
+    c = parser.add_argument_group("compute")
+    c.add_argument("--precision", choices=PRECISIONS, default=d.precision,
+                   help="fp32; bf16 autocast (CPU or GPU); fp16 autocast with a gradient "
+                        "scaler (GPU only). Parameters and the loss stay float32")
+    c.add_argument("--grad-checkpointing", action="store_true",
+                   help="recompute transformer blocks in the backward pass (less memory)")
+    c.add_argument("--compile", action="store_true", help="torch.compile the model")
+    c.add_argument("--device", default=d.device,
+                   help="auto (CUDA if available), cpu or cuda; under torchrun each process "
+                        "uses cuda:LOCAL_RANK")
+    c.add_argument("--workers", type=int, default=d.workers,
+                   help="data loader worker processes per training process")
+    c.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads of each training process (default: torch's "
+                        "choice, all cores). On a small or shared CPU use cores minus workers: "
+                        "oversubscribed OpenMP threads make every op wait")
+    m = parser.add_argument_group("model overrides")
+    m.add_argument("--image-size", type=int, default=None,
+                   help="image resolution instead of the config's")
+    m.add_argument("--context-length", type=int, default=None,
+                   help="text context length instead of the config's")
+    dg = parser.add_argument_group("data")
+    dg.add_argument("--seed", type=int, default=d.seed,
+                    help="seed for initialisation, shard order, shuffling and crops")
+    dg.add_argument("--shuffle-buffer", type=int, default=d.shuffle_buffer,
+                    help="samples in each worker's shuffle buffer")
+    dg.add_argument("--resampled", action="store_true",
+                    help="draw shards with replacement (exactly epoch-size samples per epoch)")
+    dg.add_argument("--train-num-samples", type=int, default=None,
+                    help="samples per epoch (default: the sum of the shards in sizes.json)")
+    k = parser.add_argument_group("checkpoints and logs")
+    k.add_argument("--resume", default=None,
+                   help="'latest' (RUN/checkpoints/latest.pt; starts fresh if there is none) "
+                        "or a checkpoint path")
+    k.add_argument("--save-every", type=int, default=d.save_every,
+                   help="checkpoint every N steps (and at the end)")
+    k.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints,
+                   help="step checkpoints to keep besides latest.pt (0 = all)")
+    k.add_argument("--log-every", type=int, default=d.log_every,
+                   help="write a log.jsonl record every N steps")
+    k.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e = parser.add_argument_group("evaluation during training (rank 0)")
+    e.add_argument("--zeroshot-dir", default=None,
+                   help="image folder, one subfolder per class: zero-shot top-1/top-5")
+    e.add_argument("--zeroshot-classes", default=None,
+                   help="class names, one per line (default: the folder names)")
+    e.add_argument("--zeroshot-templates", default=None,
+                   help="prompt templates with '{}', one per line (default: 8 CLIP templates)")
+    e.add_argument("--retrieval-data", default=None,
+                   help="held-out shards for image<->text recall@1/5/10")
+    e.add_argument("--eval-every", type=int, default=d.eval_every,
+                   help="evaluate every N steps (0: only at the end)")
+    e.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size,
+                   help="images per evaluation forward pass")
+
+
+def config_from_args(args) -> TrainConfig:
+    return TrainConfig(
+        train_data=args.train_data, out=args.out, model=args.model, tokenizer=args.tokenizer,
+        batch_size=args.batch_size, accum_freq=args.accum_freq, epochs=args.epochs,
+        max_steps=args.max_steps, stop_at_step=args.stop_at_step, lr=args.lr, wd=args.wd,
+        warmup=args.warmup, beta1=args.beta1, beta2=args.beta2, eps=args.eps,
+        grad_clip=args.grad_clip, precision=args.precision,
+        grad_checkpointing=args.grad_checkpointing, compile=args.compile,
+        image_size=args.image_size, context_length=args.context_length, workers=args.workers,
+        threads=args.threads,
+        seed=args.seed, shuffle_buffer=args.shuffle_buffer, resampled=args.resampled,
+        train_num_samples=args.train_num_samples, resume=args.resume,
+        save_every=args.save_every, keep_checkpoints=args.keep_checkpoints,
+        log_every=args.log_every, eval_every=args.eval_every, zeroshot_dir=args.zeroshot_dir,
+        zeroshot_classes=args.zeroshot_classes, zeroshot_templates=args.zeroshot_templates,
+        retrieval_data=args.retrieval_data, eval_batch_size=args.eval_batch_size,
+        device=args.device, progress=not args.no_progress)
+
+
+def run(args) -> int:
+    from trainer.train import train
+    summary = train(config_from_args(args))
+    if int(os.environ.get("RANK", "0")) == 0:
+        keys = ("step", "total_steps", "epoch", "final_loss", "samples_per_s", "checkpoint",
+                "eval", "skipped")
+        print(json.dumps({k: summary[k] for k in keys}, indent=1, default=str))
+    return 0
