@@ -73,15 +73,17 @@ class DemoConfig:
     web_files: int = 2                  # WARC + WAT file pairs ("crawl segments")
     per_query_cap: int | None = None    # default: the simulated web's recommendation
     wordnet: str = "auto"               # auto (if found offline) | on | off
-    image_size: int = 64                # downloaded images, detector and CLIP input
+    image_size: int = 64                # downloaded images (img2dataset's border mode)
     download_processes: int = 1
     download_threads: int = 16
-    detector_steps: int = 150
+    detector_steps: int = 600
     detector_batch: int = 64
-    calibration_images: int = 300
+    detector_image_size: int = 32
+    calibration_images: int = 400
     samples_per_shard: int = 1000
     num_merges: int = 2000
     model: str = "tiny-rn"
+    train_image_size: int | None = None  # CLIP input; None: the model config's (tiny-rn: 32)
     batch_size: int = 32
     train_steps: int = 400
     train_minutes: float | None = None  # set steps from a measured step time instead
@@ -101,10 +103,12 @@ class DemoConfig:
             "queries": ("wordnet",),
             "collect": ("per_query_cap", "seed"),
             "download": ("image_size",),
-            "dedup": ("detector_steps", "detector_batch", "calibration_images", "seed"),
+            "dedup": ("detector_steps", "detector_batch", "detector_image_size", "calibration_images",
+                      "seed"),
             "shards": ("samples_per_shard",),
             "tokenizer": ("num_merges",),
-            "train": ("model", "batch_size", "train_steps", "train_minutes", "lr", "wd", "warmup",
+            "train": ("model", "train_image_size", "batch_size", "train_steps", "train_minutes", "lr",
+                      "wd", "warmup",
                       "eval_every", "seed"),
             "eval": (),
             "report": (),
@@ -367,17 +371,23 @@ class Demo:
         det = self.path("dedup", "detector.pt")
         os.makedirs(self.path("dedup"), exist_ok=True)
         train_detector(shards, det, steps=cfg.detector_steps, batch_size=cfg.detector_batch,
-                       arch="tiny", image_size=cfg.image_size, seed=cfg.seed, threads=cfg.threads,
-                       progress=cfg.progress, checkpoint_every=max(50, cfg.detector_steps // 3))
-        cal = calibrate_detector(det, shards, target_precision=0.99, max_images=cfg.calibration_images,
-                                 seed=cfg.seed, threads=cfg.threads, progress=cfg.progress)
+                       arch="tiny", image_size=cfg.detector_image_size, seed=cfg.seed,
+                       threads=cfg.threads, progress=cfg.progress,
+                       checkpoint_every=max(50, cfg.detector_steps // 3))
+        # Calibrated on freshly rendered, distinct scenes, not on a held-out split of the web's
+        # images: those contain the planted near-duplicates, which calibration would count as
+        # false positives (pushing the threshold to ~1.0, so that nothing is deduplicated).
+        images = calibration_images(cfg.calibration_images, cfg.seed, cfg.image_size)
+        cal = calibrate_detector(det, images=images, use_all=True, target_precision=0.99,
+                                 max_images=len(images), seed=cfg.seed, threads=cfg.threads,
+                                 progress=cfg.progress)
         stats = run_dedup(shards, det, self.path("dedup"), threads=cfg.threads)
         dropped = {"near_duplicate": stats["dropped_duplicates"]}
         dropped.update({f"undecodable_{k}": v for k, v in stats["skipped"].items()})
         return {"in": stats["images"], "out": stats["kept"], "dropped": dropped,
                 "note": (f"{stats['duplicate_clusters']} duplicate clusters, threshold "
                          f"{stats['threshold']:.3f} (precision {cal['target_precision']:.2f} on "
-                         f"{cal['images']} held-out images)")}
+                         f"{cal['images']} rendered calibration images)")}
 
     # -- shards ----------------------------------------------------------------------------
     def stage_shards(self) -> dict:
@@ -412,8 +422,8 @@ class Demo:
     def train_steps(self) -> int:
         if not self.cfg.train_minutes:
             return self.cfg.train_steps
-        seconds = measure_step_seconds(self.cfg.model, self.cfg.batch_size, self.cfg.image_size,
-                                       self.cfg.threads)
+        seconds = measure_step_seconds(self.cfg.model, self.cfg.batch_size,
+                                       self.cfg.train_image_size, self.cfg.threads)
         return max(10, int(self.cfg.train_minutes * 60 / seconds))
 
     def stage_train(self) -> dict:
@@ -424,7 +434,7 @@ class Demo:
             train_data=self.train_data(), out=self.path("train"), model=cfg.model,
             tokenizer=self.path("tokenizer", "merges.txt"), batch_size=cfg.batch_size,
             epochs=10_000, max_steps=steps, lr=cfg.lr, wd=cfg.wd, warmup=min(cfg.warmup, steps),
-            image_size=cfg.image_size, workers=1, threads=cfg.threads, seed=cfg.seed,
+            image_size=cfg.train_image_size, workers=1, threads=cfg.threads, seed=cfg.seed,
             resume="latest", save_every=max(50, steps // 4), log_every=10,
             eval_every=cfg.eval_every, zeroshot_dir=os.path.join(held, "shapes"),
             zeroshot_classes=os.path.join(held, "shapes_classes.txt"),
@@ -460,6 +470,25 @@ class Demo:
         return {"in": len(stages), "out": figures, "dropped": {},
                 "note": f"{os.path.relpath(md, self.dir)}, {os.path.relpath(html_path, self.dir)} "
                         f"({figures} figures)"}
+
+
+def calibration_images(n: int, seed: int, size: int) -> list:
+    """``n`` freshly rendered scenes (their own seed stream, so none is on the web or in the
+    held-out set), resized as ``wit download`` stores images (img2dataset's ``border`` mode:
+    longer side to ``size``, padded to a white square)."""
+    from PIL import Image
+
+    from wit_builder.render import render, sample_scene, scene_seed
+    out = []
+    for i in range(n):
+        img = render(sample_scene(scene_seed("calibration", seed, i)))
+        k = size / max(img.size)
+        img = img.resize((max(1, round(img.width * k)), max(1, round(img.height * k))),
+                         Image.Resampling.BOX)
+        canvas = Image.new("RGB", (size, size), (255, 255, 255))
+        canvas.paste(img, ((size - img.width) // 2, (size - img.height) // 2))
+        out.append(canvas)
+    return out
 
 
 # --- evaluation with a confusion matrix ---------------------------------------------------------
@@ -509,7 +538,7 @@ def evaluate_zeroshot(checkpoint: str, heldout: str, out: str, batch_size: int =
     return results
 
 
-def measure_step_seconds(model_name: str, batch_size: int, image_size: int, threads: int,
+def measure_step_seconds(model_name: str, batch_size: int, image_size: int | None, threads: int,
                          steps: int = 3) -> float:
     """Seconds per training step of ``model_name`` on this machine (random data, after one
     warm-up step), plus 15% for data loading: how ``--train-minutes`` turns into steps."""
@@ -522,7 +551,8 @@ def measure_step_seconds(model_name: str, batch_size: int, image_size: int, thre
     model, cfg = create_model(model_name, image_size=image_size, vocab_size=4096)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     loss_fn = ClipLoss()
-    x = torch.randn(batch_size, 3, image_size, image_size)
+    size = cfg["vision_cfg"]["image_size"]
+    x = torch.randn(batch_size, 3, size, size)
     t = torch.randint(1, 4000, (batch_size, cfg["text_cfg"]["context_length"]))
     t[:, -1] = 4095
     times = []
@@ -623,7 +653,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=d.model,
                         help="trainer model config (tiny-rn learns shapes fastest on a CPU)")
     parser.add_argument("--image-size", type=int, default=d.image_size,
-                        help="side of the downloaded images, the detector's and the CLIP model's input")
+                        help="side of the downloaded images (the calibration images match it)")
+    parser.add_argument("--train-image-size", type=int, default=None,
+                        help="CLIP input side (default: the model config's; tiny-rn 32)")
     parser.add_argument("--detector-steps", type=int, default=d.detector_steps,
                         help="training steps of the near-duplicate detector")
     parser.add_argument("--per-query-cap", type=int, default=None,
@@ -651,7 +683,8 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
         raise WitError("--per-query-cap must be at least 1")
     return DemoConfig(out=args.out, seed=args.seed, scenes=args.scenes, train_steps=args.train_steps,
                       train_minutes=args.train_minutes, batch_size=args.batch_size, lr=args.lr,
-                      model=args.model, image_size=args.image_size, detector_steps=args.detector_steps,
+                      model=args.model, image_size=args.image_size,
+                      train_image_size=args.train_image_size, detector_steps=args.detector_steps,
                       per_query_cap=args.per_query_cap, wordnet=args.wordnet,
                       heldout_per_class=args.heldout_per_class, threads=args.threads,
                       force=args.force, progress=args.progress)
