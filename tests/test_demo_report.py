@@ -150,10 +150,13 @@ def make_fixtures(root) -> dict:
     # wit train
     with open(os.path.join(d["run"], "log.jsonl"), "w") as fh:
         for step in range(0, 50, 5):
-            fh.write(json.dumps({"step": step, "loss": 4.0 - step / 25, "lr": 1e-3 * min(1, step / 10),
-                                 "logit_scale": 14.3 + step / 10, "samples_per_s": 120.0}) + "\n")
-            if step % 25 == 20:
-                fh.write(json.dumps({"step": step, "zeroshot_top1": 0.2 + step / 100}) + "\n")
+            fh.write(json.dumps({"type": "train", "step": step, "epoch": 1, "loss": 4.0 - step / 25,
+                                 "lr": 1e-3 * min(1, step / 10), "logit_scale": 14.3 + step / 10,
+                                 "samples_per_s": 120.0, "skipped": {}}) + "\n")
+            if step % 25 == 20:  # wit train nests evaluation metrics per kind
+                fh.write(json.dumps({"type": "eval", "step": step, "epoch": 1, "zeroshot": {
+                    "top1": 0.2 + step / 100, "top5": 0.9, "num_images": 400, "num_classes": 8,
+                    "skipped": {}}}) + "\n")
     return d
 
 
@@ -263,7 +266,7 @@ def test_artifact_table_lists_every_file_with_its_schema(built):
     assert "cluster_id: int64" in paths["DEDUP/decisions.parquet"][4]
     assert paths["IMAGES/NNNNN.tar"][4] == "WebDataset tar: 5 samples (.jpg, .json, .txt)"
     assert paths["SHARDS/NNNNN.tar"][4].startswith("WebDataset tar: 3 samples")
-    assert paths["RUN/log.jsonl"][4].startswith("JSON lines: step, loss, lr")
+    assert paths["RUN/log.jsonl"][4].startswith("JSON lines: type, step, epoch, loss, lr")
     assert int(paths["Q/queries.parquet"][3].replace(",", "")) == os.path.getsize(
         os.path.join(d["q"], "queries.parquet"))
 
@@ -289,3 +292,16 @@ def test_zero_shot_results_from_a_file(tmp_path):
               open(tmp_path / "EVAL" / "zeroshot.json", "w"))
     with pytest.raises(WitError):
         R.build_report(str(tmp_path), {"eval": str(tmp_path / "EVAL")})
+
+
+def test_training_section_plots_nested_eval_metrics(built):
+    root, d, md, html, labels, preds = built
+    section = R.training_section(d["run"])
+    assert R._flatten({"step": 3, "zeroshot": {"top1": 0.5, "skipped": {"bad": 1}}}) == {
+        "step": 3, "zeroshot.top1": 0.5, "zeroshot.skipped.bad": 1}
+    figures = [b for b in section.blocks if b[0] == "figure"]
+    assert figures and figures[0][1] == "training.png"
+    # 5 panels: loss, lr, logit_scale, samples_per_s and the evaluation (top-1, top-5)
+    from PIL import Image
+    with Image.open(io.BytesIO(figures[0][2])) as im:
+        assert im.width > 4.5 * 3.6 * 100  # 100 dpi: five panels, not four

@@ -259,3 +259,26 @@ def test_guarded_nests_and_restores(servers):
                 pass
         assert netsafety.install_guard(p) is outer  # idempotent for the active policy
     assert urllib.request._opener is before
+
+
+def test_resolve_entries_with_ports_connect_elsewhere(servers):
+    """``HOST:PORT -> IP:PORT`` (curl's --connect-to): a port-less URL reaches a loopback server
+    on another port, still only through an allowed endpoint."""
+    public, internal = servers
+    public.add_route("/a.jpg", {"body": JPEG, "headers": {"Content-Type": "image/jpeg"}})
+    p = NetPolicy(allowed_endpoints=[f"127.0.0.1:{public.port}"],
+                  resolve={"Img.Test.:80": f"127.0.0.1:{public.port}", "img.test": "10.0.0.1",
+                           "internal.test:80": f"127.0.0.1:{internal.port}"})
+    assert p.resolve["img.test:80"] == f"127.0.0.1:{public.port}"
+    assert NetPolicy.from_json(p.to_json()) == p
+    assert NetPolicy(resolve={"v6.test:443": "[::1]:8443"}).resolve == {"v6.test:443": "[::1]:8443"}
+    for bad in ({"a.test": "127.0.0.1:80"}, {"a.test:x": "127.0.0.1"}, {"a.test:80": "nowhere:80"}):
+        with pytest.raises(ValueError):
+            NetPolicy(resolve=bad)
+    with guarded(p):
+        assert fetch("http://img.test/a.jpg") == JPEG
+        assert public.requests[-1].headers["Host"] == "img.test"
+        # the mapped target is checked like any address: the internal server is not allowed
+        with pytest.raises(urllib.error.URLError, match="127.0.0.1 is loopback"):
+            fetch("http://internal.test/secret")
+    assert internal.requests == []

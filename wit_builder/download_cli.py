@@ -68,8 +68,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="exempt exactly this address and port from the address check, e.g. a local "
                         "test server 127.0.0.1:8000 or [::1]:8000 (repeatable)")
     g.add_argument("--resolve", action="append", default=[], type=_resolve_entry, metavar="HOST=IP",
-                   help="resolve HOST to IP without DNS, like curl --resolve (repeatable); the address "
-                        "is still checked, so pair a loopback IP with --allowed-endpoint")
+                   help="resolve HOST to IP without DNS, like curl --resolve (repeatable); "
+                        "HOST:PORT=IP:PORT also replaces the port, like curl --connect-to (a URL "
+                        "without a port has port 80). The address is still checked, so pair a "
+                        "loopback IP with --allowed-endpoint")
     g.add_argument("--user-agent", default=d.user_agent, help="User-Agent header sent with every request")
     g.add_argument("--user-agent-token", default=d.user_agent_token,
                    help="name matched by user-agent-specific X-Robots-Tag directives ('wit: noai')")

@@ -62,7 +62,7 @@ def _params(per_class: int, seed: int) -> dict:
 
 
 def write_heldout(out: str, per_class: int = 50, seed: int = 0, force: bool = False,
-                  quality: int = 92) -> dict:
+                  quality: int = 92, progress: bool = True) -> dict:
     """Write the held-out set under ``out`` (see the module docstring); returns its summary
     (also ``out/heldout.json``): per set the folder, classes and templates files, the number of
     images and the chance top-1 accuracy."""
@@ -81,7 +81,7 @@ def write_heldout(out: str, per_class: int = 50, seed: int = 0, force: bool = Fa
     total = per_class * sum(len(c) for c, _ in class_sets().values())
     try:
         summary = {"params": _params(per_class, seed), "sets": {}}
-        bar = tqdm(total=total, desc="held-out set", unit="img", leave=False)
+        bar = tqdm(total=total, desc="held-out set", unit="img", leave=False, disable=not progress)
         for name, (classes, templates) in class_sets().items():
             for k, cls in enumerate(classes):
                 folder = os.path.join(tmp, name, cls.replace(" ", "_"))

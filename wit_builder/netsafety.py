@@ -24,8 +24,11 @@ one built by :func:`build_opener` that:
   above twice ``PIL.Image.MAX_IMAGE_PIXELS``, so that is the effective ceiling of ``max_pixels``.
 
 ``NetPolicy.resolve`` is a static host -> IP table consulted before DNS, like curl's
-``--resolve``: the demo maps its simulated web's host names to 127.0.0.1 with it, and the tests
-use it to make a name resolve to a private address without any DNS server. The check does not
+``--resolve``: the tests use it to make a name resolve to a private address without any DNS
+server. An entry may also name ports, ``"HOST:PORT" -> "IP:PORT"`` (like curl's
+``--connect-to``): a URL for HOST on PORT (80 when the URL has none) then connects to IP:PORT.
+The demo serves its simulated web (URLs without a port) from a loopback server on a free port
+this way. The check does not
 care where an address came from: a resolver answer and a ``resolve`` entry go through the same
 code. ``allowed_endpoints`` lists exact ``IP:PORT`` pairs that are exempt from the address check
 (an internal mirror; the tests' stand-in for "the public internet" on 127.0.0.1).
@@ -103,13 +106,33 @@ def _norm_endpoint(text: str) -> tuple[str, int]:
     return str(ipaddress.ip_address(host)), int(port)
 
 
+def _resolve_entry(host: str, target: str) -> tuple[str, str]:
+    """Normalise one ``resolve`` entry: ``host`` -> ``IP``, or ``host:port`` -> ``IP[:PORT]``."""
+    name, sep, port = host.strip().rpartition(":")
+    if sep and port.isdigit() and name and not name.endswith(":"):
+        key = f"{name.lower().rstrip('.')}:{int(port)}"
+    elif sep and not port.isdigit() and name:
+        raise ValueError(f"resolve entry {host!r}: the port must be a number")
+    else:
+        key = host.strip().lower().rstrip(".")
+    target = target.strip()
+    try:
+        return key, str(ipaddress.ip_address(target.strip("[]")))
+    except ValueError:
+        ip, port_ = _norm_endpoint(target)  # ValueError for anything else
+        if ":" not in key:
+            raise ValueError(f"resolve entry {host!r} -> {target!r}: a target port needs HOST:PORT "
+                             "on the left") from None
+        return key, f"[{ip}]:{port_}" if ":" in ip else f"{ip}:{port_}"
+
+
 @dataclass
 class NetPolicy:
     """What the guarded opener allows. JSON-serialisable (it travels to worker processes)."""
 
     allow_private_networks: bool = False
     allowed_endpoints: list[str] = field(default_factory=list)   # "IP:PORT", "[v6]:PORT"
-    resolve: dict[str, str] = field(default_factory=dict)        # host -> IP, before DNS
+    resolve: dict[str, str] = field(default_factory=dict)        # host[:port] -> IP[:port], before DNS
     max_bytes: int = DEFAULT_MAX_BYTES
     max_pixels: int = DEFAULT_MAX_PIXELS
     content_types: list[str] = field(default_factory=lambda: list(DEFAULT_CONTENT_TYPES))
@@ -120,12 +143,7 @@ class NetPolicy:
     def __post_init__(self):
         for ep in self.allowed_endpoints:
             _norm_endpoint(ep)
-        table = {}
-        for host, ip in self.resolve.items():
-            ip = ip.strip().strip("[]")
-            ipaddress.ip_address(ip)  # ValueError for anything that is not an IP address
-            table[host.strip().lower().rstrip(".")] = ip
-        self.resolve = table
+        self.resolve = dict(_resolve_entry(host, ip) for host, ip in self.resolve.items())
         if self.max_bytes <= 0 or self.max_pixels <= 0:
             raise ValueError("max_bytes and max_pixels must be positive")
 
@@ -161,14 +179,26 @@ class NetPolicy:
         return False
 
     def resolve_addresses(self, host: str, port: int) -> list[tuple]:
-        """getaddrinfo for TCP, with the static ``resolve`` table consulted first."""
-        override = self.resolve.get(host.lower().rstrip("."))
+        """getaddrinfo for TCP, with the static ``resolve`` table consulted first (``host:port``
+        entries before ``host`` ones; an ``IP:PORT`` target replaces the port too)."""
+        name = host.lower().rstrip(".")
+        override = self.resolve.get(f"{name}:{port}", self.resolve.get(name))
         if override is not None:
             ip = override
+            if not _is_ip(ip):
+                ip, port = _norm_endpoint(ip)
             family = socket.AF_INET6 if ":" in ip else socket.AF_INET
             sockaddr = (ip, port, 0, 0) if family == socket.AF_INET6 else (ip, port)
             return [(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", sockaddr)]
         return socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def guarded_create_connection(policy: NetPolicy):

@@ -38,7 +38,7 @@ __all__ = ["SHAPES", "COLOURS", "BACKGROUNDS", "TEXTURES", "Scene", "sample_scen
            "scene_seed",
            "shape_polygon", "nearest_colour", "colour_box", "size_word"]
 
-SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "hexagon", "heart", "cross",
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "arrow", "heart", "cross",
                            "crescent")
 
 # name -> ((hue lo, hue hi) in degrees, (sat lo, hi), (val lo, hi)). Hue ranges of similar
@@ -61,7 +61,7 @@ TEXTURES: tuple[str, ...] = ("flat", "shaded", "striped", "speckled", "outlined"
 
 # Rotation allowed per shape (degrees, symmetric): orientation-defined shapes turn only a little.
 _MAX_ROTATION = {"square": 20.0, "cross": 20.0, "heart": 25.0, "triangle": 180.0, "star": 180.0,
-                 "hexagon": 180.0, "circle": 0.0, "crescent": 180.0}
+                 "arrow": 180.0, "circle": 0.0, "crescent": 180.0}
 _MIN_CONTRAST = 0.45   # minimum RGB distance (0..1 units, max sqrt(3)) object vs background mean
 _SUPERSAMPLE = 2
 
@@ -97,10 +97,10 @@ class Scene:
 
 def size_word(scene: Scene) -> str | None:
     """'small', 'large' or None (medium): how an alt text may describe the object's size."""
-    r = scene.relative_size
-    if r < 0.25:
+    r = scene.relative_size  # radius / shorter side, drawn from 0.25..0.42
+    if r < 0.30:
         return "small"
-    if r > 0.35:
+    if r > 0.37:
         return "large"
     return None
 
@@ -187,8 +187,10 @@ def shape_polygon(shape: str) -> np.ndarray:
         return _circle_pts(4, a0=math.pi / 4, a1=math.pi / 4 + 2 * math.pi) * 0.98
     if shape == "triangle":
         return _circle_pts(3, a0=-math.pi / 2, a1=-math.pi / 2 + 2 * math.pi) + [0.0, 0.12]
-    if shape == "hexagon":
-        return _circle_pts(6)
+    if shape == "arrow":  # pointing up: a triangular head on a straight shaft
+        pts = [(0.0, -0.98), (0.62, -0.2), (0.22, -0.2), (0.22, 0.95), (-0.22, 0.95), (-0.22, -0.2),
+               (-0.62, -0.2)]
+        return np.asarray(pts, dtype=np.float64)
     if shape == "star":
         t = -math.pi / 2 + np.arange(10) * math.pi / 5
         r = np.where(np.arange(10) % 2 == 0, 1.0, 0.42)
@@ -307,7 +309,7 @@ def sample_scene(seed: int, *, shape: str | None = None, colour: str | None = No
     kind, tones = chosen
 
     m = min(w, h)
-    radius = float(rng.uniform(0.18, 0.42) * m)
+    radius = float(rng.uniform(0.25, 0.42) * m)  # >= 1/4 of the side: a clear shape at 32 px
     margin = radius * 1.02 + 2
     cx = float(rng.uniform(margin, w - margin))
     cy = float(rng.uniform(margin, h - margin))

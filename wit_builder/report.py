@@ -465,6 +465,18 @@ def shards_section(shards_dir: str | None) -> Section:
     return s
 
 
+def _flatten(rec: dict, prefix: str = "") -> dict:
+    """``{"zeroshot": {"top1": x}}`` -> ``{"zeroshot.top1": x}`` (``wit train`` nests its
+    evaluation metrics per kind); top-level keys are kept as they are."""
+    out = {}
+    for k, v in rec.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def training_section(run_dir: str | None) -> Section:
     s = Section("Training", "training")
     path = os.path.join(run_dir or "", "log.jsonl")
@@ -481,14 +493,16 @@ def training_section(run_dir: str | None) -> Section:
             except ValueError:
                 continue
             if isinstance(rec, dict) and "step" in rec:
-                (train if "loss" in rec else evals).append(rec)
+                (train if "loss" in rec else evals).append(_flatten(rec))
     if not train:
         return s.note("log.jsonl has no training steps")
     plt = _plt()
     keys = [k for k in ("loss", "lr", "logit_scale", "samples_per_s") if any(k in r for r in train)]
     eval_keys = sorted({k for r in evals for k, v in r.items()
                         if isinstance(v, (int, float)) and not isinstance(v, bool)
-                        and k not in ("step", "epoch", "time")})
+                        and k not in ("step", "epoch", "time") and not k.endswith(
+                            ("num_images", "num_classes", "num_pairs", "num_train", "num_test"))
+                        and ".skipped." not in k})
     panels = keys + (["evaluation"] if eval_keys else [])
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), squeeze=False)
     for ax, key in zip(axes[0], panels):

@@ -8,7 +8,7 @@ Generated deterministically from a :class:`WebConfig` (a seed and a size knob, `
   protocol-relative (``//img.cdn.example/...``) or absolute; pages also carry ``data:`` images
   and ordinary ``<a href>`` links (other pages, a PDF, an external site). Alt texts describe the
   rendered scene (:mod:`wit_builder.render`) in many phrasings: "a red triangle on a wooden table",
-  "Blue circle clip art", "photo of a small green star", "Yellow hexagon icon on a checkered
+  "Blue circle clip art", "photo of a small green star", "Yellow arrow icon on a checkered
   background", ... URLs carry the server's port when one is given (``http://shapes.example:PORT``)
   so that a downloader that maps these names to 127.0.0.1 (``NetPolicy.resolve``) reaches the
   loopback server.
@@ -242,28 +242,28 @@ def english_alt(rng: np.random.Generator, scene: Scene, tail: str | None = None,
 
 _FOREIGN = {
     "fr": ({"circle": "cercle", "square": "carré", "triangle": "triangle", "star": "étoile",
-            "hexagon": "hexagone", "heart": "cœur", "cross": "croix", "crescent": "croissant"},
+            "arrow": "flèche", "heart": "cœur", "cross": "croix", "crescent": "croissant"},
            {"red": "rouge", "orange": "orange", "yellow": "jaune", "green": "vert", "blue": "bleu",
             "purple": "violet", "pink": "rose", "brown": "marron"},
            ("{s} de couleur {c} sur une table en bois", "Clipart gratuit : {s} de couleur {c}",
             "Icône {s} de couleur {c} sur fond à carreaux", "{S} de couleur {c}, dessiné à la main "
             "pour la classe")),
     "de": ({"circle": "Kreis", "square": "Quadrat", "triangle": "Dreieck", "star": "Stern",
-            "hexagon": "Sechseck", "heart": "Herz", "cross": "Kreuz", "crescent": "Halbmond"},
+            "arrow": "Pfeil", "heart": "Herz", "cross": "Kreuz", "crescent": "Halbmond"},
            {"red": "Rot", "orange": "Orange", "yellow": "Gelb", "green": "Grün", "blue": "Blau",
             "purple": "Lila", "pink": "Rosa", "brown": "Braun"},
            ("{S} in {c} auf einem Holztisch", "{S} in {c} – kostenlose Clipart-Grafik",
             "Foto: ein {S} in der Farbe {c} vor blauem Himmel", "Symbolbild {S} in {c} auf "
             "kariertem Hintergrund")),
     "es": ({"circle": "círculo", "square": "cuadrado", "triangle": "triángulo", "star": "estrella",
-            "hexagon": "hexágono", "heart": "corazón", "cross": "cruz", "crescent": "media luna"},
+            "arrow": "flecha", "heart": "corazón", "cross": "cruz", "crescent": "media luna"},
            {"red": "rojo", "orange": "naranja", "yellow": "amarillo", "green": "verde",
             "blue": "azul", "purple": "morado", "pink": "rosa", "brown": "marrón"},
            ("{s} de color {c} sobre una mesa de madera", "Imagen prediseñada de {s} de color {c}",
             "Foto de {s} de color {c} con fondo de cuadros", "Icono: {s} de color {c} sobre "
             "fondo liso")),
     "it": ({"circle": "cerchio", "square": "quadrato", "triangle": "triangolo", "star": "stella",
-            "hexagon": "esagono", "heart": "cuore", "cross": "croce", "crescent": "mezzaluna"},
+            "arrow": "freccia", "heart": "cuore", "cross": "croce", "crescent": "mezzaluna"},
            {"red": "rosso", "orange": "arancione", "yellow": "giallo", "green": "verde",
             "blue": "blu", "purple": "viola", "pink": "rosa", "brown": "marrone"},
            ("{s} di colore {c} su un tavolo di legno", "Clipart gratuita: {s} di colore {c}",
@@ -319,6 +319,12 @@ class SimWeb:
     def resolve(self, ip: str = "127.0.0.1") -> dict[str, str]:
         """Host -> IP table for the downloader (``NetPolicy.resolve`` / ``--resolve``)."""
         return {h: ip for h in HOSTS}
+
+    def connect_to(self, port: int, ip: str = "127.0.0.1") -> dict[str, str]:
+        """``HOST:80`` -> ``IP:PORT`` for every simulated host (``NetPolicy.resolve`` entries with
+        ports, like curl's ``--connect-to``): a web built without a port (URLs
+        ``http://shapes.example/...``) served by a loopback server on ``port``."""
+        return {f"{h}:80": f"{ip}:{port}" for h in HOSTS}
 
     # -- serving -----------------------------------------------------------------------------
     def image_by_url(self, url: str) -> WebImage:

@@ -40,7 +40,7 @@ __all__ = ["Wiki", "build_wiki", "word_counts", "bigram_counts", "TAIL_WORDS", "
            "DEMO_THRESHOLDS"]
 
 PLURAL = {"circle": "circles", "square": "squares", "triangle": "triangles", "star": "stars",
-          "hexagon": "hexagons", "heart": "hearts", "cross": "crosses", "crescent": "crescents"}
+          "arrow": "arrows", "heart": "hearts", "cross": "crosses", "crescent": "crescents"}
 
 # Everyday nouns used (a few times each) in the alt texts of the web's problem cases, so that those
 # pairs match a rare query and survive balancing. Each gets its own short article here.
@@ -61,15 +61,15 @@ TAIL_WORDS: tuple[str, ...] = (
 
 # Thresholds for `wit queries` on this corpus (the CLIP paper's 100 occurrences / 70 views are for
 # the full English Wikipedia, ~3 billion words; this corpus has ~10^5).
-DEMO_THRESHOLDS = {"unigram_min_count": 8, "bigram_min_count": 5, "title_min_views": 70,
-                   "title_min_hourly_views": 10}
+DEMO_THRESHOLDS = {"unigram_min_count": 8, "bigram_min_count": 5, "bigram_min_pmi": 3.0,
+                   "title_min_views": 70, "title_min_hourly_views": 10}
 
 SHAPE_FACTS = {
     "circle": ("the set of points at the same distance from a centre", "round", 0),
     "square": ("a quadrilateral with four equal sides and four right angles", "four-sided", 4),
     "triangle": ("a polygon with three edges and three vertices", "three-sided", 3),
     "star": ("a figure of points radiating from a centre", "pointed", 5),
-    "hexagon": ("a polygon with six edges and six vertices", "six-sided", 6),
+    "arrow": ("a graphical symbol that points in a direction", "pointed", 7),
     "heart": ("an ideograph used to express love and affection", "curved", 0),
     "cross": ("a figure of two bars crossing at right angles", "plus-shaped", 4),
     "crescent": ("the shape of the Moon in its first quarter", "curved", 0),
@@ -249,7 +249,7 @@ def _article(f: _Filler, title: str, lead: str, sections: list[tuple[str, str]],
 
 
 def _shape_article(f: _Filler, shape: str) -> tuple[str, str]:
-    title = {"heart": "Heart (symbol)", "star": "Star (polygon)",
+    title = {"heart": "Heart (symbol)", "star": "Star (polygon)", "arrow": "Arrow (symbol)",
              "cross": "Cross (symbol)", "crescent": "Crescent"}.get(shape, _cap(shape))
     fact, adj, sides = SHAPE_FACTS[shape]
     infobox = (f"{{{{Infobox shape\n| name = {_cap(shape)}\n| image = {_cap(f.pick(list(COLOURS)))} "
@@ -320,7 +320,7 @@ def _filler_article(f: _Filler, title: str) -> str:
 
 
 _REDIRECTS = {"Triangles": "Triangle", "Circles": "Circle", "Squares": "Square",
-              "Hexagons": "Hexagon", "Heart symbol": "Heart (symbol)", "Color": "Colour wheel",
+              "Arrows": "Arrow (symbol)", "Heart symbol": "Heart (symbol)", "Color": "Colour wheel",
               "Red (color)": "Red", "Blue (color)": "Blue", "Five-pointed star": "Star (polygon)",
               "Pentagram star": "Star (polygon)", "Clipart": "Clip art", "Colour circle": "Colour wheel",
               "Emojis": "Emoji", "Road sign": "Traffic sign"}
