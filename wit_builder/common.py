@@ -11,7 +11,7 @@ from typing import IO, Iterator
 from wit_builder.cli import WitError
 
 __all__ = ["WitError", "atomic_open", "atomic_write_json", "atomic_write_parquet", "is_local",
-           "open_read", "exists", "match_paths"]
+           "open_read", "exists", "match_paths", "read_json_or_none"]
 
 
 def is_local(path: str) -> bool:
@@ -73,6 +73,16 @@ def atomic_write_json(path: str, obj) -> None:
     with atomic_open(path, "w") as fh:
         json.dump(obj, fh, indent=2, sort_keys=False, default=str)
         fh.write("\n")
+
+
+def read_json_or_none(path: str):
+    """A local JSON file's content, or None when it is missing or not valid JSON (markers,
+    summaries and stats that a later step may or may not have written)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None
 
 
 def atomic_write_parquet(path: str, table) -> None:

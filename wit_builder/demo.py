@@ -42,7 +42,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from wit_builder.common import WitError, atomic_write_json
+from wit_builder.common import WitError, atomic_write_json, read_json_or_none
 
 DESCRIPTION = (
     "End-to-end demo on a bundled simulated web: generate a small Wikipedia dump, pageviews and "
@@ -158,14 +158,6 @@ def _remove(path: str) -> None:
         os.unlink(path)
 
 
-def _read_json(path: str):
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except (OSError, ValueError):
-        return None
-
-
 # --- the stages ---------------------------------------------------------------------------------
 
 class Demo:
@@ -194,7 +186,7 @@ class Demo:
             key = _fingerprint(self.cfg.stage_params(stage), upstream)
             self.keys[stage] = upstream = key
             marker = self.path(MARKERS, f"{stage}.json")
-            done = _read_json(marker)
+            done = read_json_or_none(marker)
             complete = (isinstance(done, dict) and done.get("key") == key
                         and all(os.path.lexists(self.path(p)) for p in OUTPUTS[stage]))
             if complete and not redo:
@@ -203,7 +195,7 @@ class Demo:
                 continue
             redo = True  # every later stage runs too
             attempt = self.path(MARKERS, f"{stage}.started")
-            previous = _read_json(attempt)
+            previous = read_json_or_none(attempt)
             if self.cfg.force or not (isinstance(previous, dict) and previous.get("key") == key):
                 for p in OUTPUTS[stage]:  # other parameters (or --force): start this stage afresh
                     _remove(self.path(p))
@@ -225,7 +217,7 @@ class Demo:
         return state
 
     def _zeroshot_brief(self) -> dict:
-        z = _read_json(self.path("eval", "zeroshot.json")) or {}
+        z = read_json_or_none(self.path("eval", "zeroshot.json")) or {}
         return {name: {"top1": r.get("top1"), "chance": r.get("chance")} for name, r in z.items()}
 
     # -- generate --------------------------------------------------------------------------
@@ -286,7 +278,7 @@ class Demo:
     def manifest(self) -> dict:
         m = getattr(self, "_manifest", None)
         if m is None:
-            m = self._manifest = _read_json(self.path("raw", "manifest.json"))
+            m = self._manifest = read_json_or_none(self.path("raw", "manifest.json"))
             if m is None:
                 raise WitError(f"{self.path('raw', 'manifest.json')} is missing; re-run with --force")
         return m
@@ -419,7 +411,7 @@ class Demo:
                 "train_data": m["train_data"]}
 
     def train_data(self) -> str:
-        m = _read_json(self.path("shards", "manifest.json"))
+        m = read_json_or_none(self.path("shards", "manifest.json"))
         if not m:
             raise WitError(f"{self.path('shards', 'manifest.json')} is missing; re-run with --force")
         return m["train_data"]
@@ -542,7 +534,7 @@ def evaluate_zeroshot(checkpoint: str, heldout: str, out: str, batch_size: int =
 
     bundle = load(checkpoint, device="cpu")
     model, preprocess, tokenizer = bundle
-    meta = _read_json(os.path.join(heldout, "heldout.json")) or {}
+    meta = read_json_or_none(os.path.join(heldout, "heldout.json")) or {}
     metrics, results = {}, {}
     for name in ("shapes", "colours"):
         folder = os.path.join(heldout, name)
@@ -630,7 +622,7 @@ def trace_cases(demo_dir: str) -> dict:
     """``{case: {"links", "expected", "collected", "downloaded", "in_shards"}}`` for the report
     and the end-to-end test."""
     import pyarrow.parquet as pq
-    m = _read_json(os.path.join(demo_dir, "raw", "manifest.json"))
+    m = read_json_or_none(os.path.join(demo_dir, "raw", "manifest.json"))
     if m is None:
         raise OSError("raw/manifest.json missing")
 

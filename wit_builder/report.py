@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from wit_builder.common import WitError, atomic_open
+from wit_builder.common import WitError, atomic_open, read_json_or_none
 
 __all__ = ["build_report", "confusion_matrix", "Section", "Report", "STAGES", "queries_section",
            "balance_section", "download_section", "dedup_section", "shards_section",
@@ -180,14 +180,6 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def _read_json(path: str):
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except (OSError, ValueError):
-        return None
-
-
 def _parquet_files(folder: str) -> list[str]:
     if not os.path.isdir(folder):
         return []
@@ -261,7 +253,7 @@ def queries_section(q_dir: str | None) -> Section:
     axes[1].set_title("unigram counts (in the corpus)")
     axes[1].set_xlabel("count")
     s.figure("queries.png", _png(fig), "Query parts and the distribution of unigram counts")
-    stats = _read_json(os.path.join(q_dir, "stats.json"))
+    stats = read_json_or_none(os.path.join(q_dir, "stats.json"))
     if isinstance(stats, dict) and isinstance(stats.get("thresholds"), dict):
         s.table(["threshold", "value"], [[k, v] for k, v in stats["thresholds"].items()])
     return s
@@ -296,7 +288,7 @@ def balance_section(collect_dir: str | None, cap: float | None = None) -> Sectio
         for ids in balanced.column("query_ids").to_pylist():
             after.update(ids or [])
         kept_pairs = balanced.num_rows
-    stats = _read_json(os.path.join(collect_dir, "stats.json"))
+    stats = read_json_or_none(os.path.join(collect_dir, "stats.json"))
     cap = cap if cap is not None else _find_cap(stats)
     qids = sorted(before, key=lambda q: (-before[q], q))
     b = np.array([before[q] for q in qids], float)
@@ -451,8 +443,8 @@ def dedup_section(dedup_dir: str | None, images_dir: str | None = None, clusters
 
 def shards_section(shards_dir: str | None) -> Section:
     s = Section("Shards", "shards")
-    manifest = _read_json(os.path.join(shards_dir or "", "manifest.json"))
-    sizes = _read_json(os.path.join(shards_dir or "", "sizes.json"))
+    manifest = read_json_or_none(os.path.join(shards_dir or "", "manifest.json"))
+    sizes = read_json_or_none(os.path.join(shards_dir or "", "sizes.json"))
     if not shards_dir or (manifest is None and sizes is None):
         return s.note("`wit shards` output not found")
     if isinstance(sizes, dict):
@@ -528,7 +520,7 @@ def zeroshot_section(results: dict | str | None) -> Section:
     s = Section("Zero-shot evaluation", "zeroshot")
     if isinstance(results, str):
         path = os.path.join(results, "zeroshot.json") if os.path.isdir(results) else results
-        results = _read_json(path)
+        results = read_json_or_none(path)
     if not results:
         return s.note("no zero-shot results")
     plt = _plt()
@@ -586,7 +578,7 @@ def _describe(path: str) -> str:
                 first = json.loads(fh.readline() or "{}")
             return "JSON lines: " + ", ".join(first) if isinstance(first, dict) else "JSON lines"
         if name.endswith(".json"):
-            obj = _read_json(path)
+            obj = read_json_or_none(path)
             if isinstance(obj, dict):
                 keys = list(obj)
                 return "JSON object: " + ", ".join(keys[:12]) + (", ..." if len(keys) > 12 else "")
