@@ -691,7 +691,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heldout-per-class", type=int, default=d.heldout_per_class,
                         help="held-out zero-shot images per class (8 shapes, 8 colours)")
     parser.add_argument("--threads", type=int, default=d.threads,
-                        help="torch threads for training and the detector (the data loader runs in one more process)")
+                        help="torch threads for training and the detector (the data loader "
+                             "runs in one more process)")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="no progress bars (the summary lines remain)")
 
