@@ -694,6 +694,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch threads for training and the detector (the data loader "
                              "runs in one more process)")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        default=argparse.SUPPRESS,
                         help="no progress bars (the summary lines remain)")
 
 
@@ -712,7 +713,7 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
                       train_image_size=args.train_image_size, detector_steps=args.detector_steps,
                       per_query_cap=args.per_query_cap, wordnet=args.wordnet,
                       heldout_per_class=args.heldout_per_class, threads=args.threads,
-                      force=args.force, progress=args.progress)
+                      force=args.force, progress=getattr(args, "progress", True))
 
 
 def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
