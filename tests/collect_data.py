@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+import zlib
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -42,3 +43,14 @@ def make_pages(n: int, seed: int = 0, start: int = 0) -> list[Page]:
         pages.append(Page(f"https://site{i % 7}.example.org/p/{i}.html", images=imgs, title=f"page {i}",
                           links=[("/about", "About us"), (f"/p/{i + 1}.html", "next")]))
     return pages
+
+
+def gzip_members(data: bytes) -> list[int]:
+    """Start offsets of the gzip members of ``data`` (one per WARC/WAT record)."""
+    offs, pos = [], 0
+    while pos < len(data):
+        d = zlib.decompressobj(31)
+        d.decompress(data[pos:])
+        offs.append(pos)
+        pos = len(data) - len(d.unused_data)
+    return offs

@@ -2,30 +2,19 @@
 determinism across runs and worker counts, resume, re-balancing, damaged inputs."""
 import hashlib
 import json
-import zlib
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from collect_data import QUERIES, make_pages, write_queries
+from collect_data import QUERIES, gzip_members, make_pages, write_queries
 from wit_builder import cli
 from wit_builder.collect import BALANCED_SCHEMA, MATCHED_SCHEMA
 from wit_builder.matcher import naive_match
 from wit_builder.webgen import Image, Page, write_warc, write_wat
 
 CAP = 15
-
-
-def _members(data: bytes) -> list[int]:
-    offs, pos = [], 0
-    while pos < len(data):
-        d = zlib.decompressobj(31)
-        d.decompress(data[pos:])
-        offs.append(pos)
-        pos = len(data) - len(d.unused_data)
-    return offs
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +34,7 @@ def web(tmp_path_factory):
     # a damaged WAT: one corrupt gzip member and one record with invalid JSON, rest readable
     write_wat(make_pages(10, seed=5, start=500), str(d / "tmp.wat.gz"), all_records=False)
     data = bytearray((d / "tmp.wat.gz").read_bytes())
-    offs = _members(bytes(data))
+    offs = gzip_members(bytes(data))
     data[offs[4] + 30:offs[4] + 60] = b"\x00" * 30
     from warcio.warcwriter import WARCWriter
     import io

@@ -2,14 +2,13 @@
 import gzip
 import io
 import json
-import zlib
 from collections import Counter
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from collect_data import make_pages
+from collect_data import gzip_members, make_pages
 from wit_builder.common import WitError
 from wit_builder.sources import SourceOptions, check_table_columns, detect_format, iter_candidates, resolve_url
 from wit_builder.textclean import clean_text
@@ -34,17 +33,6 @@ def _record(body: bytes, rtype: str = "metadata", uri: str = "https://x.example/
                                warc_content_type="application/json" if rtype == "metadata" else "")
     w.write_record(rec)
     return out.getvalue()
-
-
-def _members(data: bytes) -> list[int]:
-    """Start offsets of the gzip members of ``data``."""
-    offs, pos = [], 0
-    while pos < len(data):
-        d = zlib.decompressobj(31)
-        d.decompress(data[pos:])
-        offs.append(pos)
-        pos = len(data) - len(d.unused_data)
-    return offs
 
 
 def _read(data: bytes, **kw):
@@ -96,7 +84,7 @@ def test_whole_file_gzip_is_read(files):
 
 def test_corrupt_gzip_member_is_skipped_and_counted(files):
     data = bytearray(files["a.warc.gz"].read_bytes())
-    offs = _members(bytes(data))
+    offs = gzip_members(bytes(data))
     data[offs[5] + 20:offs[5] + 40] = b"\xff" * 20      # damage the deflate stream of record 5
     recs, skips = _read(bytes(data))
     assert skips == Counter(corrupt_gzip=1)
@@ -105,7 +93,7 @@ def test_corrupt_gzip_member_is_skipped_and_counted(files):
 
 def test_truncated_gzip_keeps_earlier_records(files):
     data = files["a.warc.gz"].read_bytes()
-    offs = _members(data)
+    offs = gzip_members(data)
     recs, skips = _read(data[:offs[30] + 100])
     assert skips == Counter(truncated_gzip=1)
     assert len(recs) == 30
@@ -113,7 +101,7 @@ def test_truncated_gzip_keeps_earlier_records(files):
 
 def test_junk_between_gzip_members(files):
     data = files["a.warc.gz"].read_bytes()
-    offs = _members(data)
+    offs = gzip_members(data)
     junk = bytes(range(256)) * 3
     recs, skips = _read(data[:offs[4]] + junk + data[offs[4]:])
     assert skips == Counter(gzip_junk=1) and len(recs) == 37
@@ -207,7 +195,7 @@ def test_wat_invalid_json_and_unexpected_structure_are_counted(tmp_path):
         "HTML-Metadata": {"Links": {"path": "IMG@/src"}}}}}}).encode())
     not_dict = _record(b'["IMG@/src"]')
     path = tmp_path / "mixed.wat.gz"
-    offs = _members(data)
+    offs = gzip_members(data)
     path.write_bytes(data[:offs[2]] + broken + odd + not_dict + data[offs[2]:])
     pairs, stats = _candidates(path)
     assert len(pairs) == 10

@@ -15,13 +15,7 @@ from trainer.model import create_model
 from trainer.train import forward_backward
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread (2 per process oversubscribe 2 cores under `pytest -n 2`)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _independent_loss(img, txt, scale):

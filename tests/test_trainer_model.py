@@ -13,13 +13,7 @@ from trainer.tokenizer import Tokenizer, train_merges
 from wit_builder.common import WitError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread (2 per process oversubscribe 2 cores under `pytest -n 2`)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # --- OpenAI's layout, written down from the published architecture (CLIP paper + model card):

@@ -17,17 +17,9 @@ from trainer.tokenizer import Tokenizer, train_merges
 from trainer.train import TrainConfig, forward_backward, lr_at, param_groups, train
 from wit_builder.cli import main
 
-pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create")
+pytestmark = [pytest.mark.filterwarnings("ignore:This DataLoader will create"),
+              pytest.mark.usefixtures("one_thread")]  # tests/conftest.py
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: under `pytest -n 2` on 2 cores, 2 threads per process make every
-    small op wait for a descheduled OpenMP thread (several times slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 COLOURS = {"red": (230, 20, 20), "green": (20, 210, 20), "blue": (20, 20, 230)}
 MICRO = {"embed_dim": 32, "quick_gelu": False,

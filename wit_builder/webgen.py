@@ -119,6 +119,16 @@ def _http_headers(page: Page, payload: bytes) -> list[tuple[str, str]]:
     return headers
 
 
+def _write_warcinfo(w, path: str, file_format: str, kind: str) -> None:
+    """The ``warcinfo`` record a WARC or WAT file starts with."""
+    name = path.rsplit("/", 1)[-1]
+    w.write_record(w.create_warc_record(
+        "", "warcinfo", payload=io.BytesIO(f"software: wit-webgen\r\nformat: {file_format}\r\n".encode()),
+        length=None, warc_content_type="application/warc-fields",
+        warc_headers_dict={"WARC-Record-ID": _record_id(name, kind), "WARC-Date": "2023-06-01T12:00:00Z",
+                           "WARC-Filename": name}))
+
+
 def write_warc(pages: Iterable[Page], path: str, *, gzip: bool | None = None,
                metadata_records: bool = True) -> int:
     """Write ``pages`` as a WARC file: a ``warcinfo`` record, then per page a ``request``, a
@@ -132,13 +142,7 @@ def write_warc(pages: Iterable[Page], path: str, *, gzip: bool | None = None,
     n = 0
     with atomic_open(path, "wb") as fh:
         w = WARCWriter(fh, gzip=gz, warc_version="1.0")
-        info = w.create_warc_record("", "warcinfo", payload=io.BytesIO(
-            b"software: wit-webgen\r\nformat: WARC File Format 1.0\r\n"), length=None,
-            warc_headers_dict={"WARC-Record-ID": _record_id(path.rsplit("/", 1)[-1], "warcinfo"),
-                               "WARC-Date": "2023-06-01T12:00:00Z",
-                               "WARC-Filename": path.rsplit("/", 1)[-1]},
-            warc_content_type="application/warc-fields")
-        w.write_record(info)
+        _write_warcinfo(w, path, "WARC File Format 1.0", "warcinfo")
         n += 1
         for page in pages:
             split = urlsplit(page.url)
@@ -272,13 +276,7 @@ def write_wat(pages: Iterable[Page], path: str, *, gzip: bool | None = None,
     n = 0
     with atomic_open(path, "wb") as fh:
         w = WARCWriter(fh, gzip=gz, warc_version="1.0")
-        info = w.create_warc_record("", "warcinfo", payload=io.BytesIO(
-            b"software: wit-webgen\r\nformat: WAT File Format\r\n"), length=None,
-            warc_headers_dict={"WARC-Record-ID": _record_id(path.rsplit("/", 1)[-1], "watinfo"),
-                               "WARC-Date": "2023-06-01T12:00:00Z",
-                               "WARC-Filename": path.rsplit("/", 1)[-1]},
-            warc_content_type="application/warc-fields")
-        w.write_record(info)
+        _write_warcinfo(w, path, "WAT File Format", "watinfo")
         n += 1
         offset = 0
         for page in pages:
