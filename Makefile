@@ -1,6 +1,6 @@
 # The two set-up commands of the README:
 #   make demo   -- create the virtualenv, install everything, run the end-to-end demo on bundled data
-#   make test   -- create the virtualenv, install everything, run the test suite
+#   make test   -- create the virtualenv, install everything, check the layers, run the test suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -23,6 +23,7 @@ demo: venv
 	$(BIN)/wit demo --out $(DEMO_OUT)
 
 test: venv
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -n 2 --durations=25 tests
 
 bench: venv

@@ -3,7 +3,7 @@
     python bench/collect.py            # 500k queries, 4 WAT files, 40,000 pages (~240k image refs)
     python bench/collect.py --quick    # 100k queries, 2 WAT files, 4,000 pages (seconds)
 
-Generates Common-Crawl-layout WAT files with wit_builder.webgen from bench/synthetic.py pages
+Generates Common-Crawl-layout WAT files with wit_builder.sim.webgen from bench/synthetic.py pages
 (request/response/metadata records per page, ~30 anchors and ~6 images per page, 40% relative image
 URLs, 25% images without alt) and a synthetic query list, then measures, per core (process CPU
 time; the DirectRunner with one worker runs in this process):
@@ -13,7 +13,7 @@ time; the DirectRunner with one worker runs in this process):
    dedup. cc2dataset's published rate is about 6,000 pairs/s per core ("one WAT in about 50 s");
 2. each stage of ours in-process on the same files: read+parse+resolve, clean, match, language,
    Arrow/uid/shard, dedup+write, balance;
-3. the real Beam pipeline (`pipelines.collect_pipeline.collect`, DirectRunner, 1 worker): pairs/s
+3. the real Beam pipeline (`pipelines.collect.collect`, DirectRunner, 1 worker): pairs/s
    per core with and without the fixed cost of a run (measured on a one-page input: pipeline
    construction and start, automaton and model setup, summary and plot), and the ratio to the
    baseline.
@@ -70,7 +70,7 @@ def stages(paths: list[str], queries_path: str, out: str) -> tuple[Counter, dict
     from wit_builder.balance import balance_table, count_queries, query_keep_prob
     from wit_builder.collect import (batch_to_table, clean_batch, dedup_table, extract_batches, identify_batch,
                                      load_queries, match_batch, split_by_shard)
-    from wit_builder.common import atomic_write_parquet
+    from wit_builder.core import atomic_write_parquet
     from wit_builder.langid import make_detector
     from wit_builder.matcher import Matcher
     from wit_builder.sources import SourceOptions
@@ -126,8 +126,9 @@ def main() -> None:
     a = ap.parse_args()
     if a.quick:
         a.queries, a.pages, a.files = 100_000, 4_000, 2
-    from wit_builder.webgen import write_wat
-    from pipelines.collect_pipeline import CollectConfig, collect
+    from wit_builder.sim.webgen import write_wat
+    from pipelines.collect import run as collect
+    from wit_builder.collect import CollectConfig
 
     tmp = tempfile.TemporaryDirectory()
     work = a.keep or tmp.name

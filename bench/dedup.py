@@ -39,7 +39,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from wit_builder.augment import INTERPOLATIONS, apply_family, synthetic_image  # noqa: E402
-from wit_builder.dedup import write_shard  # noqa: E402
+from wit_builder.sim.fixtures import write_shard  # noqa: E402
 
 FAMILIES = ["crop", "rotate"] + [f"resize_{i}" for i in INTERPOLATIONS] + ["jpeg", "color", "pad", "aspect"]
 
@@ -200,7 +200,8 @@ def bench_speed(args, results: dict, det: str) -> None:
     trained detector and an untrained one of the paper's ResNet-50 shape, vs pHash on the same bytes."""
     import imagehash
 
-    from wit_builder.detector import (FORMAT, VERSION, Embedder, build_model, decode_image, make_config,
+    from wit_builder.imageshards import decode_image
+    from wit_builder.detector import (FORMAT, VERSION, Embedder, build_model, make_config,
                                       save_detector, to_array)
 
     rng = np.random.default_rng(4)

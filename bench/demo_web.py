@@ -24,9 +24,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from wit_builder.loopback import LoopbackServer  # noqa: E402
-from wit_builder.render import render, sample_scene  # noqa: E402
-from wit_builder.simweb import build_web  # noqa: E402
+from wit_builder.sim.loopback import LoopbackServer  # noqa: E402
+from wit_builder.sim.render import render, sample_scene  # noqa: E402
+from wit_builder.sim.simweb import build_web  # noqa: E402
 
 
 def timed(fn):

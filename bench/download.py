@@ -30,7 +30,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 def _serve(queue, distinct: int, size: tuple[int, int]) -> None:
     from PIL import Image
 
-    from wit_builder.loopback import LoopbackServer
+    from wit_builder.sim.loopback import LoopbackServer
     images = []
     for i in range(distinct):
         buf = io.BytesIO()
@@ -71,7 +71,7 @@ def phase_seconds(out: str) -> float:
 
 
 def run_wit(pairs: str, out: str, opts) -> tuple[float, float, int]:
-    from wit_builder.download import download_pairs
+    from pipelines.download import run as download_pairs
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
     summary = download_pairs(pairs, out, opts, progress=False)

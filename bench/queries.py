@@ -1,7 +1,7 @@
 """Benchmark: wikitext throughput of `wit queries` (parse + clean + count) on the local runner.
 
 Writes a synthetic English-Wikipedia-like multistream dump (infoboxes, links, refs, tables,
-images, lists, categories: see queries.dumpgen.synthetic_article), then measures, in the same run:
+images, lists, categories: see wit_builder.sim.dumpgen.synthetic_article), then measures, in the same run:
 
 * the Beam pipeline's counting part (``CountWikipedia``: work units -> XML parse -> mwparserfromhell
   clean -> per-page counts -> CombinePerKey) on the DirectRunner with ``--workers`` processes;
@@ -43,7 +43,7 @@ def _vocabulary(rng: random.Random, n: int) -> list[str]:
 
 
 def make_dump(folder: str, target_mb: float, seed: int = 0) -> tuple[str, str, float, int]:
-    from queries.dumpgen import Page, synthetic_article, write_dump
+    from wit_builder.sim.dumpgen import Page, synthetic_article, write_dump
     rng = random.Random(seed)
     vocab = _vocabulary(rng, 20000)
     weights = [1.0 / (i + 1) for i in range(len(vocab))]  # Zipf-like word frequencies
@@ -101,10 +101,10 @@ def beam_count(dump: str, index: str, workers: int, out_dir: str, unit_mb: float
 
     import apache_beam as beam
 
-    from pipelines.options import make_options
-    from pipelines.queries_pipeline import CountWikipedia
+    from pipelines.beam_options import BeamOptions, make_options
+    from pipelines.queries import CountWikipedia
     t0, c0 = time.perf_counter(), _cpu()
-    with beam.Pipeline(options=make_options("DirectRunner", workers)) as p:
+    with beam.Pipeline(options=make_options(BeamOptions("DirectRunner", workers))) as p:
         counted = (p | beam.Create([(dump, index)])
                    | "Wikipedia" >> CountWikipedia(int(unit_mb * (1 << 20))))
         for name in ("unigram", "bigram"):
@@ -157,7 +157,7 @@ def main(argv=None) -> int:
         # the fixed cost of a pipeline run (start-up, graph, teardown): the same pipeline on one page
         tiny_dir = os.path.join(folder, "tiny")
         os.makedirs(os.path.join(tiny_dir, "beam"))
-        from queries.dumpgen import Page, write_dump
+        from wit_builder.sim.dumpgen import Page, write_dump
         tiny, tiny_index = write_dump([Page("One", "one page")], os.path.join(tiny_dir, "t-multistream.xml.bz2"),
                                       multistream=True)
         _, startup, startup_cpu = beam_count(tiny, tiny_index, args.workers, os.path.join(tiny_dir, "beam"), 1.0)

@@ -13,7 +13,7 @@ statistics that matter for speed:
   "titles" of 2-5 capitalised Zipf-sampled words, up to ``n`` unique queries.
 * ``texts``: 3-20 Zipf-sampled words, 20% capitalised, a punctuation mark in 30% of them: like
   alt texts, several queries match each (about 12 per text).
-* ``pages``: pages for :mod:`wit_builder.webgen` with 0-20 images (mean ~6), 40% relative image
+* ``pages``: pages for :mod:`wit_builder.sim.webgen` with 0-20 images (mean ~6), 40% relative image
   URLs, 25% images without alt text, about 30 anchor links each, 3% data: URLs.
 """
 from __future__ import annotations
@@ -170,7 +170,7 @@ def texts(n: int, vocab: list[str], seed: int = 1) -> list[str]:
 
 
 def pages(n: int, vocab: list[str], seed: int = 2, start: int = 0):
-    from wit_builder.webgen import Image, Page
+    from wit_builder.sim.webgen import Image, Page
     rng = random.Random(seed)
     sample = TextSampler(vocab, seed + 1)
     out = []

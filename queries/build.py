@@ -1,4 +1,5 @@
-"""``wit queries`` end to end: check inputs, run the Beam pipeline, order, trim and write outputs.
+"""The query list's configuration, inputs, order, trim rule, stats and plot (the driver that runs
+the Beam pipeline is ``pipelines/queries.py``).
 
 Output order and the trim rule (also in docs/queries.md): every query has a *rank key*
 
@@ -15,18 +16,13 @@ how much the list falls short.
 """
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
-import time
-import uuid
-from collections import Counter
 from dataclasses import dataclass, field
 
-from wit_builder.common import (WitError, atomic_open, atomic_write_json, atomic_write_parquet, exists,
-                                is_local, match_paths, open_read)
+from wit_builder.core import WitError, atomic_open, file_info, glob_files, is_local, match_paths, open_read, remove
 
-__all__ = ["PART_ORDER", "BuildConfig", "build_query_list", "rank_key", "order_and_trim", "to_table",
+__all__ = ["PART_ORDER", "QueryParams", "BuildConfig", "rank_key", "order_and_trim", "to_table",
            "collect_inputs"]
 
 PART_ORDER = ("wordnet", "unigram", "bigram", "title")
@@ -37,17 +33,45 @@ TRIM_RULE = ("rows sorted by (first part in the order wordnet, unigram, bigram, 
 
 
 @dataclass
+class QueryParams:
+    """Thresholds and switches of one build (all are ``wit queries`` options)."""
+    unigram_min_count: int = 100
+    bigram_min_count: int = 100
+    bigram_min_pmi: float = 30.0
+    title_min_views: int = 70
+    title_min_hourly_views: int = 50
+    pageview_domains: tuple[str, ...] = ("en", "en.m")
+    parts: tuple[str, ...] = ("wordnet", "unigram", "bigram", "title")
+    unit_bytes: int = 16 << 20
+    use_index: bool = True
+
+    def to_json(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
+
+
+@dataclass
 class BuildConfig:
+    """Everything that determines one query list: inputs, output folder, size, WordNet, thresholds."""
     dumps: list[str]
     out: str
     pageviews: list[str] = field(default_factory=list)
     target_size: int = 500_000
     wordnet_dir: str | None = None
     wordnet_download: bool = True
-    overwrite: bool = False
-    runner: str = "DirectRunner"
-    workers: int = 1
-    pipeline_args: list[str] = field(default_factory=list)
+    params: QueryParams = field(default_factory=QueryParams)
+
+    def validate(self) -> None:
+        p = self.params
+        unknown = set(p.parts) - set(PART_ORDER)
+        if unknown or not p.parts:
+            raise WitError(f"--parts must name some of {', '.join(PART_ORDER)} (got {', '.join(p.parts) or 'none'})")
+        if self.target_size < 1:
+            raise WitError("--target-size must be at least 1")
+        for name in ("unigram_min_count", "bigram_min_count", "title_min_views", "title_min_hourly_views"):
+            if getattr(p, name) < 1:
+                raise WitError(f"--{name.replace('_', '-')} must be at least 1")
+        if p.unit_bytes <= 0:
+            raise WitError("--unit-mb must be positive")
 
 
 # ---------------------------------------------------------------- ordering
@@ -135,31 +159,23 @@ def _sizes(paths) -> list[dict]:
 
 # ---------------------------------------------------------------- work files
 
-def _read_jsonl(work_dir: str, name: str) -> list:
-    from apache_beam.io.filesystems import FileSystems
+def read_results(work_dir: str, name: str) -> list:
+    """The JSON lines of ``work_dir/name-*`` (the pipeline's result files), in file order."""
     out = []
-    matches = FileSystems.match([f"{work_dir}/{name}-*"])[0].metadata_list
-    for m in sorted(matches, key=lambda m: m.path):
-        with open_read(m.path) as fh:
+    for path in glob_files(f"{work_dir}/{name}-*"):
+        with open_read(path) as fh:
             for line in fh:
                 if line.strip():
                     out.append(json.loads(line))
     return out
 
 
-def _remove_tree(path: str) -> None:
+def remove_tree(path: str) -> None:
     if is_local(path):
         import shutil
         shutil.rmtree(path, ignore_errors=True)
         return
-    from apache_beam.io.filesystems import FileSystems
-    from apache_beam.io.filesystem import BeamIOError
-    try:
-        matches = FileSystems.match([f"{path}/**"])[0].metadata_list
-        if matches:
-            FileSystems.delete([m.path for m in matches])
-    except BeamIOError:
-        pass
+    remove(glob_files(f"{path}/**"))
 
 
 # ---------------------------------------------------------------- stats and plot
@@ -225,136 +241,14 @@ def _file_id(path: str | None):
     """``[path, bytes, modified]`` of a file: a rebuilt input with the same name is a new input."""
     if path is None:
         return None
-    from apache_beam.io.filesystems import FileSystems
-    meta = FileSystems.match([path])[0].metadata_list[0]
-    return [path, meta.size_in_bytes, meta.last_updated_in_seconds]
+    size, mtime = file_info(path)
+    return [path, size, mtime]
 
 
-def _signature(cfg: BuildConfig, params, dumps, pageviews) -> dict:
+def _signature(cfg: BuildConfig, dumps, pageviews) -> dict:
     return {"dumps": [[_file_id(d), _file_id(i)] for d, i in dumps],
             "pageviews": [_file_id(p) for p in pageviews], "target_size": cfg.target_size,
-            "params": params.to_json(), "wordnet_dir": cfg.wordnet_dir}
-
-
-def _up_to_date(out: str, signature: dict) -> bool:
-    if not all(exists(f"{out}/{name}") for name in OUTPUTS):
-        return False
-    try:
-        with open_read(f"{out}/stats.json") as fh:
-            return json.load(fh).get("signature") == signature
-    except (OSError, ValueError):
-        return False
-
-
-def build_query_list(cfg: BuildConfig, params) -> dict:
-    """Build ``cfg.out/{queries.parquet, queries.txt, stats.json, queries.png}``; returns the stats.
-
-    ``params`` is a :class:`pipelines.queries_pipeline.QueryParams`. Raises :class:`WitError` on bad
-    inputs (before the pipeline starts) and when the dumps hold no article.
-    """
-    from pipelines import queries_pipeline as qp
-    unknown = set(params.parts) - set(PART_ORDER)
-    if unknown or not params.parts:
-        raise WitError(f"--parts must name some of {', '.join(PART_ORDER)} (got {', '.join(params.parts) or 'none'})")
-    if cfg.target_size < 1:
-        raise WitError("--target-size must be at least 1")
-    dumps = collect_inputs(cfg.dumps, params.use_index)
-    pageviews: list[str] = []
-    if "title" in params.parts:
-        if not cfg.pageviews:
-            raise WitError("the title part needs hourly pageview files (--pageviews), "
-                           "or leave 'title' out of --parts")
-        pageviews = match_paths(cfg.pageviews, "pageview")
-    signature = _signature(cfg, params, dumps, pageviews)
-    if not cfg.overwrite and _up_to_date(cfg.out, signature):
-        with open_read(f"{cfg.out}/stats.json") as fh:
-            stats = json.load(fh)
-        stats["up_to_date"] = True
-        return stats
-
-    wordnet_info: dict = {}
-    wordnet_items: list = []
-    if "wordnet" in params.parts:
-        from queries import wordnet as wn
-        root = wn.wordnet_root(cfg.wordnet_dir, allow_download=cfg.wordnet_download)
-        part = wn.wordnet_part(root)
-        wordnet_items = sorted(part.items())
-        wordnet_info = {"root": str(root), "version": wn.wordnet_version(root),
-                        "synsets": sum(part.values()), "head_names": len(part) - sum(
-                            1 for s in wn.EXTRA_STRINGS if part.get(s) == 0),
-                        "extra_strings": len(wn.EXTRA_STRINGS)}
-
-    work_dir = f"{cfg.out.rstrip('/')}/.wit-work-{uuid.uuid4().hex[:10]}"
-    made_out = is_local(cfg.out) and not os.path.exists(cfg.out)
-    if is_local(work_dir):
-        os.makedirs(work_dir, exist_ok=True)
-    started = time.time()
-    try:
-        qp.run(qp.Inputs(dumps=dumps, pageviews=pageviews, wordnet=wordnet_items), params, work_dir,
-               runner=cfg.runner, workers=cfg.workers, pipeline_args=cfg.pipeline_args)
-        pipeline_s = time.time() - started
-        merged, counters = [], {}
-        for kind, value in _read_jsonl(work_dir, "result"):
-            if kind == "query":
-                merged.append(value)
-            else:
-                counters[value[0]] = value[1]
-        if not counters.get("page.article"):
-            raise WitError(f"no articles (namespace 0, not redirects) in {', '.join(d for d, _ in dumps)} "
-                           f"({counters.get('page.read', 0)} pages read); nothing written")
-        histogram = {int(k[5:]): v for k, v in counters.items() if k.startswith("hist.")}
-    except BaseException:
-        _remove_tree(work_dir)
-        if made_out and not os.listdir(cfg.out):
-            os.rmdir(cfg.out)  # leave no trace of a failed first build
-        raise
-    _remove_tree(work_dir)
-
-    rows, trimmed = order_and_trim(merged, cfg.target_size)
-    part_sizes = Counter(p for r in merged for p in r["parts"])
-    output_sizes = Counter(p for r in rows for p in r["parts"])
-    stats = {
-        "output": {"queries": len(rows), "target_size": cfg.target_size, "union_size": len(merged),
-                   "trimmed": trimmed, "short_of_target": max(0, cfg.target_size - len(merged)),
-                   "trim_rule": TRIM_RULE},
-        "parts": {p: {"size": part_sizes.get(p, 0), "in_output": output_sizes.get(p, 0),
-                      "enabled": p in params.parts} for p in PART_ORDER},
-        "thresholds": {"unigram_min_count": params.unigram_min_count,
-                       "bigram_min_count": params.bigram_min_count,
-                       "bigram_min_pmi": params.bigram_min_pmi,
-                       "title_min_views": params.title_min_views,
-                       "title_min_hourly_views": params.title_min_hourly_views,
-                       "pageview_domains": list(params.pageview_domains)},
-        "passed": {"unigram_min_count": counters.get("passed.unigram_min_count", 0),
-                   "bigram_min_count": counters.get("passed.bigram_min_count", 0),
-                   "bigram_min_count_and_min_pmi": counters.get("passed.bigram_min_pmi", 0),
-                   "title_hours_min_hourly_views": counters.get("pageviews.title_hours_kept", 0),
-                   "title_min_views": counters.get("title.passed_min_views", 0),
-                   "title_min_views_and_article": counters.get("title.in_dump", 0)},
-        **_nest(counters),
-        "inputs": {"dumps": [{**_sizes([d])[0], "index": i, "index_bytes": _sizes([i])[0]["bytes"] if i else None}
-                             for d, i in dumps],
-                   "pageviews": _sizes(pageviews), "wordnet": wordnet_info or None},
-        "run": {"runner": cfg.runner, "workers": cfg.workers, "pipeline_seconds": round(pipeline_s, 2),
-                "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},
-        "counters": {k: v for k, v in sorted(counters.items()) if not k.startswith("hist.")},
-        "unigram_count_histogram": {f"{2 ** b}-{2 ** (b + 1) - 1}": n for b, n in sorted(histogram.items())},
-        "signature": signature,
-    }
-    if "corpus.bigram_pmi_max" in counters and isinstance(counters["corpus.bigram_pmi_max"], float):
-        stats["corpus"]["bigram_pmi_max"] = round(counters["corpus.bigram_pmi_max"], 4)
-
-    out = cfg.out.rstrip("/")
-    if is_local(out):
-        os.makedirs(out, exist_ok=True)
-    # stats.json last: its presence with a matching signature marks a complete build
-    atomic_write_parquet(f"{out}/queries.parquet", to_table(rows))
-    with atomic_open(f"{out}/queries.txt", "w") as fh:
-        for r in rows:
-            fh.write(r["query"] + "\n")
-    plot(f"{out}/queries.png", part_sizes, output_sizes, histogram, params.unigram_min_count)
-    atomic_write_json(f"{out}/stats.json", stats)
-    return stats
+            "params": cfg.params.to_json(), "wordnet_dir": cfg.wordnet_dir}
 
 
 def describe(stats: dict) -> str:

@@ -22,7 +22,7 @@ import zlib
 from collections import Counter
 from typing import Iterable, Iterator
 
-from wit_builder.common import open_read
+from wit_builder.core import open_read
 
 __all__ = ["DEFAULT_DOMAINS", "hour_views", "qualifying_views"]
 

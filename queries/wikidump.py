@@ -24,14 +24,13 @@ a time, so one bad page costs only itself. Problems are counted, never fatal:
 from __future__ import annotations
 
 import bz2
-import os
 import re
 import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass
 from typing import IO, Iterator
 
-from wit_builder.common import WitError, exists, is_local, open_read
+from wit_builder.core import WitError, exists, file_info, open_read
 
 __all__ = ["WorkUnit", "PageRecord", "plan_units", "read_index_offsets", "index_path_for",
            "read_unit", "iter_articles", "parse_page", "PageSplitter", "file_size", "check_dump"]
@@ -63,10 +62,7 @@ class PageRecord:
 
 
 def file_size(path: str) -> int:
-    if is_local(path):
-        return os.path.getsize(path[len("file://"):] if path.startswith("file://") else path)
-    from apache_beam.io.filesystems import FileSystems
-    return FileSystems.match([path])[0].metadata_list[0].size_in_bytes
+    return file_info(path)[0]
 
 
 def index_path_for(dump_path: str) -> str | None:

@@ -29,7 +29,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
-from wit_builder.common import WitError
+from wit_builder.core import WitError
 
 __all__ = ["LEXNAMES", "lexnames_text", "wordnet_root", "load_wordnet", "synset_head_names",
            "wordnet_part", "wordnet_version", "default_cache_dir", "SYSTEM_DIRS"]

@@ -1,4 +1,4 @@
-"""Small generated inputs shared by the collect tests (real WAT/WARC formats via wit_builder.webgen)."""
+"""Small generated inputs shared by the collect tests (real WAT/WARC formats via wit_builder.sim.webgen)."""
 from __future__ import annotations
 
 import random
@@ -7,7 +7,7 @@ import zlib
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from wit_builder.webgen import Image, Page
+from wit_builder.sim.webgen import Image, Page
 
 WORDS = ["a", "the", "cat", "dog", "red", "car", "in", "New", "York", "tree", "house", "blue", "sky",
          "photo", "of", "big", "on", "with", "garden", "beach", "sunset", "old", "city", "street"]

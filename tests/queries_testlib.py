@@ -14,7 +14,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 
-from queries.dumpgen import Page  # the fixture writer; the reader under test is queries.wikidump
+from wit_builder.sim.dumpgen import Page  # the fixture writer; the reader under test is queries.wikidump
 
 NOISE = "zq"
 COMMON = ["the", "of", "and", "in", "a", "is", "was", "to", "for", "on"]

@@ -3,8 +3,8 @@ import os
 
 import pytest
 
-from wit_builder import cli
-from wit_builder.common import WitError, atomic_open, atomic_write_json, match_paths
+from pipelines import cli
+from wit_builder.core import WitError, atomic_open, atomic_write_json, match_paths
 
 
 def test_help_lists_every_stage(capsys):
@@ -43,6 +43,6 @@ def test_match_paths_errors_name_the_pattern(tmp_path):
 
 
 def test_atomic_files_get_the_umask_mode_not_mkstemps_0600(tmp_path):
-    from wit_builder import common
+    from wit_builder import core as common
     atomic_write_json(str(tmp_path / "a.json"), [1])
     assert (os.stat(tmp_path / "a.json").st_mode & 0o777) == 0o666 & ~common._UMASK != 0o600

@@ -9,10 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from collect_data import QUERIES, gzip_members, make_pages, write_queries
-from wit_builder import cli
+from pipelines import cli
 from wit_builder.collect import BALANCED_SCHEMA, MATCHED_SCHEMA
 from wit_builder.matcher import naive_match
-from wit_builder.webgen import Image, Page, write_warc, write_wat
+from wit_builder.sim.webgen import Image, Page, write_warc, write_wat
 
 CAP = 15
 
@@ -184,11 +184,12 @@ def test_rebalance_without_rereading_inputs(web, run_a):
 
 
 def test_nothing_matches_gives_empty_valid_outputs(tmp_path):
-    from pipelines.collect_pipeline import run_collect       # the Python API the demo uses
+    from pipelines import collect                   # the Python API the demo uses
+    from wit_builder.collect import make_config
     write_queries(tmp_path / "q.parquet", ["zebra crossing", "xylophone"])
     write_wat(make_pages(5), str(tmp_path / "in" / "x.wat.gz"))
-    st = run_collect(str(tmp_path / "q.parquet"), [str(tmp_path / "in")], str(tmp_path / "o"), num_shards=2,
-                     langs=None, runner="DirectRunner")
+    st = collect.run(make_config(str(tmp_path / "q.parquet"), [str(tmp_path / "in")], str(tmp_path / "o"),
+                                 num_shards=2, langs=None))
     assert st == _stats(tmp_path / "o")
     assert st["matched"] == 0 and st["kept"] == 0 and st["dropped"]["no_match"] == 25
     for sub in ("matched", "balanced"):
@@ -215,7 +216,8 @@ def test_match_pairs_transform_in_a_test_pipeline(tmp_path):
     from apache_beam.options.pipeline_options import PipelineOptions
     from apache_beam.testing.test_pipeline import TestPipeline
     from apache_beam.testing.util import assert_that, equal_to
-    from pipelines.collect_pipeline import CollectConfig, MatchPairs, MergeStats
+    from pipelines.collect import MatchPairs, MergeStats
+    from wit_builder.collect import CollectConfig
     write_queries(tmp_path / "q.parquet")
     write_wat(make_pages(4), str(tmp_path / "a.wat.gz"))
     cfg = CollectConfig(queries=str(tmp_path / "q.parquet"), inputs=((str(tmp_path / "a.wat.gz"), "wat"),),

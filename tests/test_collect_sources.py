@@ -9,11 +9,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from collect_data import gzip_members, make_pages
-from wit_builder.common import WitError
+from wit_builder.core import WitError
 from wit_builder.sources import SourceOptions, check_table_columns, detect_format, iter_candidates, resolve_url
 from wit_builder.textclean import clean_text
 from wit_builder.warcfile import iter_records
-from wit_builder.webgen import Image, Page, write_warc, write_wat
+from wit_builder.sim.webgen import Image, Page, write_warc, write_wat
 
 OPTS = SourceOptions()
 

@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from wit_builder.common import WitError
+from wit_builder.core import WitError
 from wit_builder.langid import FastTextDetector, make_detector
 from wit_builder.textclean import TextCleaner, clean_text
 

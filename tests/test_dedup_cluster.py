@@ -11,11 +11,21 @@ import pytest
 import torch
 
 from wit_builder.augment import synthetic_image
-from wit_builder.cli import main as wit_main
-from wit_builder.common import WitError
-from wit_builder.dedup import (cluster_vectors, connected_components, iter_shard_records, overlap_vectors,
-                               pick_kept, run_dedup, run_overlap, write_shard)
+from pipelines.cli import main as wit_main
+from wit_builder.core import WitError
+from pipelines import dedup as dedup_stage
+from wit_builder.dedup import (DedupConfig, OverlapConfig, cluster_vectors, connected_components, iter_shard_records,
+                               overlap_vectors, pick_kept)
 from wit_builder.detector import FORMAT, build_model, make_config, save_detector
+from wit_builder.sim.fixtures import write_shard
+
+
+def run_dedup(shards, detector, out, **options):
+    return dedup_stage.run(DedupConfig(tuple(shards), detector, out, **options))
+
+
+def run_overlap(evals, shards, detector, out, **options):
+    return dedup_stage.run_overlap(OverlapConfig(tuple(evals), tuple(shards), detector, out, **options))
 
 
 def _unit(angles_deg, dim=8):
@@ -113,7 +123,7 @@ def _shards(d, imgs):
 def test_dedup_run_end_to_end(tmp_path, imgs, monkeypatch):
     det = _detector(tmp_path / "det.pt")
     shards = _shards(tmp_path / "images", imgs)
-    stats = run_dedup([shards], det, str(tmp_path / "out"), runner="DirectRunner", threads=1)
+    stats = run_dedup([shards], det, str(tmp_path / "out"), threads=1)
     t = pq.read_table(tmp_path / "out" / "decisions.parquet")
     assert t.schema.field("uid").type == pa.string() and t.schema.field("cluster_id").type == pa.int64()
     assert t.schema.field("cluster_size").type == pa.int32() and t.schema.field("kept").type == pa.bool_()
@@ -130,13 +140,13 @@ def test_dedup_run_end_to_end(tmp_path, imgs, monkeypatch):
     assert stats["kept"] == 5 and stats["dropped_duplicates"] == 2 and stats["index"]["index"] == "IndexFlatIP"
     # deterministic: shards listed in another order, fresh embeddings -> identical decisions. Via the
     # CLI, which hands unknown --options to Beam like every other stage.
-    import pipelines.dedup_pipeline as P
+    import pipelines.dedup as P
     seen = []
     real = P.make_options
 
-    def spy(runner, workers, pipeline_args):
-        seen.append((runner, workers, list(pipeline_args)))
-        return real(runner, workers, pipeline_args)
+    def spy(beam_options):
+        seen.append((beam_options.runner, beam_options.workers, list(beam_options.args)))
+        return real(beam_options)
 
     monkeypatch.setattr(P, "make_options", spy)
     shard_list = [os.path.join(shards, f) for f in ("00002.tar", "00001.tar", "00000.tar")]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from wit_builder.augment import synthetic_image
-from wit_builder.common import WitError
+from wit_builder.core import WitError
 from wit_builder.detector import (FORMAT, TEMPERATURE, BlurPool, _training_pair, build_model, calibrate_detector,
                                   info_nce_loss, make_config, model_from_state, read_detector, save_detector,
                                   threshold_for_precision, to_batch, train_detector)
@@ -194,8 +194,8 @@ def test_bad_detector_files_give_clear_errors(tmp_path):
 def test_cli_train_and_calibrate_on_shards_with_a_corrupt_image(tmp_path, capsys):
     import json
 
-    from wit_builder.cli import main as wit_main
-    from wit_builder.dedup import write_shard
+    from pipelines.cli import main as wit_main
+    from wit_builder.sim.fixtures import write_shard
 
     imgs = _images(5, 12, (48, 48))
     items = [{"key": f"00000{i:04d}", "image": im} for i, im in enumerate(imgs)]

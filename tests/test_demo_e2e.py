@@ -17,7 +17,7 @@ import time
 
 import pyarrow.parquet as pq
 
-from wit_builder.demo import STAGES, DemoConfig, run_demo, summary_line, trace_cases
+from pipelines.demo import STAGES, DemoConfig, run_demo, summary_line, trace_cases
 
 # 300 scenes with 15 near-duplicate groups (the default would be 7) so that the dedup check has
 # enough groups to measure a fraction; 150 detector steps (~30 s of CPU), 4 CLIP steps.
@@ -262,7 +262,7 @@ def test_summary_line_format():
 
 
 def test_calibration_precision_is_scaled_to_the_corpus():
-    from wit_builder.demo import corpus_scaled_precision
+    from pipelines.demo import corpus_scaled_precision
     assert corpus_scaled_precision(0.99, 400, 300) == 0.99  # corpus no larger: unchanged
     assert abs(corpus_scaled_precision(0.99, 1600, 6400) - 0.9975) < 1e-12
     assert corpus_scaled_precision(0.99, 100, 10**9) > 0.999999

@@ -8,9 +8,9 @@ from PIL import Image
 
 from trainer.evaluate import folder_classes, iter_folder
 from trainer.zeroshot import read_lines
-from wit_builder import heldout as H
-from wit_builder.render import COLOURS, SHAPES, render, sample_scene, scene_seed
-from wit_builder.simweb import build_web
+from wit_builder.sim import heldout as H
+from wit_builder.sim.render import COLOURS, SHAPES, render, sample_scene, scene_seed
+from wit_builder.sim.simweb import build_web
 
 
 def test_layout_is_what_wit_eval_reads(tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wit_builder import render as R
+from wit_builder.sim import render as R
 
 
 def _interior_mean(img: Image.Image, alpha: np.ndarray) -> np.ndarray:

@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from wit_builder import report as R
-from wit_builder.common import WitError
-from wit_builder.render import render, sample_scene
+from wit_builder.sim import report as R
+from wit_builder.core import WitError
+from wit_builder.sim.render import render, sample_scene
 
 QUERIES = ["red", "circle", "heart", "red heart", "Triangle", "star", "blue", "mug"]
 SOURCES = [["wordnet", "unigram"], ["wordnet", "unigram"], ["unigram"], ["bigram"], ["title"],

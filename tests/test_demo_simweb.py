@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wit_builder import simweb as S
+from wit_builder.sim import simweb as S
 from wit_builder.netsafety import NetPolicy, build_opener
-from wit_builder.render import COLOURS, SHAPES, nearest_colour, render
-from wit_builder.simwiki import TAIL_WORDS, build_wiki
+from wit_builder.sim.render import COLOURS, SHAPES, nearest_colour, render
+from wit_builder.sim.simwiki import TAIL_WORDS, build_wiki
 
 CFG = S.WebConfig(seed=7, scenes=240, broken=4, opt_out=2, corrupt=2, redirects=3)
 

@@ -5,8 +5,8 @@ import math
 import mwparserfromhell
 import pytest
 
-from wit_builder import simwiki as W
-from wit_builder.render import COLOURS, SHAPES
+from wit_builder.sim import simwiki as W
+from wit_builder.sim.render import COLOURS, SHAPES
 
 
 @pytest.fixture(scope="module")

@@ -20,9 +20,10 @@ import pytest
 from PIL import Image
 
 from download_testlib import image_bytes, png_bomb, write_balanced
-from wit_builder.common import WitError
-from wit_builder.download import DownloadOptions, download_pairs, error_kind, plan_inputs
-from wit_builder.loopback import LoopbackServer
+from wit_builder.core import WitError
+from pipelines.download import run as download_pairs
+from wit_builder.download import DownloadOptions, error_kind, plan_inputs
+from wit_builder.sim.loopback import LoopbackServer
 
 JPEG_H = {"Content-Type": "image/jpeg"}
 CONTRACT_COLUMNS = ["key", "url", "caption", "status", "error_message", "error_kind", "width", "height",

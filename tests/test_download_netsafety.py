@@ -15,7 +15,7 @@ import pytest
 
 from download_testlib import image_bytes, png_bomb
 from wit_builder import netsafety
-from wit_builder.loopback import LoopbackServer
+from wit_builder.sim.loopback import LoopbackServer
 from wit_builder.netsafety import LimitExceeded, NetPolicy, SSRFBlocked, block_reason, guarded
 
 JPEG = image_bytes("JPEG")

@@ -18,7 +18,7 @@ import time
 import pyarrow.parquet as pq
 
 from download_testlib import image_bytes, write_balanced
-from wit_builder.loopback import LoopbackServer
+from wit_builder.sim.loopback import LoopbackServer
 
 SHARDS, ROWS = 4, 5
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,7 +51,7 @@ def test_kill_9_midway_then_rerun_gives_every_key_once(tmp_path):
             write_balanced(str(pairs / f"part-{s:05d}-of-{SHARDS:05d}.parquet"),
                            [f"http://img.test:{srv.port}/{s}/{i}.jpg" for i in range(ROWS)])
         out = tmp_path / "images"
-        cmd = [sys.executable, "-m", "wit_builder.cli", "download", "--pairs", str(pairs), "--out", str(out),
+        cmd = [sys.executable, "-m", "pipelines.cli", "download", "--pairs", str(pairs), "--out", str(out),
                "--processes", "1", "--threads", "1", "--timeout", "2", "--image-size", "32",
                "--resolve", "img.test=127.0.0.1", "--allowed-endpoint", f"127.0.0.1:{srv.port}"]
         env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}

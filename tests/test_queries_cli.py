@@ -5,10 +5,10 @@ import os
 
 import pytest
 
-from queries import cli as queries_cli
-from queries import dumpgen
-from queries.dumpgen import Page
-from wit_builder import cli
+from pipelines.cli import queries as queries_cli
+from wit_builder.sim import dumpgen
+from wit_builder.sim.dumpgen import Page
+from pipelines import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,11 +31,11 @@ def test_help_explains_every_option(capsys):
 
 @pytest.fixture
 def no_pipeline(monkeypatch):
-    from pipelines import queries_pipeline
+    from pipelines import queries as queries_pipeline
 
     def fail(*args, **kwargs):
         raise AssertionError("the pipeline must not start")
-    monkeypatch.setattr(queries_pipeline, "run", fail)
+    monkeypatch.setattr(queries_pipeline, "run_pipeline", fail)
 
 
 def _err(capsys, argv):
@@ -75,20 +75,20 @@ def test_pipeline_graph_builds_for_dataflow():
     from apache_beam.options.pipeline_options_validator import PipelineOptionsValidator
     from apache_beam.runners.dataflow.dataflow_runner import DataflowRunner
 
-    from pipelines import queries_pipeline as qp
-    from pipelines.options import make_options
+    from pipelines import queries as qp
+    from pipelines.beam_options import BeamOptions, make_options
 
     assert os.path.isfile(os.path.join(REPO, "setup.py"))
-    options = make_options("DataflowRunner", 1, [
+    options = make_options(BeamOptions("DataflowRunner", 1, (
         "--project", "my-project", "--region", "us-central1", "--temp_location", "gs://my-bucket/tmp",
-        "--setup_file", "./setup.py", "--max_num_workers", "100"])
+        "--setup_file", "./setup.py", "--max_num_workers", "100")))
     p = beam.Pipeline(options=options)
     assert isinstance(p.runner, DataflowRunner)
     inputs = qp.Inputs(
         dumps=[("gs://my-bucket/enwiki-20240101-pages-articles-multistream.xml.bz2",
                 "gs://my-bucket/enwiki-20240101-pages-articles-multistream-index.txt.bz2")],
         pageviews=["gs://my-bucket/pageviews/pageviews-20240101-000000.gz"], wordnet=[("dog", 7), ("0", 0)])
-    qp.build(p, inputs, qp.QueryParams(), "gs://my-bucket/out/.wit-work")
+    _ = p | "Queries" >> qp.QueryCandidates(inputs, qp.QueryParams(), "gs://my-bucket/out/.wit-work")
     proto = p.to_runner_api()  # pickles every DoFn, as submission would
     assert PipelineOptionsValidator(options, p.runner).validate() == []
     cloud = options.view_as(GoogleCloudOptions)
@@ -104,26 +104,25 @@ def test_pipeline_graph_builds_for_dataflow():
 
 
 def test_a_changed_input_is_not_taken_for_the_built_one(tmp_path):
-    from pipelines.queries_pipeline import QueryParams
-    from queries.build import BuildConfig, _signature
+    from queries.build import BuildConfig, QueryParams, _signature
     dump, _ = dumpgen.write_dump([Page("A", "b")], str(tmp_path / "a.xml"))
     cfg = BuildConfig(dumps=[dump], out=str(tmp_path / "out"))
-    before = _signature(cfg, QueryParams(), [(dump, None)], [])
-    assert before == _signature(cfg, QueryParams(), [(dump, None)], [])
+    before = _signature(cfg, [(dump, None)], [])
+    assert before == _signature(cfg, [(dump, None)], [])
     dumpgen.write_dump([Page("A", "b c")], dump)
     os.utime(dump, (1, 1))
-    assert _signature(cfg, QueryParams(), [(dump, None)], []) != before
-    assert _signature(cfg, QueryParams(unigram_min_count=5), [(dump, None)], []) != _signature(
-        cfg, QueryParams(), [(dump, None)], [])
+    assert _signature(cfg, [(dump, None)], []) != before
+    five = BuildConfig(dumps=[dump], out=str(tmp_path / "out"), params=QueryParams(unigram_min_count=5))
+    assert _signature(five, [(dump, None)], []) != _signature(cfg, [(dump, None)], [])
 
 
 def test_no_articles_is_an_error_and_leaves_nothing(tmp_path, capsys, monkeypatch):
-    from pipelines import queries_pipeline
+    from pipelines import queries as queries_pipeline
 
-    def only_redirects(inputs, params, work_dir, **kwargs):  # what the pipeline reports for such a dump
+    def only_redirects(inputs, params, work_dir, beam_options):  # what the pipeline reports for such a dump
         with open(os.path.join(work_dir, "result-00000-of-00001.jsonl"), "w") as fh:
             fh.write('["stat", ["page.read", 2]]\n["stat", ["page.redirect", 2]]\n')
-    monkeypatch.setattr(queries_pipeline, "run", only_redirects)
+    monkeypatch.setattr(queries_pipeline, "run_pipeline", only_redirects)
     dump, _ = dumpgen.write_dump([Page("A", redirect="B"), Page("C", redirect="B")], str(tmp_path / "r.xml"))
     out = tmp_path / "out"
     assert "no articles" in _err(capsys, ["--dumps", dump, "--out", str(out), "--parts", "unigram"])

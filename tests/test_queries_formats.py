@@ -10,9 +10,10 @@ from collections import Counter
 
 import pytest
 
-from queries import dumpgen, pageviews, wikidump
-from queries.dumpgen import Page, RawPage
-from wit_builder.common import WitError
+from wit_builder.sim import dumpgen
+from queries import pageviews, wikidump
+from wit_builder.sim.dumpgen import Page, RawPage
+from wit_builder.core import WitError
 
 NS = "{http://www.mediawiki.org/xml/export-0.11/}"
 

@@ -8,9 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 from queries_testlib import NOISE, expected_bigrams, expected_counts, expected_titles, make_corpus
 
-from queries import dumpgen
-from queries.dumpgen import Page, RawPage
-from wit_builder import cli
+from wit_builder.sim import dumpgen
+from wit_builder.sim.dumpgen import Page, RawPage
+from pipelines import cli
 
 U, BC, PMI, V, H = 6, 3, 3.0, 100, 40  # thresholds small enough for a small corpus
 THRESHOLDS = ["--unigram-min-count", str(U), "--bigram-min-count", str(BC), "--bigram-min-pmi", str(PMI),

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from queries import wordnet as wn
-from wit_builder.common import WitError
+from wit_builder.core import WitError
 
 DEBIAN = Path("/usr/share/wordnet")  # Debian's wordnet-base + wordnet-sense-index (.ci/run installs them)
 MAN_PAGE = Path("/usr/share/man/man5/lexnames.5WN.gz")

@@ -12,8 +12,8 @@ import pytest
 import webdataset as wds
 
 from download_testlib import fake_download_shard
-from wit_builder import cli
-from wit_builder.common import WitError
+from pipelines import cli
+from wit_builder.core import WitError
 from wit_builder.shards import SHARD_SCHEMA, write_shards
 
 S, F = "success", "failed_to_download"

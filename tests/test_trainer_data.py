@@ -13,7 +13,7 @@ from PIL import Image
 
 from trainer.data import expand_urls, make_train_loader, read_num_samples
 from trainer.transforms import CLIP_MEAN, CLIP_STD, image_transform, random_resized_crop_box
-from wit_builder.common import WitError
+from wit_builder.core import WitError
 
 
 class NumberTokenizer:

@@ -15,12 +15,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from trainer.api import label_probs, load
-from trainer.eval_cli import evaluate_checkpoint
+from trainer.evaluate import evaluate_checkpoint
 from trainer.evaluate import _fit_logreg, linear_probe, retrieval_metrics
 from trainer.tokenizer import Tokenizer, train_merges
 from trainer.transforms import CLIP_MEAN, CLIP_STD, image_transform
 from trainer.zeroshot import _CACHE, build_classifier
-from wit_builder.common import WitError
+from wit_builder.core import WitError
 
 COLOURS = ["red", "green", "blue"]
 

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from test_trainer_eval import COLOURS, ColourCLIP, _write_shard, bundle  # noqa: F401
-from wit_builder.cli import main
+from pipelines.cli import main
 
 
 def _checkpoint(tmp_path, bundle, monkeypatch):

@@ -10,7 +10,7 @@ from torch import nn
 from trainer.model import (AttentionPool2d, ResidualAttentionBlock, config_from_state_dict,
                            create_model, list_models, model_from_state_dict)
 from trainer.tokenizer import Tokenizer, train_merges
-from wit_builder.common import WitError
+from wit_builder.core import WitError
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

@@ -8,7 +8,7 @@ import torch
 from trainer.tokenizer import (OPENAI_NUM_MERGES, ReferenceBPE, Tokenizer, _clean_fast,
                                _fix_text_fast, _is_bad, bytes_to_unicode, clean_text, read_merges,
                                train_merges)
-from wit_builder.common import WitError
+from wit_builder.core import WitError
 
 WORDS = ("a photo of the cat dog on in with and small large red blue green house tree sky sunset "
          "beach mountain river city street car people man woman child playing running diagram "
@@ -347,7 +347,7 @@ def test_tokenizer_cli_reads_tar_parquet_txt(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from wit_builder.cli import main
+    from pipelines.cli import main
     with tarfile.open(tmp_path / "00000.tar", "w") as tf:
         for i in range(40):
             data = b"a zebra grazing on savanna grass"

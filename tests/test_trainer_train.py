@@ -15,7 +15,7 @@ from trainer.loss import ClipLoss, clip_loss
 from trainer.model import create_model
 from trainer.tokenizer import Tokenizer, train_merges
 from trainer.train import TrainConfig, forward_backward, lr_at, param_groups, train
-from wit_builder.cli import main
+from pipelines.cli import main
 
 pytestmark = [pytest.mark.filterwarnings("ignore:This DataLoader will create"),
               pytest.mark.usefixtures("one_thread")]  # tests/conftest.py
@@ -216,6 +216,12 @@ def test_wit_train_end_to_end(data, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["step"] == 48
     assert main(args + ["--resume", "latest", "--model", "tiny-rn"]) == 2
     assert "is a micro run but --model is tiny-rn" in capsys.readouterr().err
+    # what the checkpoint fixes cannot be changed on resume: a conflicting flag is refused
+    assert main(args + ["--resume", "latest", "--image-size", "48"]) == 2
+    err = capsys.readouterr().err
+    assert "--image-size" in err and "come from the checkpoint" in err and err.count("\n") == 1
+    assert main(args + ["--resume", "latest", "--context-length", "7"]) == 2
+    assert "--context-length" in capsys.readouterr().err
 
 
 def test_train_errors(data, tmp_path, capsys):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from wit_builder.common import WitError
+from wit_builder.core import WitError
 
 __all__ = ["load", "load_checkpoint", "label_probs"]
 

@@ -43,7 +43,7 @@ import random
 from collections import Counter
 from typing import Iterator
 
-from wit_builder.common import WitError
+from wit_builder.core import WitError
 
 from trainer.transforms import image_transform
 

@@ -20,7 +20,7 @@ import random
 from collections import Counter
 from typing import Iterator
 
-from wit_builder.common import WitError
+from wit_builder.core import WitError
 
 __all__ = ["iter_folder", "iter_shards", "batched", "encode_images", "retrieval_metrics",
            "evaluate_retrieval", "linear_probe", "labelled_source", "IMAGE_SUFFIXES"]
@@ -231,3 +231,50 @@ def linear_probe(train_x, train_y, test_x, test_y, num_classes: int | None = Non
     from trainer.zeroshot import topk_accuracy
     return {**topk_accuracy(logits, test_y), "l2": best_l2, "val_top1": best_acc,
             "num_train": n, "num_test": int(tx.shape[0])}
+
+
+def evaluate_checkpoint(checkpoint: str, *, zeroshot_dir=None, zeroshot_shards=None,
+                        classes=None, templates=None, label_field="label", cache_dir=None,
+                        retrieval_data=None, linear_probe_train=None, linear_probe_test=None,
+                        batch_size=64, device="cpu", model_bundle=None) -> dict:
+    """Run the requested evaluations; ``model_bundle`` = (model, preprocess, tokenizer)
+    replaces loading ``checkpoint``."""
+    from trainer.api import load
+    from trainer.zeroshot import DEFAULT_TEMPLATES, ZeroShotClassifier, read_lines
+    if not (zeroshot_dir or zeroshot_shards or retrieval_data or linear_probe_train):
+        raise WitError("nothing to evaluate: give --zeroshot-dir/--zeroshot-shards, "
+                       "--retrieval-data or --linear-probe-train/--linear-probe-test")
+    if bool(linear_probe_train) != bool(linear_probe_test):
+        raise WitError("the linear probe needs both --linear-probe-train and --linear-probe-test")
+    model, preprocess, tokenizer = model_bundle or load(checkpoint, device=device)
+    metrics: dict = {"checkpoint": checkpoint}
+    classnames = read_lines(classes, "classes") if classes else None
+    if zeroshot_dir or zeroshot_shards:
+        if classnames is None:
+            if not zeroshot_dir:
+                raise WitError("--zeroshot-shards needs --classes")
+            classnames = [n.replace("_", " ") for n in folder_classes(zeroshot_dir)]
+        temps = read_lines(templates, "templates") if templates else DEFAULT_TEMPLATES
+        clf = ZeroShotClassifier(model, tokenizer, classnames, temps, device=device,
+                                 cache_path=cache_dir)
+        for name, source in (("zeroshot", zeroshot_dir), ("zeroshot_shards", zeroshot_shards)):
+            if source:
+                skipped: Counter = Counter()
+                items = labelled_source(source, preprocess, skipped,
+                                           classnames if (classes or name != "zeroshot") else None,
+                                           label_field)
+                metrics[name] = clf.evaluate(batched(items, batch_size))
+                metrics[name]["skipped"] = dict(skipped)
+    if retrieval_data:
+        metrics["retrieval"] = evaluate_retrieval(model, tokenizer, preprocess, retrieval_data,
+                                                     device=device, batch_size=batch_size)
+    if linear_probe_train:
+        feats = []
+        for source in (linear_probe_train, linear_probe_test):
+            skipped = Counter()
+            items = labelled_source(source, preprocess, skipped, classnames, label_field)
+            feats.append(extract_features(model, batched(items, batch_size), device))
+        (trx, try_), (tex, tey) = feats
+        metrics["linear_probe"] = linear_probe(trx, try_, tex, tey,
+                                                  num_classes=len(classnames) if classnames else None)
+    return metrics

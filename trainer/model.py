@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from wit_builder.common import WitError
+from wit_builder.core import WitError
 
 __all__ = ["CLIP", "VisionTransformer", "ModifiedResNet", "Transformer",
            "Attention", "AttentionPool2d", "create_model", "list_models", "get_model_config",

@@ -40,7 +40,7 @@ from typing import Callable, Iterable, NamedTuple, Sequence
 
 import regex
 
-from wit_builder.common import WitError, atomic_open
+from wit_builder.core import WitError, atomic_open
 
 __all__ = ["Tokenizer", "ReferenceBPE", "train_merges", "read_merges", "write_merges",
            "bytes_to_unicode", "basic_clean", "whitespace_clean", "clean_text", "CLIP_PATTERN",

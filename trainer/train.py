@@ -32,7 +32,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 
-from wit_builder.common import WitError, atomic_open, atomic_write_json
+from wit_builder.core import WitError, atomic_open, atomic_write_json
 
 __all__ = ["TrainConfig", "train", "forward_backward", "param_groups", "lr_at",
            "ContextTokenizer", "load_training_checkpoint", "PRECISIONS"]
@@ -306,7 +306,7 @@ def plot_curves(log_path: str, out_path: str) -> None:
 
 
 def _evaluate(model, tokenizer, image_size: int, cfg: TrainConfig, device) -> dict:
-    from trainer.eval_cli import evaluate_checkpoint
+    from trainer.evaluate import evaluate_checkpoint
     from trainer.transforms import image_transform
     was_training = model.training
     model.eval()
@@ -323,6 +323,35 @@ def _evaluate(model, tokenizer, image_size: int, cfg: TrainConfig, device) -> di
 
 
 # --- the loop ---------------------------------------------------------------------------------
+# On resume these come from the checkpoint, never from the command line; a flag that asks for
+# another value is refused (nanoGPT's resume block keeps the same list). Everything else (lr,
+# steps, batch size, data, ...) is taken from the command line as given.
+FROM_CHECKPOINT = ("model", "image_size", "context_length", "tokenizer")
+
+
+def check_resume(cfg: TrainConfig, ckpt: dict, resume_path: str, tokenizer) -> None:
+    """Refuse a resume whose flags contradict what the checkpoint fixes (FROM_CHECKPOINT)."""
+    from trainer.model import resolve_config
+    from trainer.tokenizer import Tokenizer
+    saved = ckpt["model_cfg"]
+    have = {"model": saved.get("name"), "image_size": saved["vision_cfg"]["image_size"],
+            "context_length": saved["text_cfg"]["context_length"]}
+    asked = {"model": resolve_config(cfg.model).get("name"), "image_size": cfg.image_size,
+             "context_length": cfg.context_length}
+    if have["model"] and asked["model"] and have["model"] != asked["model"]:
+        raise WitError(f"{resume_path} is a {have['model']} run but --model is {asked['model']}; pass "
+                       f"--model {have['model']} to resume it")
+    for key in ("image_size", "context_length"):
+        if asked[key] is not None and asked[key] != have[key]:
+            flag = "--" + key.replace("_", "-")
+            raise WitError(f"{resume_path} was trained with {flag} {have[key]}, not {asked[key]}; on resume "
+                           f"{', '.join(FROM_CHECKPOINT)} come from the checkpoint: drop {flag} or start a new --out")
+    if cfg.tokenizer and os.path.exists(cfg.tokenizer) and \
+            Tokenizer.from_merges(cfg.tokenizer).merges_text != tokenizer.merges_text:
+        raise WitError(f"--tokenizer {cfg.tokenizer} differs from the merges {resume_path} was trained with; "
+                       f"on resume the checkpoint's tokenizer is used: drop --tokenizer or start a new --out")
+
+
 def train(cfg: TrainConfig) -> dict:
     """Train (or resume) a CLIP model; returns a summary (also written to ``OUT/summary.json``)."""
     import torch
@@ -376,11 +405,7 @@ def train(cfg: TrainConfig) -> dict:
     import numpy as np
     np.random.seed(cfg.seed % 2**32)
     if ckpt is not None:
-        saved = ckpt["model_cfg"].get("name")
-        asked = resolve_config(cfg.model).get("name")
-        if saved and asked and saved != asked:
-            raise WitError(f"{resume_path} is a {saved} run but --model is {asked}; pass "
-                           f"--model {saved} to resume it")
+        check_resume(cfg, ckpt, resume_path, tokenizer)
         model, model_cfg = create_model(ckpt["model_cfg"])
     else:
         model, model_cfg = create_model(cfg.model, image_size=cfg.image_size,

@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 
-from wit_builder.common import WitError, atomic_open
+from wit_builder.core import WitError, atomic_open
 
 __all__ = ["read_lines", "build_classifier", "ZeroShotClassifier", "DEFAULT_TEMPLATES",
            "topk_accuracy"]

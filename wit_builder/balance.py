@@ -16,12 +16,32 @@ The realised size is a sum of independent Bernoulli draws, so it has mean ``sum(
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["query_keep_prob", "pair_keep_prob", "uniform_draw", "balance_table", "count_queries",
+from wit_builder.core import WitError
+
+DEFAULT_CAP = 20_000   # CLIP sec. 2.2: "up to 20,000 (image, text) pairs per query"
+
+
+@dataclass(frozen=True)
+class BalanceConfig:
+    """The one home of the per-query cap ``t`` and the seed of the draw (validated here, once)."""
+    per_query_cap: int = DEFAULT_CAP
+    seed: int = 0
+
+    def __post_init__(self):
+        if int(self.per_query_cap) < 1:
+            raise WitError("--per-query-cap must be at least 1")
+
+    def keep_prob(self, counts: np.ndarray) -> np.ndarray:
+        """Each query's keep probability ``min(1, t / count)``."""
+        return query_keep_prob(counts, self.per_query_cap)
+
+__all__ = ["BalanceConfig", "DEFAULT_CAP", "query_ids_csr", "query_keep_prob", "pair_keep_prob", "uniform_draw", "balance_table", "count_queries",
            "head_tail", "plot_balance"]
 
 
@@ -56,7 +76,6 @@ def uniform_draw(uids: Sequence[str], seed: int) -> np.ndarray:
 
 def balance_table(table: pa.Table, p_query: np.ndarray, seed: int) -> tuple[pa.Table, dict]:
     """Kept rows of a matched table plus their ``keep_prob``; and this table's statistics."""
-    from wit_builder.collect import query_ids_csr
     offsets, ids = query_ids_csr(table.column("query_ids"))
     if len(ids) and int(ids.max()) >= len(p_query):
         raise ValueError(f"query id {int(ids.max())} is beyond the counts ({len(p_query)} queries)")
@@ -71,7 +90,6 @@ def balance_table(table: pa.Table, p_query: np.ndarray, seed: int) -> tuple[pa.T
 
 def count_queries(column, num_queries: int | None = None) -> np.ndarray:
     """Pairs per query id for a ``query_ids`` column (ids within a row are unique)."""
-    from wit_builder.collect import query_ids_csr
     _, ids = query_ids_csr(column)
     size = int(ids.max()) + 1 if len(ids) else 0
     if num_queries is not None:
@@ -91,7 +109,7 @@ def plot_balance(counts: np.ndarray, kept: np.ndarray, cap: int, path: str, titl
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from wit_builder.common import atomic_open
+    from wit_builder.core import atomic_open
     counts = np.asarray(counts)
     kept = np.asarray(kept)
     order = np.argsort(-counts, kind="stable")
@@ -114,3 +132,14 @@ def plot_balance(counts: np.ndarray, kept: np.ndarray, cap: int, path: str, titl
     with atomic_open(path, "wb") as fh:
         fig.savefig(fh, format="png")
     plt.close(fig)
+
+
+def query_ids_csr(column) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets, values) of a list<int32> column (chunked or not)."""
+    arr = column.combine_chunks() if hasattr(column, "combine_chunks") else column
+    if isinstance(arr, pa.ChunkedArray):
+        arr = pa.concat_arrays(arr.chunks) if arr.num_chunks else pa.array([], pa.list_(pa.int32()))
+    offsets = np.asarray(arr.offsets, dtype=np.int64)
+    values = np.asarray(arr.values, dtype=np.int32)
+    base = offsets[0]
+    return offsets - base, values[base:offsets[-1]]

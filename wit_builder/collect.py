@@ -22,10 +22,11 @@ from typing import Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 
+from wit_builder.balance import DEFAULT_CAP, BalanceConfig, query_ids_csr
 from wit_builder.sources import SourceOptions, iter_candidates
 from wit_builder.textclean import TextCleaner
 
-__all__ = ["Batch", "MATCHED_SCHEMA", "BALANCED_SCHEMA", "extract_batches", "clean_batch", "match_batch",
+__all__ = ["CollectConfig", "make_config", "shard_name", "Batch", "MATCHED_SCHEMA", "BALANCED_SCHEMA", "extract_batches", "clean_batch", "match_batch",
            "identify_batch", "batch_to_table", "shard_ids", "split_by_shard", "dedup_table", "compute_uid",
            "csr_take", "load_queries", "query_ids_csr"]
 
@@ -35,6 +36,62 @@ MATCHED_SCHEMA = pa.schema([
     ("query_ids", pa.list_(pa.int32())),
 ])
 BALANCED_SCHEMA = MATCHED_SCHEMA.append(pa.field("keep_prob", pa.float64()))
+
+
+def shard_name(k: int, m: int) -> str:
+    """File name of shard k of m in OUT/matched/ and OUT/balanced/."""
+    return f"part-{k:05d}-of-{m:05d}.parquet"
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    """Everything that determines the output of a collect run (stored in stats.json)."""
+    queries: str
+    inputs: tuple                         # ((path, format), ...)
+    out: str
+    langs: tuple | None = ("en",)         # None: keep every language
+    min_lang_prob: float = 0.0
+    lang_detector: str = "fasttext"
+    case_insensitive: bool = False
+    min_chars: int = 2
+    max_chars: int = 1000
+    num_shards: int = 1
+    batch_size: int = 20000
+    source: SourceOptions = field(default_factory=SourceOptions)
+    balance: BalanceConfig = field(default_factory=BalanceConfig)   # the cap and the seed (also langdetect's)
+
+
+def make_config(queries: str, inputs: Sequence[str], out: str, *, source: SourceOptions | None = None,
+                num_shards: int | None = None, per_query_cap: int = DEFAULT_CAP, seed: int = 0,
+                **options) -> CollectConfig:
+    """A CollectConfig from paths: ``inputs`` are files, globs or directories (expanded and sorted),
+    each file's format is taken from its name (or ``source.fmt``), tables are checked for their
+    columns, and ``num_shards`` defaults to the number of input files (at most 1024). ``options``
+    are the other CollectConfig fields (langs, lang_detector, ...); ``per_query_cap`` and ``seed`` make
+    its BalanceConfig."""
+    from wit_builder.core import WitError, match_paths
+    from wit_builder.sources import check_table_columns, detect_format
+    source = source or SourceOptions()
+    files = list(dict.fromkeys(match_paths(list(inputs), "input")))
+    resolved = []
+    for path in files:
+        fmt = detect_format(path, source.fmt)
+        if fmt not in ("wat", "warc"):
+            check_table_columns(path, fmt, source)
+        resolved.append((path, fmt))
+    if "langs" in options and options["langs"] is not None:
+        options["langs"] = tuple(options["langs"])
+    cfg = CollectConfig(queries=queries, inputs=tuple(resolved), out=out.rstrip("/"), source=source,
+                        balance=BalanceConfig(per_query_cap, seed),
+                        num_shards=num_shards if num_shards is not None else max(1, min(len(resolved), 1024)),
+                        **options)
+    if cfg.min_chars < 1 or cfg.max_chars < cfg.min_chars:
+        raise WitError("need 1 <= --min-text-chars <= --max-text-chars")
+    if cfg.batch_size < 1:
+        raise WitError("--batch-size must be at least 1")
+    if cfg.num_shards < 1:
+        raise WitError("--num-shards must be at least 1")
+    return cfg
 
 
 @dataclass
@@ -205,20 +262,9 @@ def dedup_table(table: pa.Table) -> tuple[pa.Table, int]:
     return table, dupes
 
 
-def query_ids_csr(column) -> tuple[np.ndarray, np.ndarray]:
-    """(offsets, values) of a list<int32> column (chunked or not)."""
-    arr = column.combine_chunks() if hasattr(column, "combine_chunks") else column
-    if isinstance(arr, pa.ChunkedArray):
-        arr = pa.concat_arrays(arr.chunks) if arr.num_chunks else pa.array([], pa.list_(pa.int32()))
-    offsets = np.asarray(arr.offsets, dtype=np.int64)
-    values = np.asarray(arr.values, dtype=np.int32)
-    base = offsets[0]
-    return offsets - base, values[base:offsets[-1]]
-
-
 def load_queries(path: str) -> list[str]:
     """Query strings by id from ``queries.parquet`` (``id``, ``query``) or ``queries.txt``."""
-    from wit_builder.common import WitError, open_read
+    from wit_builder.core import WitError, open_read
     try:
         if path.endswith(".parquet"):
             import pyarrow.parquet as pq

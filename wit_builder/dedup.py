@@ -2,7 +2,7 @@
 
 Stages of ``wit dedup run``:
 
-1. **Embed** every image of every shard (``pipelines/dedup_pipeline.py``: a Beam DoFn per shard,
+1. **Embed** every image of every shard (``pipelines/dedup.py``: a Beam DoFn per shard,
    model loaded once in ``setup``, images embedded in batches). Each shard's embeddings are
    written atomically to ``OUT/embeddings/<shard>-<hash>.parquet`` (key, uid, shard, width,
    height, status, embedding); a re-run reuses files made by the same detector weights, so an
@@ -37,143 +37,17 @@ import os
 import tarfile
 import time
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from wit_builder.common import (WitError, atomic_write_json, atomic_write_parquet, exists, is_local,
-                                match_paths, open_read)
+from wit_builder.core import (WitError, atomic_write_json, atomic_write_parquet, exists, expand_shards, is_local,
+                              open_read)
+from wit_builder.imageshards import IMAGE_EXTS, BadImage, decode_image, split_name
 
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif")
 
 
 # --- shards -------------------------------------------------------------------------------------
-
-def expand_shards(patterns: Sequence[str] | str, what: str = "--shards") -> list[str]:
-    """Brace-expand ('IMAGES/{00000..00009}.tar'), glob, or list a directory's .tar files."""
-    import braceexpand
-
-    if isinstance(patterns, str):
-        patterns = [patterns]
-    out: list[str] = []
-    for pattern in patterns:
-        for p in braceexpand.braceexpand(pattern):
-            if is_local(p) and os.path.isdir(p):
-                files = sorted(os.path.join(p, f) for f in os.listdir(p) if f.endswith(".tar"))
-                if not files:
-                    raise WitError(f"{what}: directory {p!r} holds no .tar shards")
-                out.extend(files)
-            elif any(c in p for c in "*?["):
-                out.extend(f for f in match_paths([p], what) if f.endswith(".tar"))
-            else:
-                if not exists(p):
-                    raise WitError(f"{what}: shard {p!r} does not exist")
-                out.append(p)
-    seen, unique = set(), []
-    for p in out:
-        if p not in seen:
-            seen.add(p)
-            unique.append(p)
-    if not unique:
-        raise WitError(f"{what}: no shards in {list(patterns)}")
-    return unique
-
-
-def split_name(name: str) -> tuple[str, str]:
-    """WebDataset convention: key = member path up to the first dot of its basename."""
-    d, base = os.path.split(name)
-    stem, _, ext = base.partition(".")
-    return (f"{d}/{stem}" if d else stem), ext.lower()
-
-
-@dataclass
-class ImageRef:
-    shard: str
-    key: str
-    offset: int
-    size: int
-
-
-def index_shard(path: str) -> tuple[list[ImageRef], int]:
-    """Image members of one tar with their data offsets (headers only; no decoding). Returns
-    (refs, 1 if the tar is truncated/unreadable past some point else 0)."""
-    refs: list[ImageRef] = []
-    broken = 0
-    with open_read(path) as fh:
-        try:
-            with tarfile.open(fileobj=fh, mode="r:") as tf:
-                for m in tf:
-                    if not m.isfile():
-                        continue
-                    key, ext = split_name(m.name)
-                    if ext in IMAGE_EXTS:
-                        refs.append(ImageRef(path, key, m.offset_data, m.size))
-        except (tarfile.TarError, OSError, EOFError):
-            broken = 1
-    return refs, broken
-
-
-def is_holdout(key: str, fraction: float) -> bool:
-    """Deterministic train/held-out split by key hash (the held-out part is used for calibration)."""
-    h = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big")
-    return h / 2.0 ** 64 < fraction
-
-
-class ImageSource:
-    """Random access to the images of some shards (or an in-memory list of PIL images / bytes),
-    restricted to a split: "train" (not held out), "holdout" or "all"."""
-
-    def __init__(self, shards: Sequence[str] | None = None, images: Sequence | None = None,
-                 split: str = "all", holdout: float = 0.1):
-        if (shards is None) == (images is None):
-            raise ValueError("give shards or images")
-        self.images = None
-        self.broken_shards = 0
-        keep = {"train": lambda k: not is_holdout(k, holdout), "holdout": lambda k: is_holdout(k, holdout),
-                "all": lambda k: True}[split]
-        if images is not None:
-            self.images = [im for i, im in enumerate(images) if keep(f"{i:09d}")]
-            self.refs = None
-        else:
-            refs: list[ImageRef] = []
-            for p in expand_shards(shards):
-                r, broken = index_shard(p)
-                refs.extend(r)
-                self.broken_shards += broken
-            self.refs = [r for r in refs if keep(r.key)]
-        self._handles: dict[str, object] = {}
-        self.bad: set[int] = set()  # indices found undecodable by load()
-
-    def __len__(self) -> int:
-        return len(self.images) if self.images is not None else len(self.refs)
-
-    def read_bytes(self, i: int) -> bytes:
-        ref = self.refs[i]
-        fh = self._handles.get(ref.shard)
-        if fh is None:
-            fh = self._handles[ref.shard] = open_read(ref.shard)
-        fh.seek(ref.offset)
-        return fh.read(ref.size)
-
-    def load(self, i: int, min_size: int | None = None):
-        """The i-th image as RGB PIL, or None (and i added to ``bad``) if it cannot be decoded."""
-        from wit_builder.augment import to_rgb
-        from wit_builder.detector import BadImage, decode_image
-
-        if self.images is not None and not isinstance(self.images[i], (bytes, bytearray)):
-            return to_rgb(self.images[i])
-        data = bytes(self.images[i]) if self.images is not None else self.read_bytes(i)
-        try:
-            return decode_image(data, min_size)[0]
-        except BadImage:
-            self.bad.add(i)
-            return None
-
-    def close(self) -> None:
-        for fh in self._handles.values():
-            fh.close()
-        self._handles.clear()
-
 
 def iter_shard_records(path: str) -> Iterator[dict]:
     """Stream a webdataset tar as records {key, image (bytes|None), image_ext, meta (dict|None),
@@ -238,7 +112,7 @@ def embed_records(embedder, records, shard: str, batch_size: int = 64, progress:
     import pyarrow as pa
     from tqdm import tqdm
 
-    from wit_builder.detector import BadImage, decode_image, to_array
+    from wit_builder.detector import to_array
 
     size = embedder.image_size
     dim = int(embedder.config["embed_dim"])
@@ -529,21 +403,6 @@ def _resolve_threshold(threshold: float | None, detector: str) -> float:
     return float(thr)
 
 
-def embed_set(shards: Sequence[str], detector: str, emb_dir: str, *, batch_size: int = 64,
-              runner: str = "DirectRunner", workers: int = 1, threads: int | None = None,
-              pipeline_args: Sequence[str] = ()) -> list[str]:
-    """Embed shards with the Beam pipeline; returns the embedding files (one per shard)."""
-    from pipelines.dedup_pipeline import run_embedding
-
-    run_embedding(shards, detector, emb_dir, batch_size=batch_size, runner=runner, workers=workers,
-                  threads=threads, pipeline_args=pipeline_args)
-    files = [embedding_path(emb_dir, s) for s in shards]
-    missing = [f for f in files if not exists(f)]
-    if missing:
-        raise WitError(f"embedding pipeline did not produce {missing[:3]}")
-    return files
-
-
 def _skips(e: Embeddings) -> dict:
     out: dict[str, int] = {}
     for s in e.status[~e.ok]:
@@ -551,25 +410,41 @@ def _skips(e: Embeddings) -> dict:
     return out
 
 
-def run_dedup(shards: Sequence[str], detector: str, out: str, *, threshold: float | None = None, k: int = 16,
-              exact_below: int = 100_000, nprobe: int = 32, batch_size: int = 64, runner: str = "DirectRunner",
-              workers: int = 1, threads: int | None = None, pipeline_args: Sequence[str] = ()) -> dict:
-    """``wit dedup run``: embed, neighbours, clusters, keep rule; writes OUT/decisions.parquet and
-    OUT/stats.json; returns the stats."""
-    if k < 1:
+@dataclass(frozen=True)
+class DedupConfig:
+    """What ``wit dedup run`` reads, writes and decides with."""
+    shards: tuple                       # shard paths or patterns (brace, glob, folder)
+    detector: str
+    out: str
+    threshold: float | None = None      # None: the detector's calibrated threshold
+    k: int = 16
+    exact_below: int = 100_000
+    nprobe: int = 32
+    batch_size: int = 64
+    threads: int | None = None
+
+
+# embed(shard paths, embeddings folder) -> one embeddings file per shard (the Beam step)
+EmbedFn = Callable[[Sequence[str], str], list]
+
+
+def run_dedup(cfg: DedupConfig, embed: EmbedFn) -> dict:
+    """``wit dedup run``: embed (with ``embed``), neighbours, clusters, keep rule; writes
+    OUT/decisions.parquet and OUT/stats.json; returns the stats."""
+    if cfg.k < 1:
         raise WitError("--k must be >= 1")
-    paths = expand_shards(shards)
-    thr = _resolve_threshold(threshold, detector)
+    out, threads, k = cfg.out, cfg.threads, cfg.k
+    paths = expand_shards(list(cfg.shards))
+    thr = _resolve_threshold(cfg.threshold, cfg.detector)
     t0 = time.time()
-    files = embed_set(paths, detector, os.path.join(out, "embeddings"), batch_size=batch_size, runner=runner,
-                      workers=workers, threads=threads, pipeline_args=pipeline_args)
+    files = embed(paths, os.path.join(out, "embeddings"))
     t1 = time.time()
     e = load_embeddings(files)
     if threads:
         import faiss
         faiss.omp_set_num_threads(int(threads))
     pixels = (np.maximum(e.width, 0) * np.maximum(e.height, 0))[e.ok]
-    res = cluster_vectors(e.vectors, thr, k=k, exact_below=exact_below, nprobe=nprobe, pixels=pixels)
+    res = cluster_vectors(e.vectors, thr, k=k, exact_below=cfg.exact_below, nprobe=cfg.nprobe, pixels=pixels)
     t2 = time.time()
     table = decisions_table(e, res)
     atomic_write_parquet(os.path.join(out, "decisions.parquet"), table)
@@ -628,11 +503,24 @@ def overlap_vectors(train: np.ndarray, evals: np.ndarray, threshold: float, exac
     return out
 
 
-def run_overlap(evals: Sequence[str], shards: Sequence[str], detector: str, out: str, *,
-                threshold: float | None = None, drop_overlapping: bool = False, decisions: str | None = None,
-                exact_below: int = 100_000, nprobe: int = 32, batch_size: int = 64,
-                runner: str = "DirectRunner", workers: int = 1, threads: int | None = None,
-                train_embeddings: str | None = None, pipeline_args: Sequence[str] = ()) -> dict:
+@dataclass(frozen=True)
+class OverlapConfig:
+    """What ``wit dedup overlap`` compares: eval sets (NAME=PATH) against training shards."""
+    evals: tuple
+    shards: tuple
+    detector: str
+    out: str
+    threshold: float | None = None
+    drop_overlapping: bool = False
+    decisions: str | None = None
+    exact_below: int = 100_000
+    nprobe: int = 32
+    batch_size: int = 64
+    threads: int | None = None
+    train_embeddings: str | None = None
+
+
+def run_overlap(cfg: OverlapConfig, embed: EmbedFn) -> dict:
     """``wit dedup overlap``: per eval set, which examples have a near-duplicate in the training
     shards (CLIP section 5). Writes OUT/summary.json, OUT/overlap.parquet, OUT/<set>.overlap.txt and
     OUT/<set>.clean.txt (ids: the webdataset key, or the relative file path for a folder of
@@ -642,19 +530,20 @@ def run_overlap(evals: Sequence[str], shards: Sequence[str], detector: str, out:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from wit_builder.common import atomic_open
+    from wit_builder.core import atomic_open
 
-    thr = _resolve_threshold(threshold, detector)
+    evals, shards, detector, out = cfg.evals, cfg.shards, cfg.detector, cfg.out
+    drop_overlapping, decisions, threads, batch_size = cfg.drop_overlapping, cfg.decisions, cfg.threads, cfg.batch_size
+    exact_below, nprobe = cfg.exact_below, cfg.nprobe
+    thr = _resolve_threshold(cfg.threshold, detector)
     sets = [parse_eval_arg(a) for a in evals]
     names = [n for n, _ in sets]
     if len(set(names)) != len(names):
         raise WitError(f"--eval set names must be unique, got {names}; use NAME=PATH")
     if not sets:
         raise WitError("give at least one --eval")
-    train_paths = expand_shards(shards)
-    train_files = embed_set(train_paths, detector, train_embeddings or os.path.join(out, "embeddings", "_train"),
-                            batch_size=batch_size, runner=runner, workers=workers, threads=threads,
-                            pipeline_args=pipeline_args)
+    train_paths = expand_shards(list(shards))
+    train_files = embed(train_paths, cfg.train_embeddings or os.path.join(out, "embeddings", "_train"))
     train = load_embeddings(train_files)
     summary = {"threshold": thr, "train_images": int(len(train)), "train_embedded": int(train.ok.sum()),
                "train_skipped": _skips(train), "sets": {}}
@@ -673,8 +562,7 @@ def run_overlap(evals: Sequence[str], shards: Sequence[str], detector: str, out:
             atomic_write_parquet(f, table)
             files = [f]
         else:
-            files = embed_set(expand_shards(path, f"--eval {name}"), detector, emb_dir, batch_size=batch_size,
-                              runner=runner, workers=workers, threads=threads, pipeline_args=pipeline_args)
+            files = embed(expand_shards(path, f"--eval {name}"), emb_dir)
         ev = load_embeddings(files)
         r = overlap_vectors(train.vectors, ev.vectors, thr, exact_below, nprobe, train_side=drop_overlapping)
         if drop_overlapping:
@@ -744,35 +632,3 @@ def run_overlap(evals: Sequence[str], shards: Sequence[str], detector: str, out:
     atomic_write_json(os.path.join(out, "summary.json"), summary)
     return summary
 
-
-# --- writing img2dataset-layout shards (tests, benchmark, demo) ----------------------------------
-
-def write_shard(path: str, items: Sequence[dict]) -> None:
-    """Write a webdataset tar in img2dataset's layout: per item {key}.jpg, {key}.txt, {key}.json.
-    ``items``: dicts with "key", "image" (PIL image or raw bytes), optional "caption", "uid",
-    "url" and "quality"."""
-    import io
-    import tarfile as _tar
-
-    from wit_builder.common import atomic_open
-
-    with atomic_open(path, "wb") as fh, _tar.open(fileobj=fh, mode="w") as tf:
-        for it in items:
-            img = it["image"]
-            if isinstance(img, (bytes, bytearray)):
-                data, (w, h) = bytes(img), (it.get("width"), it.get("height"))
-            else:
-                buf = io.BytesIO()
-                img.convert("RGB").save(buf, format="JPEG", quality=int(it.get("quality", 90)))
-                data, (w, h) = buf.getvalue(), img.size
-            key = it["key"]
-            meta = {"key": key, "status": "success", "url": it.get("url", f"http://127.0.0.1/{key}.jpg"),
-                    "caption": it.get("caption", ""), "width": w, "height": h, "original_width": w,
-                    "original_height": h, "sha256": hashlib.sha256(data).hexdigest(), "error_message": None,
-                    "uid": it.get("uid", hashlib.blake2b(key.encode(), digest_size=16).hexdigest())}
-            for ext, payload in (("jpg", data), ("txt", meta["caption"].encode()),
-                                 ("json", json.dumps(meta).encode())):
-                info = _tar.TarInfo(f"{key}.{ext}")
-                info.size = len(payload)
-                info.mtime = 0
-                tf.addfile(info, io.BytesIO(payload))

@@ -55,7 +55,8 @@ from PIL import Image
 from torch.nn.utils.parametrizations import weight_norm
 
 from wit_builder.augment import as_rng, augment, resize, to_rgb
-from wit_builder.common import WitError, atomic_open, exists, open_read
+from wit_builder.core import WitError, atomic_open, exists, open_read
+from wit_builder.imageshards import ImageSource
 
 FORMAT = "wit-dedup-detector"
 VERSION = 1
@@ -189,28 +190,6 @@ def info_nce_loss(a: torch.Tensor, b: torch.Tensor, temperature: float = TEMPERA
 
 
 # --- images -> tensors --------------------------------------------------------------------------
-
-class BadImage(Exception):
-    """An image that cannot be decoded."""
-
-
-def decode_image(data: bytes, min_size: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
-    """Decode image bytes to RGB; returns (image, original (width, height)). With ``min_size`` a
-    JPEG is decoded with DCT scaling (``Image.draft``) to the smallest power-of-2 reduction that
-    still has both sides >= ``min_size`` (a large speed-up on big photos). Raises BadImage."""
-    try:
-        img = Image.open(io.BytesIO(data))
-        size = img.size
-        if min_size and img.format == "JPEG":
-            img.draft("RGB", (min_size, min_size))
-        img.load()
-        img = to_rgb(img)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, EOFError) as exc:
-        raise BadImage(f"{type(exc).__name__}: {exc}") from None
-    if img.size[0] < 1 or img.size[1] < 1:
-        raise BadImage("empty image")
-    return img, size
-
 
 def to_array(img: Image.Image, image_size: int) -> np.ndarray:
     """The model's input pipeline, minus normalisation: squash-resize (bilinear) to a square uint8
@@ -434,7 +413,6 @@ def train_detector(shards: Sequence[str] | None, out: str, *, steps: int = 1000,
     """
     from tqdm import tqdm
 
-    from wit_builder.dedup import ImageSource
 
     if threads:
         torch.set_num_threads(int(threads))
@@ -567,7 +545,6 @@ def calibrate_detector(detector: str, shards: Sequence[str] | None = None, *, ta
     """
     from tqdm import tqdm
 
-    from wit_builder.dedup import ImageSource
 
     if not 0.0 < target_precision <= 1.0:
         raise WitError("--target-precision must be in (0, 1]")

@@ -14,7 +14,7 @@ The engine is img2dataset (its reader, resizer, downloader, WebDataset writer an
   :mod:`wit_builder.netsafety` in each worker before the shard's first request, writes the tar
   and parquet in a private folder and renames them into place, writes the stats file
   atomically, adds ``error_kind``, reports progress) and ``WitLoggerProcess``; both exit when
-  their parent is killed. The Beam runner (``pipelines/download_pipeline.py``) builds
+  their parent is killed. The Beam runner (``pipelines/download.py``) builds
   img2dataset's ``Downloader`` with the same writer, one element per input shard.
 * **Resume.** A shard is done when its ``NNNNN_stats.json`` (written last) parses with the right
   count and its tar and parquet exist. Before each run everything else of unfinished shards is
@@ -31,34 +31,27 @@ import os
 import re
 import sys
 import threading
-import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # before img2dataset imports albumentations
-import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from wit_builder.common import WitError, atomic_write_json, is_local, match_paths, open_read
+from wit_builder.core import WitError, atomic_write_json, filesystem, is_local, match_paths, open_read
+from wit_builder.download_layout import OOM_SHARD_COUNT, WORK, error_kind, shard_name  # noqa: F401
 from wit_builder.netsafety import (DEFAULT_CONTENT_TYPES, DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS,
                                    DEFAULT_USER_AGENT, NetPolicy)
 
-__all__ = ["DownloadOptions", "InputShard", "Plan", "plan_inputs", "prepare", "download_pairs",
+__all__ = ["DownloadOptions", "InputShard", "Plan", "plan_inputs", "prepare", "run_local", "run_lock",
            "summarize", "format_summary", "error_kind", "shard_name",
            "completed_shards", "reconcile", "make_downloader", "download_one_shard",
            "img2dataset_kwargs", "plan_to_json", "plan_from_json", "summarize_shard"]
 
-OOM_SHARD_COUNT = 5  # shard ids have 5 digits: 00000.tar
 MIN_SAMPLES_PER_SHARD = 10_000  # -> 4 row digits -> 9-digit keys, img2dataset's usual
 ADDITIONAL_COLUMNS = ("uid", "query_ids", "page_url")
 # img2dataset's own default list (noai/noimageai are the AI-training opt-outs)
 DEFAULT_DISALLOWED = ("noai", "noimageai", "noindex", "noimageindex")
-WORK = "_wit"
-
-
-def shard_name(shard_id: int) -> str:
-    return f"{shard_id:0{OOM_SHARD_COUNT}d}"
 
 
 @dataclass
@@ -175,7 +168,7 @@ def _match_local(patterns: list[str]) -> list[str]:
 
 
 def _fs(path: str):
-    return fsspec.core.url_to_fs(path)
+    return filesystem(path)
 
 
 def _read_json(fs, path: str):
@@ -236,50 +229,6 @@ def _check_plan(out: str, plan: dict) -> None:
 # --------------------------------------------------------------------------------------------
 # error kinds and summary
 # --------------------------------------------------------------------------------------------
-_KINDS = (
-    ("ssrf guard", "ssrf_blocked"),
-    ("x-robots-tag", "opted_out"),
-    ("content type", "content_type"),
-    ("too many bytes", "too_many_bytes"),
-    ("decompression bomb", "too_many_pixels"),
-    ("image area too large", "too_many_pixels"),
-    ("body took longer", "too_slow"),
-    ("timed out", "timeout"),
-    ("unknown url type", "bad_scheme"),
-    ("image decoding error", "decode_error"),
-    ("image too small", "too_small"),
-    ("aspect ratio too large", "aspect_ratio"),
-    ("connection refused", "connection_refused"),
-    ("connection reset", "connection_reset"),
-    ("remote end closed", "connection_reset"),
-    ("name or service not known", "dns"),
-    ("nodename nor servname", "dns"),
-    ("temporary failure in name resolution", "dns"),
-    ("certificate", "tls"),
-    ("ssl", "tls"),
-    ("hash mismatch", "hash_mismatch"),
-)
-
-
-def error_kind(status: str | None, message: str | None) -> str | None:
-    """A short, stable category for an img2dataset error message (None on success)."""
-    if status == "success":
-        return None
-    text = (message or "").lower()
-    match = re.match(r"http error (\d{3}):", text)
-    if match:  # the rest is the server's own reason phrase: don't read kinds into it
-        if match.group(1).startswith("3"):  # urllib's words about a redirect it refused
-            if "is not allowed" in text and "redirection to url" in text:
-                return "bad_scheme"
-            if "infinite loop" in text:
-                return "redirect_loop"
-        return f"http_{match.group(1)}"
-    for needle, kind in _KINDS:
-        if needle in text:
-            return kind
-    return "other" if text else "unknown"
-
-
 def summarize(out: str, shards: list[InputShard] | None = None) -> dict:
     """Counts by status and error kind over the per-shard parquets of ``out``."""
     fs, root = _fs(out)
@@ -426,7 +375,7 @@ def _wit_classes_bound():
 
 
 @contextlib.contextmanager
-def _run_lock(out: str):
+def run_lock(out: str):
     """One ``wit download`` at a time per output folder (local outputs; a dead owner's lock is taken over)."""
     if not is_local(out):
         yield
@@ -599,44 +548,8 @@ def download_one_shard(plan: Plan, shard: InputShard, downloader, tmp_dir: str) 
     return ok and bool(completed_shards(plan.out, [shard]))
 
 
-def download_pairs(pairs, out: str, options: DownloadOptions | None = None, *, runner: str = "local",
-                   workers: int = 1, pipeline_args=(), quiet: bool = True, progress: bool = True,
-                   **overrides) -> dict:
-    """Download ``pairs`` (dir/glob/list of balanced parquets) into ``out``; return the summary.
-
-    ``options`` or keyword overrides of :class:`DownloadOptions` fields. ``runner="local"`` runs
-    img2dataset's ``download()`` (its multiprocessing distributor); any other value is a Beam
-    runner for ``pipelines/download_pipeline.py`` (one element per input shard). With ``quiet``,
-    img2dataset's own output goes to ``out/_wit/img2dataset.log`` (local runner). Safe to
-    re-run after any interruption: complete shards are kept, the rest redone.
-    """
-    opts = options or DownloadOptions()
-    if overrides:
-        opts = DownloadOptions(**{**asdict(opts), **overrides})
-    started = time.time()
-    out = _absolute(out)
-    fs, root = _fs(out)
-    fs.makedirs(f"{root}/{WORK}", exist_ok=True)
-    with _run_lock(out):
-        plan = prepare(pairs, out, opts)
-        if plan.todo():
-            if runner == "local":
-                _run_local(plan, quiet, progress)
-            else:
-                from pipelines.download_pipeline import run_pipeline
-                run_pipeline(plan, runner=runner, workers=workers, pipeline_args=pipeline_args)
-        summary = summarize(out, plan.shards)
-        summary["empty_inputs_skipped"] = plan.empty_inputs
-        summary["shards_already_done"] = len(plan.done)
-        summary["seconds"] = round(time.time() - started, 3)
-        this_run = sum(s.rows for s in plan.todo())  # rows of the shards this run downloaded
-        summary["images_this_run"] = this_run
-        summary["images_per_s"] = round(this_run / summary["seconds"], 2) if summary["seconds"] else None
-        atomic_write_json(f"{out}/{WORK}/summary.json", summary)
-    return summary
-
-
-def _run_local(plan: Plan, quiet: bool, progress: bool) -> None:
+def run_local(plan: Plan, quiet: bool, progress: bool) -> None:
+    """Download ``plan``'s remaining shards with img2dataset's own multiprocessing distributor."""
     import signal
     if threading.current_thread() is not threading.main_thread():
         raise WitError("the local runner must be called from the main thread (img2dataset installs a "

@@ -18,8 +18,9 @@ import pyarrow as pa
 from img2dataset.logger import LoggerProcess
 from img2dataset.writer import WebDatasetSampleWriter
 
-from wit_builder.common import is_local
-from wit_builder.download import WORK, _fs, error_kind
+from wit_builder.core import filesystem as _fs
+from wit_builder.core import is_local
+from wit_builder.download_layout import WORK, error_kind
 from wit_builder.netsafety import NetPolicy, install_guard
 
 __all__ = ["WitShardWriter", "WitLoggerProcess"]

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-from wit_builder.common import WitError
+from wit_builder.core import WitError
 
 __all__ = ["LanguageDetector", "FastTextDetector", "LangdetectDetector", "NoDetector", "make_detector",
            "bundled_lid176_path", "UNDETERMINED"]

@@ -37,7 +37,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from wit_builder.common import WitError, atomic_open, atomic_write_json
+from wit_builder.core import WitError, atomic_open, atomic_write_json
 
 __all__ = ["write_shards", "read_decisions", "find_image_shards", "SHARD_SCHEMA", "train_data_pattern"]
 

@@ -1,7 +1,7 @@
 """Readers that turn raw web data into (image url, alt text, page url) candidates.
 
-Three kinds of input, read through :func:`wit_builder.common.open_read` (local paths, or any Beam
-FileSystems URL such as ``gs://`` / ``s3://``), gzipped or not:
+Three kinds of input, read through :func:`wit_builder.core.open_read` (local paths, or any fsspec
+URL such as ``gs://`` / ``s3://``), gzipped or not:
 
 * **WAT** (Common Crawl metadata): WARC ``metadata`` records whose JSON has
   ``Envelope.Payload-Metadata.HTTP-Response-Metadata.HTML-Metadata.Links``; entries with
@@ -27,7 +27,7 @@ Everything that is not turned into a pair is counted in a :class:`collections.Co
 check (``empty_url``, ``data_url``, ``non_http_url``, ``relative_url_without_base``, ``bad_url``,
 ``url_too_long``). No
 input makes a reader raise except a missing file or a table without the named columns (a
-:class:`~wit_builder.common.WitError`).
+:class:`~wit_builder.core.WitError`).
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import IO, Iterator
 from urllib.parse import urljoin, urlsplit
 
-from wit_builder.common import WitError, open_read
+from wit_builder.core import WitError, open_read
 from wit_builder.warcfile import iter_records, split_http
 
 __all__ = ["SourceOptions", "detect_format", "iter_candidates", "resolve_url", "check_table_columns",

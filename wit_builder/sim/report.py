@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from wit_builder.common import WitError, atomic_open, read_json_or_none
+from wit_builder.core import WitError, atomic_open, read_json_or_none
 
 __all__ = ["build_report", "confusion_matrix", "Section", "Report", "STAGES", "queries_section",
            "balance_section", "download_section", "dedup_section", "shards_section",

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from wit_builder.common import WitError
+from wit_builder.core import WitError
 
 DESCRIPTION = (
     "Download the images of `wit collect`'s balanced pairs with img2dataset: one input parquet -> "
@@ -92,7 +92,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("runner")
     g.add_argument("--runner", default="local",
                    help="local = img2dataset's multiprocessing distributor on this machine; a Beam "
-                        "runner name (DirectRunner, DataflowRunner, ...) = pipelines/download_pipeline.py, "
+                        "runner name (DirectRunner, DataflowRunner, ...) = pipelines/download.py, "
                         "one element per input shard. Other --options go to Beam")
     g.add_argument("--workers", type=int, default=1, help="DirectRunner only: worker processes")
     g.add_argument("--verbose", action="store_true",
@@ -114,7 +114,8 @@ def options_from_args(args):
 
 
 def run(args) -> int:
-    from wit_builder.download import download_pairs, format_summary
+    from pipelines import download
+    from wit_builder.download import format_summary
     opts = options_from_args(args)
     if not opts.disallowed_header_directives:
         print("wit download: warning: --disallowed-header-directives is empty: X-Robots-Tag opt-outs "
@@ -122,10 +123,8 @@ def run(args) -> int:
     if opts.allow_private_networks:
         print("wit download: warning: --allow-private-networks: the SSRF address check is off",
               file=sys.stderr)
-    pipeline_args = getattr(args, "pipeline_args", [])
-    if args.runner == "local" and pipeline_args:
-        raise WitError(f"unknown option(s) {pipeline_args} (Beam options need a Beam --runner)")
-    summary = download_pairs(args.pairs, args.out, opts, runner=args.runner, workers=args.workers,
-                             pipeline_args=pipeline_args, quiet=not args.verbose)
+    if args.beam.runner == "local" and args.beam.args:
+        raise WitError(f"unknown option(s) {list(args.beam.args)} (Beam options need a Beam --runner)")
+    summary = download.run(args.pairs, args.out, opts, args.beam, quiet=not args.verbose)
     print(format_summary(summary))
     return 1 if summary.get("incomplete_shards") else 0

@@ -12,7 +12,7 @@
 
 Example::
 
-    from queries.dumpgen import Page, write_dump, write_pageviews
+    from wit_builder.sim.dumpgen import Page, write_dump, write_pageviews
     pages = [Page("Paris", "'''Paris''' is the [[capital city|capital]] of [[France]]."),
              Page("Paname", redirect="Paris"), Page("Talk:Paris", "chat", ns=1)]
     dump, index = write_dump(pages, "enwiki-20240101-pages-articles-multistream.xml.bz2",
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence, Union
 from xml.sax.saxutils import escape, quoteattr
 
-from wit_builder.common import atomic_open
+from wit_builder.core import atomic_open
 
 __all__ = ["Page", "RawPage", "NAMESPACES", "write_dump", "write_pageviews", "export_header",
            "export_footer", "page_xml", "index_path_for", "pageviews_filename", "synthetic_article"]

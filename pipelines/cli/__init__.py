@@ -12,26 +12,24 @@ import importlib
 import os
 import sys
 
+from wit_builder.core import WitError
+
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations phones home otherwise
 
 # name -> (module, one-line help). Data flows top to bottom.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "queries": ("queries.cli", "build the 500k query list from Wikipedia dumps, pageviews and WordNet"),
-    "collect": ("wit_builder.collect_cli", "extract (image url, alt text) pairs from WAT/WARC/tables, match queries, balance"),
-    "balance": ("wit_builder.balance_cli", "re-balance matched pairs with another per-query cap"),
-    "download": ("wit_builder.download_cli", "download balanced pairs with img2dataset (SSRF-safe, resumable)"),
-    "dedup": ("wit_builder.dedup_cli", "learned near-duplicate detector: train, calibrate, run, overlap"),
-    "shards": ("wit_builder.shards_cli", "write the final deduplicated WebDataset + Parquet shards"),
-    "tokenizer": ("trainer.tokenizer_cli", "train a CLIP-format BPE merges file from captions"),
-    "train": ("trainer.train_cli", "train a CLIP model on WebDataset shards"),
-    "eval": ("trainer.eval_cli", "zero-shot classification, retrieval and linear-probe evaluation"),
-    "predict": ("trainer.predict_cli", "label probabilities for one image, like CLIP's README example"),
-    "demo": ("wit_builder.demo", "end-to-end demo on a bundled simulated web: raw data to a trained model"),
+    "queries": ("pipelines.cli.queries", "build the 500k query list from Wikipedia dumps, pageviews and WordNet"),
+    "collect": ("pipelines.cli.collect", "extract (image url, alt text) pairs from WAT/WARC/tables, match queries, balance"),
+    "balance": ("pipelines.cli.balance", "re-balance matched pairs with another per-query cap"),
+    "download": ("pipelines.cli.download", "download balanced pairs with img2dataset (SSRF-safe, resumable)"),
+    "dedup": ("pipelines.cli.dedup", "learned near-duplicate detector: train, calibrate, run, overlap"),
+    "shards": ("pipelines.cli.shards", "write the final deduplicated WebDataset + Parquet shards"),
+    "tokenizer": ("pipelines.cli.tokenizer", "train a CLIP-format BPE merges file from captions"),
+    "train": ("pipelines.cli.train", "train a CLIP model on WebDataset shards"),
+    "eval": ("pipelines.cli.eval", "zero-shot classification, retrieval and linear-probe evaluation"),
+    "predict": ("pipelines.cli.predict", "label probabilities for one image, like CLIP's README example"),
+    "demo": ("pipelines.cli.demo", "end-to-end demo on a bundled simulated web: raw data to a trained model"),
 }
-
-
-class WitError(Exception):
-    """A user-facing error: printed as one clear line, never a traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,16 +64,16 @@ def main(argv: list[str] | None = None) -> int:
     sub = argparse.ArgumentParser(prog=f"wit {name}", description=getattr(module, "DESCRIPTION", help_),
                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     module.add_arguments(sub)
-    if getattr(module, "BEAM_OPTIONS", False):
-        # unknown --options go to Beam as pipeline options (pipelines/options.py)
+    beam_stage = getattr(module, "BEAM_OPTIONS", False)
+    if beam_stage:
+        # unknown --options go to Beam as pipeline options (pipelines/cli/beam_args.py)
         args, extra = sub.parse_known_args(argv[1:])
-        args.pipeline_args = extra
     else:
         args = sub.parse_args(argv[1:])
     try:
-        if getattr(module, "BEAM_OPTIONS", False):
-            from pipelines.options import check_pipeline_args
-            args.pipeline_args = check_pipeline_args(args.pipeline_args, f"wit {name}")
+        if beam_stage:
+            from pipelines.cli.beam_args import beam_from_args
+            args.beam = beam_from_args(args, extra, f"wit {name}")
         return int(module.run(args) or 0)
     except WitError as exc:
         print(f"wit {name}: error: {exc}", file=sys.stderr)
@@ -84,9 +82,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wit {name}: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":
-    # `python -m wit_builder.cli`: run the importable module's main, so that the WitError the
-    # stages raise (wit_builder.cli.WitError) is the class caught above, not a __main__ copy
-    from wit_builder.cli import main as _main
-    sys.exit(_main())

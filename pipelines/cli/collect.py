@@ -25,7 +25,8 @@ def _langs(text: str):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pipelines.options import add_beam_arguments
+    from pipelines.cli.beam_args import add_beam_arguments
+    from wit_builder.balance import DEFAULT_CAP
     from wit_builder.textclean import DEFAULT_MAX_CHARS, DEFAULT_MIN_CHARS
     parser.add_argument("--queries", required=True,
                         help="query list: Q/queries.parquet (id, query) or Q/queries.txt (one per line)")
@@ -34,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "WAT (*.wat.gz), WARC (*.warc.gz), or tables (.parquet/.csv/.tsv/.jsonl, optionally .gz); "
                              "repeatable")
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--per-query-cap", type=int, default=20000,
+    parser.add_argument("--per-query-cap", type=int, default=DEFAULT_CAP,
                         help="balancing cap t: each query keeps its pairs with probability min(1, t/count)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the balancing draw (a hash of seed and uid) and of langdetect")
@@ -72,7 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args):
     """CollectConfig from the parsed command line."""
-    from pipelines.collect_pipeline import make_config
+    from wit_builder.collect import make_config
     from wit_builder.sources import SourceOptions
     source = SourceOptions(fmt=args.input_format, url_col=args.url_col, caption_col=args.caption_col,
                            page_url_col=args.page_url_col, table_header=not args.no_header,
@@ -96,17 +97,11 @@ def print_summary(stats: dict, out: str) -> None:
     print(f"{out}: " + "; ".join(parts))
 
 
-def quiet_beam_import_warning() -> None:
-    """Beam logs "apitools not found ..." on importing its GCS support even when it is not used."""
-    import logging
-    logging.getLogger().addFilter(lambda record: "apitools not found" not in record.getMessage())
-
-
 def run(args) -> int:
+    from pipelines import collect
+    from pipelines.beam_options import quiet_beam_import_warning
     quiet_beam_import_warning()
-    from pipelines.collect_pipeline import collect
     cfg = config_from_args(args)
-    stats = collect(cfg, runner=args.runner, workers=args.workers, pipeline_args=args.pipeline_args,
-                    overwrite=args.overwrite)
+    stats = collect.run(cfg, args.beam, overwrite=args.overwrite)
     print_summary(stats, cfg.out)
     return 0

@@ -7,7 +7,7 @@ dates come from :attr:`Page.date`, so the same pages give byte-identical files.
 
 Example::
 
-    from wit_builder.webgen import Image, Page, write_warc, write_wat
+    from wit_builder.sim.webgen import Image, Page, write_warc, write_wat
     pages = [Page("https://example.com/cats/", title="Cats",
                   images=[Image("img/tabby.jpg", alt="A tabby cat on a sofa"),
                           Image("https://cdn.example.com/x.png", alt="Siamese cat", title="Siamese")])]
@@ -137,7 +137,7 @@ def write_warc(pages: Iterable[Page], path: str, *, gzip: bool | None = None,
     Returns the number of records."""
     from warcio.statusandheaders import StatusAndHeaders
     from warcio.warcwriter import WARCWriter
-    from wit_builder.common import atomic_open
+    from wit_builder.core import atomic_open
     gz = path.endswith(".gz") if gzip is None else gzip
     n = 0
     with atomic_open(path, "wb") as fh:
@@ -271,7 +271,7 @@ def write_wat(pages: Iterable[Page], path: str, *, gzip: bool | None = None,
     (``all_records=False``: only the response's). ``gzip`` defaults to ``path.endswith('.gz')``.
     Written atomically. Returns the number of records."""
     from warcio.warcwriter import WARCWriter
-    from wit_builder.common import atomic_open
+    from wit_builder.core import atomic_open
     gz = path.endswith(".gz") if gzip is None else gzip
     n = 0
     with atomic_open(path, "wb") as fh:

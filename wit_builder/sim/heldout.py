@@ -25,8 +25,8 @@ import os
 import shutil
 import tempfile
 
-from wit_builder.common import WitError, atomic_write_json
-from wit_builder.render import COLOURS, SHAPES, render, sample_scene, scene_seed
+from wit_builder.core import WitError, atomic_write_json
+from wit_builder.sim.render import COLOURS, SHAPES, render, sample_scene, scene_seed
 
 __all__ = ["SHAPE_TEMPLATES", "COLOUR_TEMPLATES", "write_heldout", "class_sets"]
 

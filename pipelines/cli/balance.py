@@ -11,7 +11,7 @@ DESCRIPTION = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pipelines.options import add_beam_arguments
+    from pipelines.cli.beam_args import add_beam_arguments
     parser.add_argument("--matched", required=True, help="output directory of `wit collect` (holds matched/)")
     parser.add_argument("--per-query-cap", type=int, required=True,
                         help="cap t: each query keeps its pairs with probability min(1, t/count)")
@@ -24,11 +24,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from wit_builder.collect_cli import print_summary, quiet_beam_import_warning
+    from pipelines import balance
+    from pipelines.beam_options import quiet_beam_import_warning
+    from pipelines.cli.collect import print_summary
+    from wit_builder.balance import BalanceConfig
     quiet_beam_import_warning()
-    from pipelines.collect_pipeline import balance
-    stats = balance(args.matched, args.out.rstrip("/"), args.per_query_cap, seed=args.seed, queries=args.queries,
-                    runner=args.runner, workers=args.workers, pipeline_args=args.pipeline_args,
-                    overwrite=args.overwrite)
+    cfg = balance.RebalanceConfig(matched=args.matched, out=args.out, queries=args.queries,
+                                  balance=BalanceConfig(args.per_query_cap, args.seed))
+    stats = balance.run(cfg, args.beam, overwrite=args.overwrite)
     print_summary(stats, args.out)
     return 0

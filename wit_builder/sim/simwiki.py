@@ -21,7 +21,7 @@ Everything is deterministic from the seed. :func:`build_wiki` returns a :class:`
   titles, their counts in the text as stripped by mwparserfromhell (see :func:`word_counts`), and
   thresholds scaled down for the demo that keep all of them.
 
-Writing these to a MediaWiki XML dump and pageview files is ``queries/dumpgen.py``'s job; the
+Writing these to a MediaWiki XML dump and pageview files is ``wit_builder/sim/dumpgen.py``'s job; the
 dicts carry exactly what it needs.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from wit_builder.render import COLOURS, SHAPES
+from wit_builder.sim.render import COLOURS, SHAPES
 
 __all__ = ["Wiki", "build_wiki", "word_counts", "bigram_counts", "TAIL_WORDS", "PLURAL",
            "DEMO_THRESHOLDS"]

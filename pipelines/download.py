@@ -1,4 +1,5 @@
-"""Beam pipeline that downloads images with img2dataset, one element per input shard.
+"""``wit download``: the driver ``run`` and the Beam pipeline that downloads images with
+img2dataset, one element per input shard.
 
 The same shards as the local runner (``wit_builder.download``): ``DownloadShardDoFn`` builds
 img2dataset's own ``Downloader`` (resizer, thread pool, hashing) with our atomic
@@ -14,10 +15,18 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from typing import Sequence
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
+
+from pipelines.beam_options import BeamOptions, make_options
+from wit_builder.core import atomic_write_json
+from wit_builder.download import DownloadOptions, _absolute, _fs, prepare, run_local, run_lock, summarize
+from wit_builder.download_layout import WORK
+
+LOCAL = BeamOptions(runner="local")   # img2dataset's own multiprocessing, no Beam
 
 
 class DownloadShardDoFn(beam.DoFn):
@@ -79,11 +88,43 @@ def build(p, plan) -> beam.PCollection:
             | "DownloadShards" >> DownloadShards(plan_to_json(plan)))
 
 
-def run_pipeline(plan, runner: str = "DirectRunner", workers: int = 1, pipeline_args: Sequence[str] = ()) -> None:
+def run_pipeline(plan, beam_options: BeamOptions) -> None:
     """Run the download pipeline for ``plan`` (from ``wit_builder.download.prepare``) to completion."""
-    from pipelines.options import make_options
-    with beam.Pipeline(options=make_options(runner, workers, pipeline_args)) as p:
+    with beam.Pipeline(options=make_options(beam_options)) as p:
         build(p, plan)
 
 
-__all__ = ["DownloadShardDoFn", "DownloadShards", "build", "run_pipeline"]
+def run(pairs, out: str, options: DownloadOptions = DownloadOptions(), beam_options: BeamOptions = LOCAL, *,
+        quiet: bool = True, progress: bool = True) -> dict:
+    """Download ``pairs`` (dir/glob/list of balanced parquets) into ``out``; return the summary.
+
+    ``beam_options.runner == "local"`` runs img2dataset's ``download()`` (its multiprocessing
+    distributor); any other runner is a Beam runner for ``DownloadShards`` (one element per input
+    shard). With ``quiet``,
+    img2dataset's own output goes to ``out/_wit/img2dataset.log`` (local runner). Safe to
+    re-run after any interruption: complete shards are kept, the rest redone.
+    """
+    opts = options
+    started = time.time()
+    out = _absolute(out)
+    fs, root = _fs(out)
+    fs.makedirs(f"{root}/{WORK}", exist_ok=True)
+    with run_lock(out):
+        plan = prepare(pairs, out, opts)
+        if plan.todo():
+            if beam_options.runner == "local":
+                run_local(plan, quiet, progress)
+            else:
+                run_pipeline(plan, beam_options)
+        summary = summarize(out, plan.shards)
+        summary["empty_inputs_skipped"] = plan.empty_inputs
+        summary["shards_already_done"] = len(plan.done)
+        summary["seconds"] = round(time.time() - started, 3)
+        this_run = sum(s.rows for s in plan.todo())  # rows of the shards this run downloaded
+        summary["images_this_run"] = this_run
+        summary["images_per_s"] = round(this_run / summary["seconds"], 2) if summary["seconds"] else None
+        atomic_write_json(f"{out}/{WORK}/summary.json", summary)
+    return summary
+
+
+__all__ = ["DownloadShardDoFn", "DownloadShards", "build", "run_pipeline", "run", "LOCAL"]

@@ -7,7 +7,7 @@ Generated deterministically from a :class:`WebConfig` (a seed and a size knob, `
   ``img.cdn.example``. Image ``src`` attributes are root-relative, document-relative,
   protocol-relative (``//img.cdn.example/...``) or absolute; pages also carry ``data:`` images
   and ordinary ``<a href>`` links (other pages, a PDF, an external site). Alt texts describe the
-  rendered scene (:mod:`wit_builder.render`) in many phrasings: "a red triangle on a wooden table",
+  rendered scene (:mod:`wit_builder.sim.render`) in many phrasings: "a red triangle on a wooden table",
   "Blue circle clip art", "photo of a small green star", "Yellow arrow icon on a checkered
   background", ... URLs carry the server's port when one is given (``http://shapes.example:PORT``)
   so that a downloader that maps these names to 127.0.0.1 (``NetPolicy.resolve``) reaches the
@@ -22,7 +22,7 @@ Generated deterministically from a :class:`WebConfig` (a seed and a size knob, `
   default "red heart") far more frequent than the rest so that per-query balancing visibly caps
   it.
 * Problem-case alt texts (and the near-duplicates') also name one rare everyday object
-  (:data:`wit_builder.simwiki.TAIL_WORDS`, each used at most ``tail_max_uses`` times): with a
+  (:data:`wit_builder.sim.simwiki.TAIL_WORDS`, each used at most ``tail_max_uses`` times): with a
   per-query cap >= ``tail_max_uses`` such pairs are kept by balancing with probability 1, so they
   reliably reach the downloader and the deduplicator, which must then filter them.
 
@@ -32,7 +32,7 @@ API::
     web.pages          # [{"url", "host", "path", "lang", "title", "html", "links": [...]}]
     web.links          # one dict per <img> tag (the manifest's ground truth, see manifest())
     web.images         # one WebImage per image URL (served or deliberately broken)
-    web.routes()       # {path: callable} for wit_builder.loopback.LoopbackServer
+    web.routes()       # {path: callable} for wit_builder.sim.loopback.LoopbackServer
     web.resolve()      # {"shapes.example": "127.0.0.1", ...} for the downloader's NetPolicy
     web.manifest()     # JSON-able ground truth: counts, cases, per-link expectations
     web.image_bytes(url) -> bytes   # what the server sends for an image URL
@@ -59,8 +59,8 @@ from urllib.parse import urljoin, urlsplit
 
 import numpy as np
 
-from wit_builder.render import COLOURS, SHAPES, Scene, render, sample_scene, scene_seed, size_word
-from wit_builder.simwiki import PLURAL, TAIL_WORDS
+from wit_builder.sim.render import COLOURS, SHAPES, Scene, render, sample_scene, scene_seed, size_word
+from wit_builder.sim.simwiki import PLURAL, TAIL_WORDS
 
 __all__ = ["WebConfig", "WebImage", "SimWeb", "build_web", "serve", "scene_seed", "HOSTS",
            "PAGE_HOSTS", "CDN_HOST", "CASES", "english_alt", "foreign_alt", "match_words"]
@@ -469,7 +469,7 @@ class SimWeb:
         }
 
     def write_manifest(self, path: str) -> None:
-        from wit_builder.common import atomic_write_json
+        from wit_builder.core import atomic_write_json
         atomic_write_json(path, self.manifest())
 
 
@@ -787,7 +787,7 @@ def build_web(config: WebConfig | None = None, port: int | None = None, **overri
 def serve(config: WebConfig | None = None, port: int = 0, **overrides) -> Iterator[tuple]:
     """Start a LoopbackServer on 127.0.0.1 (``port`` 0: a free one), build the web for that port
     and serve it; yields ``(server, web)`` and stops the server on exit."""
-    from wit_builder.loopback import LoopbackServer
+    from wit_builder.sim.loopback import LoopbackServer
     server = LoopbackServer(port=port).start()
     try:
         web = build_web(config, port=server.port, **overrides)

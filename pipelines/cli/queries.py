@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipelines.options import add_beam_arguments
+from pipelines.cli.beam_args import add_beam_arguments
 
 BEAM_OPTIONS = True
 DESCRIPTION = (
@@ -33,8 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--out", required=True, metavar="DIR",
                     help="output folder for queries.parquet, queries.txt, stats.json, queries.png")
     io.add_argument("--overwrite", action="store_true",
-                    help="rebuild even when OUT already holds a complete build of the same inputs and options "
-                         "(otherwise such a build is kept and the command returns at once)")
+                    help="replace a finished build in OUT (without it: a build of the same inputs and options "
+                         "is kept and the command returns at once; one of other inputs or options is an error)")
 
     th = parser.add_argument_group("parts and thresholds")
     th.add_argument("--parts", type=_parts, default="wordnet,unigram,bigram,title",
@@ -79,14 +79,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipelines.queries_pipeline import QueryParams
-    from queries.build import BuildConfig, build_query_list, describe
-    from wit_builder.common import WitError
-    for name in ("unigram_min_count", "bigram_min_count", "title_min_views", "title_min_hourly_views"):
-        if getattr(args, name) < 1:
-            raise WitError(f"--{name.replace('_', '-')} must be at least 1")
-    if args.unit_mb <= 0:
-        raise WitError("--unit-mb must be positive")
+    from pipelines import queries
+    from queries.build import BuildConfig, QueryParams, describe
     params = QueryParams(
         unigram_min_count=args.unigram_min_count, bigram_min_count=args.bigram_min_count,
         bigram_min_pmi=args.bigram_min_pmi, title_min_views=args.title_min_views,
@@ -95,11 +89,9 @@ def run(args: argparse.Namespace) -> int:
         unit_bytes=int(args.unit_mb * (1 << 20)), use_index=getattr(args, "use_index", True))
     cfg = BuildConfig(dumps=args.dumps, out=args.out, pageviews=args.pageviews,
                       target_size=args.target_size, wordnet_dir=args.wordnet_dir,
-                      wordnet_download=getattr(args, "wordnet_download", True), overwrite=args.overwrite,
-                      runner=args.runner, workers=args.workers,
-                      pipeline_args=list(getattr(args, "pipeline_args", [])))
-    stats = build_query_list(cfg, params)
-    if stats.get("up_to_date"):
+                      wordnet_download=getattr(args, "wordnet_download", True), params=params)
+    stats = queries.run(cfg, args.beam, overwrite=args.overwrite)
+    if stats.get("resumed"):
         print(f"wit queries: {args.out} is already built from these inputs and options "
               f"({describe(stats)}); --overwrite rebuilds")
     else:

@@ -20,7 +20,7 @@ its index's stream offsets, see :mod:`queries.wikidump`), spread over workers by
 PMI needs n(w1) and n(w2) for each bigram: ``ScoreBigrams`` joins them in with two
 ``CoGroupByKey`` steps (a side input of all word counts would not fit a worker at full scale).
 
-Output: ``work_dir/result-*.jsonl``, read back by :mod:`queries.build`: ``["query", {"query": q,
+Output: ``work_dir/result-*.jsonl``, read back by :func:`run`, the stage's driver: ``["query", {"query": q,
 "parts": {part: statistic}}]`` per query and ``["stat", [name, value]]`` per counter (skips by
 reason, threshold passes, corpus sizes, ``hist.B``: distinct words with count in [2^B, 2^(B+1))).
 """
@@ -30,30 +30,23 @@ import json
 import math
 import zlib
 from collections import Counter
+import datetime as dt
+import os
+import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam import pvalue
 
+from pipelines.beam_options import BeamOptions, make_options
+from queries.build import (OUTPUTS, PART_ORDER, TRIM_RULE, BuildConfig, QueryParams, _nest, _signature, _sizes,
+                           collect_inputs, order_and_trim, plot, read_results, remove_tree, to_table)
+from wit_builder.core import (WitError, atomic_open, atomic_write_json, atomic_write_parquet, finished_run,
+                              is_local, match_paths)
+
 STATS = "stats"
-
-
-@dataclass
-class QueryParams:
-    """Thresholds and switches of one build (all are ``wit queries`` options)."""
-    unigram_min_count: int = 100
-    bigram_min_count: int = 100
-    bigram_min_pmi: float = 30.0
-    title_min_views: int = 70
-    title_min_hourly_views: int = 50
-    pageview_domains: tuple[str, ...] = ("en", "en.m")
-    parts: tuple[str, ...] = ("wordnet", "unigram", "bigram", "title")
-    unit_bytes: int = 16 << 20
-    use_index: bool = True
-
-    def to_json(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
 
 
 def _stat(name: str, value, how: str = "sum"):
@@ -414,87 +407,189 @@ def _line(kind: str):
     return lambda value: json.dumps([kind, value], ensure_ascii=False)
 
 
-def build(p, inputs: Inputs, params: QueryParams, work_dir: str):
-    """Add the query-list graph to pipeline ``p``. It writes ``work_dir/result-*.jsonl``: one JSON
+class QueryCandidates(beam.PTransform):
+    """Dump specs, pageview files and the WordNet part -> ``work_dir/result-*.jsonl``: one JSON
     array per line, ``["query", {"query": q, "parts": {...}}]`` or ``["stat", [name, value]]``."""
-    stats, parts = [], []
-    counted = (p | "DumpFiles" >> beam.Create(inputs.dumps)
-               | "Wikipedia" >> CountWikipedia(params.unit_bytes, bigrams="bigram" in params.parts))
-    stats.append(counted[STATS])
-    with_bigrams = "bigram" in params.parts
-    unigrams = counted["unigram"] | "KeepUnigrams" >> beam.FlatMap(
-        _unigram_shard, params.unigram_min_count, "unigram" in params.parts,
-        params.bigram_min_count if with_bigrams else None).with_output_types(
-        Tuple[str, Any]).with_outputs(STATS, "frequent", "total", main="part")
-    stats.append(unigrams[STATS])
-    if "unigram" in params.parts:
-        parts.append(("Unigrams", unigrams["part"]))
 
-    if with_bigrams:
-        total_tokens = unigrams["total"] | "TotalTokens" >> beam.CombineGlobally(sum)
-        candidates = counted["bigram"] | "BigramCandidates" >> beam.FlatMap(
-            _bigram_shard, params.bigram_min_count).with_output_types(Tuple[str, int]).with_outputs(
-            STATS, main="candidates")
-        stats.append(candidates[STATS])
-        scored = candidates["candidates"] | "ScoreBigrams" >> ScoreBigrams(unigrams["frequent"], total_tokens)
-        bigrams = scored | "KeepBigrams" >> beam.FlatMap(_bigram_part, params.bigram_min_pmi).with_output_types(
-            Tuple[str, Any]).with_outputs(STATS, main="part")
-        stats.append(bigrams[STATS])
-        parts.append(("Bigrams", bigrams["part"]))
+    def __init__(self, inputs: Inputs, params: QueryParams, work_dir: str):
+        super().__init__()
+        self.inputs, self.params, self.work_dir = inputs, params, work_dir
 
+    def expand(self, p):
+        inputs, params, work_dir = self.inputs, self.params, self.work_dir
+        stats, parts = [], []
+        counted = (p | "DumpFiles" >> beam.Create(inputs.dumps)
+                   | "Wikipedia" >> CountWikipedia(params.unit_bytes, bigrams="bigram" in params.parts))
+        stats.append(counted[STATS])
+        with_bigrams = "bigram" in params.parts
+        unigrams = counted["unigram"] | "KeepUnigrams" >> beam.FlatMap(
+            _unigram_shard, params.unigram_min_count, "unigram" in params.parts,
+            params.bigram_min_count if with_bigrams else None).with_output_types(
+            Tuple[str, Any]).with_outputs(STATS, "frequent", "total", main="part")
+        stats.append(unigrams[STATS])
+        if "unigram" in params.parts:
+            parts.append(("Unigrams", unigrams["part"]))
+
+        if with_bigrams:
+            total_tokens = unigrams["total"] | "TotalTokens" >> beam.CombineGlobally(sum)
+            candidates = counted["bigram"] | "BigramCandidates" >> beam.FlatMap(
+                _bigram_shard, params.bigram_min_count).with_output_types(Tuple[str, int]).with_outputs(
+                STATS, main="candidates")
+            stats.append(candidates[STATS])
+            scored = candidates["candidates"] | "ScoreBigrams" >> ScoreBigrams(unigrams["frequent"], total_tokens)
+            bigrams = scored | "KeepBigrams" >> beam.FlatMap(_bigram_part, params.bigram_min_pmi).with_output_types(
+                Tuple[str, Any]).with_outputs(STATS, main="part")
+            stats.append(bigrams[STATS])
+            parts.append(("Bigrams", bigrams["part"]))
+
+        if "title" in params.parts:
+            hourly = (p
+                      | "PageviewFiles" >> beam.Create(inputs.pageviews)
+                      | "SpreadPageviews" >> beam.Reshuffle()
+                      | "HourlyViews" >> beam.ParDo(HourlyViews(params.pageview_domains,
+                                                                params.title_min_hourly_views)).with_outputs(STATS, main="views"))
+            stats.append(hourly[STATS])
+            mv = params.title_min_views
+            views = (hourly["views"]
+                     | "SumViews" >> beam.CombinePerKey(sum)
+                     | "MinViews" >> beam.Filter(lambda kv: kv[1] >= mv))
+            dump_titles = counted["title"] | "TitleKeys" >> beam.Map(lambda t: (t, None))
+            joined = ({"dump": dump_titles, "views": views}
+                      | "JoinTitles" >> beam.CoGroupByKey()
+                      | "TitleInDump" >> beam.FlatMap(_join_titles).with_output_types(Tuple[str, Any])
+                      .with_outputs(STATS, main="titles"))
+            stats.append(joined[STATS])
+            parts.append(("Titles", joined["titles"]))
+
+        batches = [pc | f"Batch{part}" >> beam.Map(lambda kv: [kv]) for part, pc in parts]
+        if "wordnet" in params.parts:
+            # ~86k entries: sent as a few JSON batches, not one Beam element each (and not as Python
+            # objects, whose type inference in Create alone takes seconds)
+            items = list(inputs.wordnet)
+            payload = [json.dumps(items[i:i + 4000], ensure_ascii=False) for i in range(0, len(items), 4000)]
+            batches.append(p | "WordNetPart" >> beam.Create(payload, reshuffle=False)
+                           | "WordNetItems" >> beam.Map(_wordnet_items))
+        results = []
+        if batches:
+            bucketed = (batches | "AllParts" >> beam.Flatten()
+                        | "ValidQueries" >> beam.FlatMap(_bucketed).with_output_types(Tuple[int, Any])
+                        .with_outputs(STATS, main="valid"))
+            stats.append(bucketed[STATS])
+            results.append(bucketed["valid"]
+                           | "Merge" >> beam.GroupByKey()
+                           | "MergedRows" >> beam.FlatMap(_merge_rows))
+        results.append(stats
+                       | "AllStats" >> beam.Flatten()
+                       | "SumStats" >> beam.CombinePerKey(StatsFn())
+                       | "StatLines" >> beam.Map(_line("stat")))
+        return (results
+                | "AllResults" >> beam.Flatten()
+                | "WriteResults" >> beam.io.WriteToText(f"{work_dir}/result", file_name_suffix=".jsonl"))
+
+
+def run_pipeline(inputs: Inputs, params: QueryParams, work_dir: str, beam_options: BeamOptions) -> None:
+    """Run ``QueryCandidates`` to completion."""
+    with beam.Pipeline(options=make_options(beam_options)) as p:
+        _ = p | "Queries" >> QueryCandidates(inputs, params, work_dir)
+
+
+def run(cfg: BuildConfig, beam_options: BeamOptions = BeamOptions(), *, overwrite: bool = False) -> dict:
+    """``wit queries``: build ``cfg.out/{queries.parquet, queries.txt, stats.json, queries.png}``;
+    returns the stats. Raises :class:`WitError` on bad inputs (before the pipeline starts) and when
+    the dumps hold no article. A finished build of the same inputs and options is kept."""
+    params = cfg.params
+    cfg.validate()
+    dumps = collect_inputs(cfg.dumps, params.use_index)
+    pageviews: list[str] = []
     if "title" in params.parts:
-        hourly = (p
-                  | "PageviewFiles" >> beam.Create(inputs.pageviews)
-                  | "SpreadPageviews" >> beam.Reshuffle()
-                  | "HourlyViews" >> beam.ParDo(HourlyViews(params.pageview_domains,
-                                                            params.title_min_hourly_views)).with_outputs(STATS, main="views"))
-        stats.append(hourly[STATS])
-        mv = params.title_min_views
-        views = (hourly["views"]
-                 | "SumViews" >> beam.CombinePerKey(sum)
-                 | "MinViews" >> beam.Filter(lambda kv: kv[1] >= mv))
-        dump_titles = counted["title"] | "TitleKeys" >> beam.Map(lambda t: (t, None))
-        joined = ({"dump": dump_titles, "views": views}
-                  | "JoinTitles" >> beam.CoGroupByKey()
-                  | "TitleInDump" >> beam.FlatMap(_join_titles).with_output_types(Tuple[str, Any])
-                  .with_outputs(STATS, main="titles"))
-        stats.append(joined[STATS])
-        parts.append(("Titles", joined["titles"]))
+        if not cfg.pageviews:
+            raise WitError("the title part needs hourly pageview files (--pageviews), "
+                           "or leave 'title' out of --parts")
+        pageviews = match_paths(cfg.pageviews, "pageview")
+    signature = _signature(cfg, dumps, pageviews)
+    prev = finished_run(cfg.out, {"signature": signature}, overwrite=overwrite, needs=OUTPUTS)
+    if prev is not None:
+        return prev
 
-    batches = [pc | f"Batch{part}" >> beam.Map(lambda kv: [kv]) for part, pc in parts]
+    wordnet_info: dict = {}
+    wordnet_items: list = []
     if "wordnet" in params.parts:
-        # ~86k entries: sent as a few JSON batches, not one Beam element each (and not as Python
-        # objects, whose type inference in Create alone takes seconds)
-        items = list(inputs.wordnet)
-        payload = [json.dumps(items[i:i + 4000], ensure_ascii=False) for i in range(0, len(items), 4000)]
-        batches.append(p | "WordNetPart" >> beam.Create(payload, reshuffle=False)
-                       | "WordNetItems" >> beam.Map(_wordnet_items))
-    results = []
-    if batches:
-        bucketed = (batches | "AllParts" >> beam.Flatten()
-                    | "ValidQueries" >> beam.FlatMap(_bucketed).with_output_types(Tuple[int, Any])
-                    .with_outputs(STATS, main="valid"))
-        stats.append(bucketed[STATS])
-        results.append(bucketed["valid"]
-                       | "Merge" >> beam.GroupByKey()
-                       | "MergedRows" >> beam.FlatMap(_merge_rows))
-    results.append(stats
-                   | "AllStats" >> beam.Flatten()
-                   | "SumStats" >> beam.CombinePerKey(StatsFn())
-                   | "StatLines" >> beam.Map(_line("stat")))
-    (results
-     | "AllResults" >> beam.Flatten()
-     | "WriteResults" >> beam.io.WriteToText(f"{work_dir}/result", file_name_suffix=".jsonl"))
-    return p
+        from queries import wordnet as wn
+        root = wn.wordnet_root(cfg.wordnet_dir, allow_download=cfg.wordnet_download)
+        part = wn.wordnet_part(root)
+        wordnet_items = sorted(part.items())
+        wordnet_info = {"root": str(root), "version": wn.wordnet_version(root),
+                        "synsets": sum(part.values()), "head_names": len(part) - sum(
+                            1 for s in wn.EXTRA_STRINGS if part.get(s) == 0),
+                        "extra_strings": len(wn.EXTRA_STRINGS)}
 
+    work_dir = f"{cfg.out.rstrip('/')}/.wit-work-{uuid.uuid4().hex[:10]}"
+    made_out = is_local(cfg.out) and not os.path.exists(cfg.out)
+    if is_local(work_dir):
+        os.makedirs(work_dir, exist_ok=True)
+    started = time.time()
+    try:
+        run_pipeline(Inputs(dumps=dumps, pageviews=pageviews, wordnet=wordnet_items), params, work_dir, beam_options)
+        pipeline_s = time.time() - started
+        merged, counters = [], {}
+        for kind, value in read_results(work_dir, "result"):
+            if kind == "query":
+                merged.append(value)
+            else:
+                counters[value[0]] = value[1]
+        if not counters.get("page.article"):
+            raise WitError(f"no articles (namespace 0, not redirects) in {', '.join(d for d, _ in dumps)} "
+                           f"({counters.get('page.read', 0)} pages read); nothing written")
+        histogram = {int(k[5:]): v for k, v in counters.items() if k.startswith("hist.")}
+    except BaseException:
+        remove_tree(work_dir)
+        if made_out and not os.listdir(cfg.out):
+            os.rmdir(cfg.out)  # leave no trace of a failed first build
+        raise
+    remove_tree(work_dir)
 
-def run(inputs: Inputs, params: QueryParams, work_dir: str, *, runner: str = "DirectRunner",
-        workers: int = 1, pipeline_args: Sequence[str] = ()):
-    """Run the pipeline to completion; returns the Beam ``PipelineResult``."""
-    from pipelines.options import make_options
-    options = make_options(runner, workers, pipeline_args)
-    p = beam.Pipeline(options=options)
-    build(p, inputs, params, work_dir)
-    result = p.run()
-    result.wait_until_finish()
-    return result
+    rows, trimmed = order_and_trim(merged, cfg.target_size)
+    part_sizes = Counter(p for r in merged for p in r["parts"])
+    output_sizes = Counter(p for r in rows for p in r["parts"])
+    stats = {
+        "output": {"queries": len(rows), "target_size": cfg.target_size, "union_size": len(merged),
+                   "trimmed": trimmed, "short_of_target": max(0, cfg.target_size - len(merged)),
+                   "trim_rule": TRIM_RULE},
+        "parts": {p: {"size": part_sizes.get(p, 0), "in_output": output_sizes.get(p, 0),
+                      "enabled": p in params.parts} for p in PART_ORDER},
+        "thresholds": {"unigram_min_count": params.unigram_min_count,
+                       "bigram_min_count": params.bigram_min_count,
+                       "bigram_min_pmi": params.bigram_min_pmi,
+                       "title_min_views": params.title_min_views,
+                       "title_min_hourly_views": params.title_min_hourly_views,
+                       "pageview_domains": list(params.pageview_domains)},
+        "passed": {"unigram_min_count": counters.get("passed.unigram_min_count", 0),
+                   "bigram_min_count": counters.get("passed.bigram_min_count", 0),
+                   "bigram_min_count_and_min_pmi": counters.get("passed.bigram_min_pmi", 0),
+                   "title_hours_min_hourly_views": counters.get("pageviews.title_hours_kept", 0),
+                   "title_min_views": counters.get("title.passed_min_views", 0),
+                   "title_min_views_and_article": counters.get("title.in_dump", 0)},
+        **_nest(counters),
+        "inputs": {"dumps": [{**_sizes([d])[0], "index": i, "index_bytes": _sizes([i])[0]["bytes"] if i else None}
+                             for d, i in dumps],
+                   "pageviews": _sizes(pageviews), "wordnet": wordnet_info or None},
+        "run": {"runner": beam_options.runner, "workers": beam_options.workers, "pipeline_seconds": round(pipeline_s, 2),
+                "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},
+        "counters": {k: v for k, v in sorted(counters.items()) if not k.startswith("hist.")},
+        "unigram_count_histogram": {f"{2 ** b}-{2 ** (b + 1) - 1}": n for b, n in sorted(histogram.items())},
+        "signature": signature,
+    }
+    if "corpus.bigram_pmi_max" in counters and isinstance(counters["corpus.bigram_pmi_max"], float):
+        stats["corpus"]["bigram_pmi_max"] = round(counters["corpus.bigram_pmi_max"], 4)
+
+    out = cfg.out.rstrip("/")
+    if is_local(out):
+        os.makedirs(out, exist_ok=True)
+    # stats.json last: its presence with a matching signature marks a complete build
+    atomic_write_parquet(f"{out}/queries.parquet", to_table(rows))
+    with atomic_open(f"{out}/queries.txt", "w") as fh:
+        for r in rows:
+            fh.write(r["query"] + "\n")
+    plot(f"{out}/queries.png", part_sizes, output_sizes, histogram, params.unigram_min_count)
+    atomic_write_json(f"{out}/stats.json", stats)
+    return stats

@@ -4,11 +4,11 @@ from __future__ import annotations
 import argparse
 import json
 
-from pipelines.options import add_beam_arguments
-from wit_builder.common import WitError
+from pipelines.cli.beam_args import add_beam_arguments
+from wit_builder.core import WitError
 
 # `wit dedup run` and `wit dedup overlap` embed with a Beam pipeline: unknown --options are
-# passed to Beam as pipeline options (pipelines/options.py); train and calibrate reject them.
+# passed to Beam as pipeline options (pipelines/beam_options.py); train and calibrate reject them.
 BEAM_OPTIONS = True
 
 DESCRIPTION = (
@@ -128,12 +128,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    extra = list(getattr(args, "pipeline_args", []) or [])
+    extra = list(args.beam.args)
     if extra and args.action in ("train", "calibrate"):
         raise WitError(f"unrecognized arguments for `wit dedup {args.action}`: {' '.join(extra)} "
                        f"(see `wit dedup {args.action} --help`)")
     if args.action == "train":
-        from wit_builder.dedup import expand_shards
+        from wit_builder.core import expand_shards
         from wit_builder.detector import detector_summary, train_detector
         res = train_detector(expand_shards(args.shards), args.out, steps=args.steps, batch_size=args.batch_size,
                              arch=args.arch, lr=args.lr, image_size=args.image_size, embed_dim=args.embed_dim,
@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
                           "config": detector_summary(args.out)["config"]}, indent=2))
         return 0
     if args.action == "calibrate":
-        from wit_builder.dedup import expand_shards
+        from wit_builder.core import expand_shards
         from wit_builder.detector import calibrate_detector
         res = calibrate_detector(args.detector, expand_shards(args.shards), target_precision=args.target_precision,
                                  max_images=args.max_images, use_all=args.all_images, seed=args.seed,
@@ -157,21 +157,23 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(res, indent=2))
         return 0
     if args.action == "run":
-        from wit_builder.dedup import run_dedup
-        stats = run_dedup(args.shards, args.detector, args.out, threshold=args.threshold, k=args.k,
-                          exact_below=args.exact_below, nprobe=args.nprobe, batch_size=args.batch_size,
-                          runner=args.runner, workers=args.workers, threads=args.threads, pipeline_args=extra)
+        from pipelines import dedup
+        cfg = dedup.DedupConfig(shards=tuple(args.shards), detector=args.detector, out=args.out,
+                                threshold=args.threshold, k=args.k, exact_below=args.exact_below, nprobe=args.nprobe,
+                                batch_size=args.batch_size, threads=args.threads)
+        stats = dedup.run(cfg, args.beam)
         print(json.dumps(stats, indent=2))
         return 0
     if args.action == "overlap":
-        from wit_builder.dedup import run_overlap
+        from pipelines import dedup
         if args.decisions and not args.drop_overlapping:
             raise WitError("--decisions only makes sense with --drop-overlapping")
-        summary = run_overlap(args.evals, args.shards, args.detector, args.out, threshold=args.threshold,
-                              drop_overlapping=args.drop_overlapping, decisions=args.decisions,
-                              exact_below=args.exact_below, nprobe=args.nprobe, batch_size=args.batch_size,
-                              runner=args.runner, workers=args.workers, threads=args.threads,
-                              train_embeddings=args.train_embeddings, pipeline_args=extra)
+        cfg = dedup.OverlapConfig(evals=tuple(args.evals), shards=tuple(args.shards), detector=args.detector,
+                                  out=args.out, threshold=args.threshold, drop_overlapping=args.drop_overlapping,
+                                  decisions=args.decisions, exact_below=args.exact_below, nprobe=args.nprobe,
+                                  batch_size=args.batch_size, threads=args.threads,
+                                  train_embeddings=args.train_embeddings)
+        summary = dedup.run_overlap(cfg, args.beam)
         print(json.dumps(summary, indent=2))
         return 0
     raise WitError(f"unknown action {args.action!r}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from wit_builder.common import WitError
+from wit_builder.core import WitError
 
 DESCRIPTION = ("Zero-shot label probabilities for one image: softmax over the labels of the "
                "model's scaled cosine similarities (CLIP README's example).")

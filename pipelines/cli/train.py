@@ -17,7 +17,9 @@ DESCRIPTION = (
 
 def _model_names() -> list[str]:
     """Bundled config names, without importing torch (keeps `wit train --help` fast)."""
-    configs = os.path.join(os.path.dirname(os.path.abspath(__file__)), "model_configs")
+    import importlib.util
+    package = importlib.util.find_spec("trainer")            # found, not imported
+    configs = os.path.join(list(package.submodule_search_locations)[0], "model_configs")
     return sorted(f[:-len(".json")] for f in os.listdir(configs) if f.endswith(".json"))
 
 

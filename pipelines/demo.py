@@ -30,26 +30,17 @@ loopback address, so the SSRF guard stays on. A resumed download simply uses the
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
 import os
 import resource
 import shutil
-import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
-from wit_builder.common import WitError, atomic_write_json, read_json_or_none
-
-DESCRIPTION = (
-    "End-to-end demo on a bundled simulated web: generate a small Wikipedia dump, pageviews and "
-    "Common Crawl-style WARC/WAT files, then run queries -> collect/balance -> download (from a "
-    "loopback server on 127.0.0.1) -> dedup -> shards -> tokenizer -> train a small CLIP on the "
-    "CPU -> zero-shot evaluation -> DIR/report.md and DIR/report.html. Re-running the same "
-    "command resumes (finished stages are skipped); --force redoes everything. See docs/demo.md.")
+from wit_builder.core import WitError, atomic_write_json, read_json_or_none
 
 STAGES = ("generate", "queries", "collect", "download", "dedup", "shards", "tokenizer", "train",
           "eval", "report")
@@ -222,15 +213,15 @@ class Demo:
 
     # -- generate --------------------------------------------------------------------------
     def web_config(self):
-        from wit_builder.simweb import WebConfig
+        from wit_builder.sim.simweb import WebConfig
         return WebConfig(seed=self.cfg.seed, scenes=self.cfg.scenes, dup_groups=self.cfg.dup_groups)
 
     def stage_generate(self) -> dict:
-        from queries.dumpgen import Page, write_dump, write_pageviews
-        from wit_builder import webgen
-        from wit_builder.heldout import write_heldout
-        from wit_builder.simweb import build_web
-        from wit_builder.simwiki import build_wiki
+        from wit_builder.sim.dumpgen import Page, write_dump, write_pageviews
+        from wit_builder.sim import webgen
+        from wit_builder.sim.heldout import write_heldout
+        from wit_builder.sim.simweb import build_web
+        from wit_builder.sim.simwiki import build_wiki
 
         cfg = self.cfg
         wiki = build_wiki(cfg.seed)
@@ -299,15 +290,15 @@ class Demo:
         return ("wordnet",) + parts, None
 
     def stage_queries(self) -> dict:
-        from pipelines.queries_pipeline import QueryParams
-        from queries.build import BuildConfig, build_query_list
-        from wit_builder.simwiki import DEMO_THRESHOLDS
+        from pipelines import queries
+        from queries.build import BuildConfig, QueryParams
+        from wit_builder.sim.simwiki import DEMO_THRESHOLDS
 
         parts, note = self.wordnet_parts()
         params = QueryParams(parts=parts, **DEMO_THRESHOLDS)
-        stats = build_query_list(BuildConfig(dumps=[self.path("raw", "wiki")], out=self.path("queries"),
-                                             pageviews=[self.path("raw", "pageviews")],
-                                             wordnet_download=False, overwrite=True), params)
+        stats = queries.run(BuildConfig(dumps=[self.path("raw", "wiki")], out=self.path("queries"),
+                                        pageviews=[self.path("raw", "pageviews")], wordnet_download=False,
+                                        params=params), overwrite=True)
         pages = stats.get("skipped", {}).get("pages", {})
         sizes = ", ".join(f"{p} {v['size']:,}" for p, v in stats["parts"].items() if v["enabled"])
         return {"in": stats["corpus"]["pages_read"] if "pages_read" in stats.get("corpus", {})
@@ -321,12 +312,13 @@ class Demo:
         return int(self.cfg.per_query_cap or self.manifest()["recommended"]["per_query_cap"])
 
     def stage_collect(self) -> dict:
-        from pipelines.collect_pipeline import run_collect
+        from pipelines import collect
+        from wit_builder.collect import make_config
         web = self.path("raw", "web")
-        stats = run_collect(self.path("queries", "queries.parquet"),
-                            [f"{web}/*.warc.wat.gz", f"{web}/*.warc.gz"], self.path("collect"),
-                            per_query_cap=self.cap(), seed=self.cfg.seed, langs=("en",),
-                            num_shards=max(1, self.cfg.web_files), overwrite=True)
+        cfg = make_config(self.path("queries", "queries.parquet"), [f"{web}/*.warc.wat.gz", f"{web}/*.warc.gz"],
+                          self.path("collect"), per_query_cap=self.cap(), seed=self.cfg.seed, langs=("en",),
+                          num_shards=max(1, self.cfg.web_files))
+        stats = collect.run(cfg, overwrite=True)
         dropped = {k: v for k, v in stats["dropped"].items() if v}
         dropped["balancing"] = stats["matched"] - stats["kept"]
         return {"in": stats["pairs_extracted"], "out": stats["kept"], "dropped": dropped,
@@ -336,9 +328,10 @@ class Demo:
 
     # -- download --------------------------------------------------------------------------
     def stage_download(self) -> dict:
-        from wit_builder.download import DownloadOptions, download_pairs
-        from wit_builder.loopback import LoopbackServer
-        from wit_builder.simweb import build_web
+        from pipelines import download
+        from wit_builder.download import DownloadOptions
+        from wit_builder.sim.loopback import LoopbackServer
+        from wit_builder.sim.simweb import build_web
 
         web = build_web(self.web_config())
         with LoopbackServer(web.routes()) as server:  # 127.0.0.1, a free port
@@ -347,8 +340,8 @@ class Demo:
                 image_size=self.cfg.image_size, processes=self.cfg.download_processes,
                 threads=self.cfg.download_threads, timeout=10,
                 resolve=web.connect_to(server.port), allowed_endpoints=[f"127.0.0.1:{server.port}"])
-            s = download_pairs(self.path("collect", "balanced"), self.path("images"), opts,
-                               progress=self.cfg.progress)
+            s = download.run(self.path("collect", "balanced"), self.path("images"), opts,
+                             progress=self.cfg.progress)
         if s.get("incomplete_shards"):
             raise WitError(f"download: shards {', '.join(s['incomplete_shards'])} are incomplete "
                            f"(see {self.path('images', '_wit', 'img2dataset.log')}); re-run to retry")
@@ -361,7 +354,8 @@ class Demo:
 
     # -- dedup -----------------------------------------------------------------------------
     def stage_dedup(self) -> dict:
-        from wit_builder.dedup import run_dedup
+        from pipelines import dedup
+        from wit_builder.dedup import DedupConfig
         from wit_builder.detector import calibrate_detector, train_detector
 
         cfg, shards = self.cfg, self.image_shards()
@@ -379,7 +373,7 @@ class Demo:
         cal = calibrate_detector(det, images=images, use_all=True, target_precision=target,
                                  max_images=len(images), seed=cfg.seed, threads=cfg.threads,
                                  progress=cfg.progress)
-        stats = run_dedup(shards, det, self.path("dedup"), threads=cfg.threads)
+        stats = dedup.run(DedupConfig(tuple(shards), det, self.path("dedup"), threads=cfg.threads))
         dropped = {"near_duplicate": stats["dropped_duplicates"]}
         dropped.update({f"undecodable_{k}": v for k, v in stats["skipped"].items()})
         return {"in": stats["images"], "out": stats["kept"], "dropped": dropped,
@@ -419,7 +413,7 @@ class Demo:
     # -- tokenizer -------------------------------------------------------------------------
     def stage_tokenizer(self) -> dict:
         from trainer.tokenizer import Tokenizer, train_merges
-        from trainer.tokenizer_cli import iter_captions
+        from trainer.captions import iter_captions
 
         captions = list(iter_captions(self.train_data()))
         out = train_merges(captions, self.cfg.num_merges, self.path("tokenizer", "merges.txt"))
@@ -468,7 +462,7 @@ class Demo:
 
     # -- report ----------------------------------------------------------------------------
     def stage_report(self) -> dict:
-        from wit_builder.report import build_report
+        from wit_builder.sim.report import build_report
         stages = {"queries": self.path("queries"), "collect": self.path("collect"),
                   "download": self.path("images"), "dedup": self.path("dedup"),
                   "shards": self.path("shards"), "train": self.path("train"), "eval": self.path("eval")}
@@ -502,7 +496,7 @@ def calibration_images(n: int, seed: int, size: int) -> list:
     longer side to ``size``, padded to a white square)."""
     from PIL import Image
 
-    from wit_builder.render import render, sample_scene, scene_seed
+    from wit_builder.sim.render import render, sample_scene, scene_seed
     out = []
     for i in range(n):
         img = render(sample_scene(scene_seed("calibration", seed, i)))
@@ -528,9 +522,9 @@ def evaluate_zeroshot(checkpoint: str, heldout: str, out: str, batch_size: int =
 
     from trainer import evaluate as ev
     from trainer.api import load
-    from trainer.eval_cli import evaluate_checkpoint
+    from trainer.evaluate import evaluate_checkpoint
     from trainer.zeroshot import ZeroShotClassifier, read_lines
-    from wit_builder.report import confusion_matrix
+    from wit_builder.sim.report import confusion_matrix
 
     bundle = load(checkpoint, device="cpu")
     model, preprocess, tokenizer = bundle
@@ -596,7 +590,7 @@ def problem_cases_section(demo_dir: str):
     """A table from the simulated web's manifest: per problem case, how many links there were,
     the stage expected to drop them, and where they actually went (collect / download / dedup /
     final shards), read back from the stage outputs by uid and URL."""
-    from wit_builder.report import Section
+    from wit_builder.sim.report import Section
     s = Section("Problem cases of the simulated web", "cases")
     try:
         t = trace_cases(demo_dir)
@@ -654,85 +648,6 @@ def trace_cases(demo_dir: str) -> dict:
     return out
 
 
-# --- CLI ----------------------------------------------------------------------------------------
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    d = DemoConfig(out="")
-    parser.add_argument("--out", required=True, metavar="DIR",
-                        help="run folder: raw data, every stage's output, report.md/report.html")
-    parser.add_argument("--force", action="store_true",
-                        help="redo every stage (by default finished stages are skipped)")
-    parser.add_argument("--scenes", type=int, default=d.scenes,
-                        help="size of the simulated web: English query-matching images (plus "
-                             "problem cases: foreign, unmatched, duplicates, broken, ...)")
-    parser.add_argument("--seed", type=int, default=d.seed,
-                        help="seed of the generated data, balancing, detector and training")
-    parser.add_argument("--train-steps", type=int, default=d.train_steps,
-                        help="CLIP optimisation steps (the learning-rate schedule spans them)")
-    parser.add_argument("--train-minutes", type=float, default=None, metavar="M",
-                        help="instead of --train-steps: as many steps as fit in M minutes, from "
-                             "a step time measured on this machine before training")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="CLIP training batch")
-    parser.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (AdamW, cosine)")
-    parser.add_argument("--model", default=d.model,
-                        help="trainer model config (tiny-rn learns shapes fastest on a CPU)")
-    parser.add_argument("--image-size", type=int, default=d.image_size,
-                        help="side of the downloaded images (the calibration images match it)")
-    parser.add_argument("--train-image-size", type=int, default=None,
-                        help="CLIP input side (default: the model config's; tiny-rn 32)")
-    parser.add_argument("--detector-steps", type=int, default=d.detector_steps,
-                        help="training steps of the near-duplicate detector")
-    parser.add_argument("--per-query-cap", type=int, default=None,
-                        help="balancing cap (default: the simulated web's recommendation, "
-                             "max(3, scenes // 60))")
-    parser.add_argument("--wordnet", choices=("auto", "on", "off"), default=d.wordnet,
-                        help="WordNet part of the query list: auto = when installed (e.g. Debian's "
-                             "wordnet-base; never downloaded)")
-    parser.add_argument("--heldout-per-class", type=int, default=d.heldout_per_class,
-                        help="held-out zero-shot images per class (8 shapes, 8 colours)")
-    parser.add_argument("--threads", type=int, default=d.threads,
-                        help="torch threads for training and the detector (the data loader "
-                             "runs in one more process)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false",
-                        default=argparse.SUPPRESS,
-                        help="no progress bars (the summary lines remain)")
-
-
-def config_from_args(args: argparse.Namespace) -> DemoConfig:
-    for name in ("scenes", "train_steps", "batch_size", "image_size", "detector_steps",
-                 "heldout_per_class", "threads"):
-        if getattr(args, name) < 1:
-            raise WitError(f"--{name.replace('_', '-')} must be at least 1")
-    if args.train_minutes is not None and args.train_minutes <= 0:
-        raise WitError("--train-minutes must be positive")
-    if args.per_query_cap is not None and args.per_query_cap < 1:
-        raise WitError("--per-query-cap must be at least 1")
-    return DemoConfig(out=args.out, seed=args.seed, scenes=args.scenes, train_steps=args.train_steps,
-                      train_minutes=args.train_minutes, batch_size=args.batch_size, lr=args.lr,
-                      model=args.model, image_size=args.image_size,
-                      train_image_size=args.train_image_size, detector_steps=args.detector_steps,
-                      per_query_cap=args.per_query_cap, wordnet=args.wordnet,
-                      heldout_per_class=args.heldout_per_class, threads=args.threads,
-                      force=args.force, progress=getattr(args, "progress", True))
-
-
 def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
     """Run (or resume) the demo; returns ``DIR/demo.json``'s content."""
     return Demo(cfg, log=log).run()
-
-
-def run(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
-    print(f"wit demo: {os.path.abspath(cfg.out)} ({cfg.scenes:,} scenes, {cfg.model}, "
-          f"{'%g minutes' % cfg.train_minutes if cfg.train_minutes else f'{cfg.train_steps} steps'})",
-          flush=True)
-    state = run_demo(cfg)
-    z = state["zeroshot"]
-    results = ", ".join(f"{name} {100 * r['top1']:.1f}% (chance {100 * r['chance']:.1f}%)"
-                        for name, r in z.items() if r.get("top1") is not None)
-    t = state["total"]
-    print(f"wit demo: zero-shot top-1: {results}")
-    print(f"wit demo: report {os.path.join(os.path.abspath(cfg.out), 'report.html')} "
-          f"(and report.md); {t['seconds']:.0f} s, cpu {t['cpu_seconds']:.0f} s")
-    sys.stdout.flush()
-    return 0

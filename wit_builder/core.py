@@ -1,0 +1,246 @@
+"""The core every stage shares: the one error type, atomic writes, paths on one file layer
+(fsspec: local paths through ``os``, ``gs://``/``s3://`` through fsspec's filesystems) and the
+run-directory rule. It imports nothing else of the project."""
+from __future__ import annotations
+
+import contextlib
+import glob as _glob
+import json
+import os
+import tempfile
+import uuid
+from typing import IO, Iterator, Sequence
+
+__all__ = ["WitError", "atomic_open", "atomic_write_json", "atomic_write_parquet", "is_local",
+           "open_read", "exists", "match_paths", "read_json_or_none", "file_info", "remove", "glob_files",
+           "finished_run", "expand_shards", "filesystem"]
+
+
+class WitError(Exception):
+    """A user-facing error: printed as one clear line, never a traceback."""
+
+
+def is_local(path: str) -> bool:
+    return "://" not in path or path.startswith("file://")
+
+
+def _local(path: str) -> str:
+    return path[len("file://"):] if path.startswith("file://") else path
+
+
+def _remote(path: str):
+    """(fsspec filesystem, path without protocol) of a remote URL."""
+    import fsspec
+    fs, inner = fsspec.core.url_to_fs(path)
+    return fs, inner
+
+
+def filesystem(path: str):
+    """(fsspec filesystem, path inside it) for a local path or a remote URL."""
+    import fsspec
+    return fsspec.core.url_to_fs(path)
+
+
+def _with_protocol(path: str, like: str) -> str:
+    proto = like.split("://", 1)[0]
+    return path if "://" in path else f"{proto}://{path}"
+
+
+@contextlib.contextmanager
+def atomic_open(path: str, mode: str = "wb") -> Iterator[IO]:
+    """Open ``path`` for writing so that it appears only when complete.
+
+    Local paths: write ``.name.tmp-XXXX`` in the same directory, fsync, then ``os.replace``.
+    Remote paths (gs://, s3://): write a temporary object next to it, then move it into place;
+    a failed write removes the temporary object and leaves ``path`` as it was.
+    """
+    if not is_local(path):
+        fs, inner = _remote(path)
+        parent, base = inner.rsplit("/", 1)
+        tmp = f"{parent}/.{base}.tmp-{unique_tmp_suffix()}"
+        try:
+            with fs.open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as fh:
+                yield fh
+            fs.mv(tmp, inner)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                fs.rm(tmp)
+            raise
+        return
+    path = _local(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=directory)
+    try:
+        # mkstemp makes 0600 files; give the result the mode an ordinary open() would (umask)
+        os.fchmod(fd, 0o666 & ~_UMASK)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _read_umask() -> int:
+    mask = os.umask(0o022)  # read once at import: os.umask is process-wide, so never toggle it later
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def atomic_write_json(path: str, obj) -> None:
+    with atomic_open(path, "w") as fh:
+        json.dump(obj, fh, indent=2, sort_keys=False, default=str)
+        fh.write("\n")
+
+
+def read_json_or_none(path: str):
+    """A JSON file's content, or None when it is missing or not valid JSON (markers, summaries
+    and stats that a later step may or may not have written)."""
+    try:
+        with open_read(path) as fh:
+            return json.loads(fh.read().decode("utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def atomic_write_parquet(path: str, table) -> None:
+    """Write a pyarrow Table to ``path`` atomically."""
+    import pyarrow.parquet as pq
+    with atomic_open(path, "wb") as fh:
+        pq.write_table(table, fh)
+
+
+def open_read(path: str) -> IO[bytes]:
+    """Open any local or remote path for binary reading (no decompression)."""
+    if is_local(path):
+        return open(_local(path), "rb")
+    fs, inner = _remote(path)
+    return fs.open(inner, "rb")
+
+
+def exists(path: str) -> bool:
+    if is_local(path):
+        return os.path.exists(_local(path))
+    fs, inner = _remote(path)
+    return fs.exists(inner)
+
+
+def file_info(path: str) -> tuple[int, float | None]:
+    """(size in bytes, modification time in seconds or None) of one file."""
+    if is_local(path):
+        st = os.stat(_local(path))
+        return st.st_size, st.st_mtime
+    fs, inner = _remote(path)
+    info = fs.info(inner)
+    mtime = info.get("mtime") or info.get("updated") or info.get("LastModified")
+    if mtime is not None and not isinstance(mtime, (int, float)):
+        with contextlib.suppress(Exception):
+            import datetime as dt
+            mtime = dt.datetime.fromisoformat(str(mtime).replace("Z", "+00:00")).timestamp()
+    return int(info.get("size") or 0), mtime if isinstance(mtime, (int, float)) else None
+
+
+def glob_files(pattern: str) -> list[str]:
+    """Files (not folders) matching a glob, local or remote, sorted; ``**`` crosses folders."""
+    if is_local(pattern):
+        return sorted(p for p in _glob.glob(_local(pattern), recursive=True) if os.path.isfile(p))
+    fs, inner = _remote(pattern)
+    found = fs.glob(inner, detail=True)
+    return sorted(_with_protocol(p, pattern) for p, info in found.items() if info.get("type") != "directory")
+
+
+def remove(paths) -> None:
+    """Remove files (missing ones are fine)."""
+    for path in paths:
+        if is_local(path):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(_local(path))
+        else:
+            fs, inner = _remote(path)
+            with contextlib.suppress(FileNotFoundError):
+                fs.rm(inner)
+
+
+def match_paths(patterns: list[str], what: str = "input") -> list[str]:
+    """Expand globs (local or remote) into a sorted list of files; a pattern matching nothing is an error."""
+    out: list[str] = []
+    for pattern in patterns:
+        if is_local(pattern) and os.path.isdir(_local(pattern)):
+            pattern = os.path.join(_local(pattern), "*")
+        try:
+            files = glob_files(pattern)
+        except Exception as exc:  # a remote store's own error, with its cause
+            raise WitError(f"{what} path {pattern!r} could not be listed: {exc}") from None
+        files = [f for f in files if not os.path.basename(f).startswith(".")]
+        if not files:
+            raise WitError(f"{what} path {pattern!r} matches no files")
+        out.extend(files)
+    return out
+
+
+def unique_tmp_suffix() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+def expand_shards(patterns: Sequence[str] | str, what: str = "--shards") -> list[str]:
+    """Brace-expand ('IMAGES/{00000..00009}.tar'), glob, or list a directory's .tar files."""
+    import braceexpand
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    out: list[str] = []
+    for pattern in patterns:
+        for p in braceexpand.braceexpand(pattern):
+            if is_local(p) and os.path.isdir(p):
+                files = sorted(os.path.join(p, f) for f in os.listdir(p) if f.endswith(".tar"))
+                if not files:
+                    raise WitError(f"{what}: directory {p!r} holds no .tar shards")
+                out.extend(files)
+            elif any(c in p for c in "*?["):
+                out.extend(f for f in match_paths([p], what) if f.endswith(".tar"))
+            else:
+                if not exists(p):
+                    raise WitError(f"{what}: shard {p!r} does not exist")
+                out.append(p)
+    seen, unique = set(), []
+    for p in out:
+        if p not in seen:
+            seen.add(p)
+            unique.append(p)
+    if not unique:
+        raise WitError(f"{what}: no shards in {list(patterns)}")
+    return unique
+
+
+# -- the run-directory rule -------------------------------------------------------------------------
+def finished_run(out: str, expect: dict, *, overwrite: bool, record: str = "stats.json",
+                 needs: tuple = (), flag: str = "--overwrite") -> dict | None:
+    """The one rule for an output folder whose completion record ``OUT/record`` is written last.
+
+    - A finished run (the record, and every file in ``needs``, present) whose record holds
+      ``expect`` (every key with an equal value): returned with ``"resumed": True``; the caller
+      does nothing.
+    - A finished run of other inputs or options: an error unless ``overwrite``; with it the old
+      record is removed first, so a run killed half-way is never taken for either run.
+    - No finished run: None; the caller runs.
+    With ``overwrite`` a finished run of the same inputs and options is redone too.
+    """
+    out = out.rstrip("/")
+    path = f"{out}/{record}"
+    prev = read_json_or_none(path) if exists(path) else None
+    if prev is None or not all(exists(f"{out}/{name}") for name in needs):
+        return None
+    if all(prev.get(k) == v for k, v in expect.items()) and not overwrite:
+        prev["resumed"] = True
+        return prev
+    if not overwrite:
+        raise WitError(f"{out} holds a finished run with other inputs or options; "
+                       f"pass {flag} to replace it, or choose another --out")
+    remove([path])
+    return None
