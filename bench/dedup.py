@@ -134,7 +134,7 @@ def pixel_vectors(imgs, side: int = 16) -> np.ndarray:
 def train_and_calibrate(args, results: dict, tmp: str) -> str:
     """The detector, trained on generated images written as img2dataset-style shards (seed 1), then
     calibrated on other generated images (seeds 10000+)."""
-    from wit_builder.detector import calibrate_detector, train_detector
+    from wit_builder.detector_train import CalibrationConfig, DetectorTrainConfig, calibrate_detector, train_detector
 
     det = args.keep or os.path.join(tmp, "detector.pt")
     rng = np.random.default_rng(1)
@@ -147,17 +147,17 @@ def train_and_calibrate(args, results: dict, tmp: str) -> str:
     shards = sorted(os.path.join(tmp, f) for f in os.listdir(tmp) if f.endswith(".tar"))
     print(f"generated {args.train_images} training images in {time.time() - t0:.0f} s", flush=True)
     t0 = time.time()
-    res = train_detector(shards, det, steps=args.steps, batch_size=args.batch_size, arch=args.arch,
-                         image_size=args.image_size, threads=args.threads, restart=True,
-                         progress=sys.stderr.isatty(), device="cpu")
+    res = train_detector(shards, det, DetectorTrainConfig(steps=args.steps, batch_size=args.batch_size,
+                                                          arch=args.arch, image_size=args.image_size),
+                         threads=args.threads, restart=True, progress=sys.stderr.isatty(), device="cpu")
     results["train"] = {"seconds": round(time.time() - t0, 1), "steps": args.steps,
                         "batch_size": args.batch_size, "arch": args.arch, "images": res["images"],
                         "final_loss": float(np.mean(res["loss_history"][-20:]))}
     print(f"trained {args.arch} detector: {args.steps} steps x {args.batch_size} in "
           f"{results['train']['seconds']} s, final loss {results['train']['final_loss']:.3f}", flush=True)
     cal_imgs = [synthetic_image(np.random.default_rng(10_000 + i)) for i in range(60 if args.quick else 300)]
-    cal = calibrate_detector(det, images=cal_imgs, use_all=True, threads=args.threads, progress=False,
-                             device="cpu")
+    cal = calibrate_detector(det, None, CalibrationConfig(use_all=True), images=cal_imgs, threads=args.threads,
+                             progress=False, device="cpu")
     results["calibration"] = {k: cal[k] for k in ("threshold", "precision", "recall", "images")}
     print(f"calibrated threshold {cal['threshold']:.4f} (precision {cal['precision']:.3f}, "
           f"recall {cal['recall']:.3f} on {cal['images']} held-out images)", flush=True)

@@ -82,7 +82,8 @@ def run_img2dataset(pairs: str, out: str, opts) -> tuple[float, float, int]:
     import img2dataset
     import pyarrow.parquet as pq
 
-    from wit_builder.download import _redirect_fds, img2dataset_kwargs, plan_inputs
+    from wit_builder.download import img2dataset_kwargs, plan_inputs
+    from wit_builder.download_local import _redirect_fds
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
     t0 = time.perf_counter()

@@ -17,14 +17,15 @@ from dataclasses import dataclass
 import apache_beam as beam
 import numpy as np
 
-from pipelines.beam_options import BeamOptions, make_options
+from pipelines.beam_options import BeamOptions, run_pipeline
 from wit_builder.balance import BalanceConfig
 from wit_builder.collect import shard_name
+from wit_builder.schemas import COUNTS_SCHEMA
 from wit_builder.core import (WitError, atomic_write_json, atomic_write_parquet, exists, finished_run, glob_files,
                               open_read, read_json_or_none, remove)
 
 __all__ = ["RebalanceConfig", "Rebalance", "CountMatched", "BalanceMatched", "BalanceTarget", "SumCounts",
-           "MergeStats", "run", "remove_stale_parts", "run_pipeline"]
+           "MergeStats", "run", "remove_stale_parts"]
 
 COUNTS = "counts"
 
@@ -130,7 +131,7 @@ class WriteSummary(beam.DoFn):
             "count": pa.array(c[ids], pa.int64()),
             "keep_prob": pa.array(self.balance.keep_prob(c[ids]), pa.float64()),
             "kept": pa.array(kp[ids], pa.int64()),
-        })
+        }, schema=COUNTS_SCHEMA)
         atomic_write_parquet(f"{self.out}/counts.parquet", table)
         plot_balance(c, kp, self.balance.per_query_cap, f"{self.out}/balance.png")
         summary = _summarize(self.header, stats, c, self.balance)
@@ -257,12 +258,6 @@ def remove_stale_parts(directory: str, keep_m: int) -> None:
     """Remove part-*-of-*.parquet files in ``directory`` that another shard count left behind."""
     suffix = f"-of-{keep_m:05d}.parquet"
     remove([p for p in glob_files(f"{directory}/part-*-of-*.parquet") if not p.endswith(suffix)])
-
-
-def run_pipeline(apply, beam_options: BeamOptions) -> None:
-    """Build a pipeline with ``apply(p)`` and run it to completion."""
-    with beam.Pipeline(options=make_options(beam_options)) as p:
-        apply(p)
 
 
 def _matched_shards(matched: str) -> list[tuple[int, str, int]]:

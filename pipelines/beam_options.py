@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-__all__ = ["BeamOptions", "make_options", "quiet_beam_import_warning"]
+__all__ = ["BeamOptions", "make_options", "run_pipeline", "quiet_beam_import_warning"]
 
 LOCAL_RUNNERS = ("DirectRunner", "direct", "FnApiRunner")
 
@@ -44,6 +44,20 @@ def make_options(beam: BeamOptions, **overrides):
         if workers > 1:
             args.append("--direct_running_mode=multi_processing")
     return PipelineOptions(args, **overrides)
+
+
+def run_pipeline(apply, beam_options: BeamOptions) -> None:
+    """Build a pipeline with ``apply(p)`` and run it to completion. A WitError raised in a step
+    reaches the caller as the same one-line WitError (without Beam's step annotation)."""
+    import apache_beam as beam
+
+    from wit_builder.core import WitError
+    try:
+        with beam.Pipeline(options=make_options(beam_options)) as p:
+            apply(p)
+    except WitError as exc:
+        message = str(exc).split(" [while running ", 1)[0].splitlines()[0]
+        raise WitError(message) from None
 
 
 def quiet_beam_import_warning() -> None:

@@ -29,9 +29,8 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
-from pipelines.balance import (COUNTS, BalanceMatched, BalanceTarget, MergeStats, SumCounts, remove_stale_parts,
-                               run_pipeline)
-from pipelines.beam_options import BeamOptions
+from pipelines.balance import COUNTS, BalanceMatched, BalanceTarget, MergeStats, SumCounts, remove_stale_parts
+from pipelines.beam_options import BeamOptions, run_pipeline
 from wit_builder.collect import CollectConfig, shard_name
 from wit_builder.core import WitError, atomic_write_parquet, file_info, finished_run, read_json_or_none
 

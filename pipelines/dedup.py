@@ -4,7 +4,7 @@ library's neighbour search, clustering and keep rule on the launching machine.
 One element per shard: ``EmbedShardDoFn`` loads the detector once per DoFn instance in
 ``setup`` (not per element or bundle), streams the shard's tar, decodes and resizes each image,
 runs the model on batches of ``batch_size`` images, and writes the shard's embeddings atomically
-to ``OUT_DIR/<shard>-<hash>.parquet`` (see :mod:`wit_builder.dedup`). A shard whose file already
+to ``OUT_DIR/<shard>-<hash>.parquet`` (see :mod:`wit_builder.embeddings`). A shard whose file already
 exists with the same detector fingerprint is not recomputed, so a re-run resumes. Parallelism is
 per shard (img2dataset shards hold ~10k images each); a ``Reshuffle`` spreads shards over workers.
 Skipped records are counted in Beam metrics (namespace ``wit.dedup``) and in the files' ``status``.
@@ -16,9 +16,10 @@ from typing import Sequence
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from pipelines.beam_options import BeamOptions, make_options
-from wit_builder.dedup import DedupConfig, OverlapConfig, run_dedup
-from wit_builder.dedup import run_overlap as overlap
+from pipelines.beam_options import BeamOptions, run_pipeline
+from wit_builder.dedup import DedupConfig, run_dedup
+from wit_builder.overlap import OverlapConfig
+from wit_builder.overlap import run_overlap as overlap
 
 
 class EmbedShardDoFn(beam.DoFn):
@@ -35,7 +36,7 @@ class EmbedShardDoFn(beam.DoFn):
         self.embedder = Embedder(self.detector, threads=self.threads)
 
     def process(self, shard: str):
-        from wit_builder.dedup import embed_shard_to_file
+        from wit_builder.embeddings import embed_shard_to_file
         result = embed_shard_to_file(self.embedder, shard, self.out_dir, self.batch_size)
         for status, n in result["counts"].items():
             Metrics.counter("wit.dedup", "images_" + status).inc(n)
@@ -60,12 +61,11 @@ def embed_set(shards: Sequence[str], detector: str, emb_dir: str, *, batch_size:
               threads: int | None = None, beam_options: BeamOptions = BeamOptions()) -> list[str]:
     """Embed shards with the Beam pipeline; returns the embedding files (one per shard)."""
     from wit_builder.core import WitError, exists
-    from wit_builder.dedup import embedding_path
+    from wit_builder.embeddings import embedding_path
     from wit_builder.detector import read_detector
     read_detector(detector)  # fail early with a clear error, before any worker starts
-    with beam.Pipeline(options=make_options(beam_options)) as p:
-        _ = (p | "Shards" >> beam.Create(list(shards))
-             | "EmbedShards" >> EmbedShards(detector, emb_dir, batch_size, threads))
+    run_pipeline(lambda p: (p | "Shards" >> beam.Create(list(shards))
+                            | "EmbedShards" >> EmbedShards(detector, emb_dir, batch_size, threads)), beam_options)
     files = [embedding_path(emb_dir, s) for s in shards]
     missing = [f for f in files if not exists(f)]
     if missing:

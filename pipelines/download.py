@@ -21,9 +21,11 @@ from typing import Sequence
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from pipelines.beam_options import BeamOptions, make_options
+from pipelines.beam_options import BeamOptions
+from pipelines.beam_options import run_pipeline as run_beam
 from wit_builder.core import atomic_write_json
-from wit_builder.download import DownloadOptions, _absolute, _fs, prepare, run_local, run_lock, summarize
+from wit_builder.download import DownloadOptions, _absolute, _fs, prepare, summarize
+from wit_builder.download_local import run_local, run_lock
 from wit_builder.download_layout import WORK
 
 LOCAL = BeamOptions(runner="local")   # img2dataset's own multiprocessing, no Beam
@@ -90,8 +92,7 @@ def build(p, plan) -> beam.PCollection:
 
 def run_pipeline(plan, beam_options: BeamOptions) -> None:
     """Run the download pipeline for ``plan`` (from ``wit_builder.download.prepare``) to completion."""
-    with beam.Pipeline(options=make_options(beam_options)) as p:
-        build(p, plan)
+    run_beam(lambda p: build(p, plan), beam_options)
 
 
 def run(pairs, out: str, options: DownloadOptions = DownloadOptions(), beam_options: BeamOptions = LOCAL, *,

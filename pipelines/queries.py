@@ -40,7 +40,8 @@ from typing import Any, Sequence, Tuple
 import apache_beam as beam
 from apache_beam import pvalue
 
-from pipelines.beam_options import BeamOptions, make_options
+from pipelines.beam_options import BeamOptions
+from pipelines.beam_options import run_pipeline as run_beam
 from queries.build import (OUTPUTS, PART_ORDER, TRIM_RULE, BuildConfig, QueryParams, _nest, _signature, _sizes,
                            collect_inputs, order_and_trim, plot, read_results, remove_tree, to_table)
 from wit_builder.core import (WitError, atomic_open, atomic_write_json, atomic_write_parquet, finished_run,
@@ -489,8 +490,7 @@ class QueryCandidates(beam.PTransform):
 
 def run_pipeline(inputs: Inputs, params: QueryParams, work_dir: str, beam_options: BeamOptions) -> None:
     """Run ``QueryCandidates`` to completion."""
-    with beam.Pipeline(options=make_options(beam_options)) as p:
-        _ = p | "Queries" >> QueryCandidates(inputs, params, work_dir)
+    run_beam(lambda p: p | "Queries" >> QueryCandidates(inputs, params, work_dir), beam_options)
 
 
 def run(cfg: BuildConfig, beam_options: BeamOptions = BeamOptions(), *, overwrite: bool = False) -> dict:

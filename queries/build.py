@@ -21,6 +21,7 @@ import os
 from dataclasses import dataclass, field
 
 from wit_builder.core import WitError, atomic_open, file_info, glob_files, is_local, match_paths, open_read, remove
+from wit_builder.schemas import QUERIES_SCHEMA
 
 __all__ = ["PART_ORDER", "QueryParams", "BuildConfig", "rank_key", "order_and_trim", "to_table",
            "collect_inputs"]
@@ -116,11 +117,7 @@ def to_table(rows: list[dict]):
         cols["bigram_pmi"].append(float(bigram[1]) if bigram else None)
         cols["title_views"].append(parts.get("title"))
         cols["wordnet_synsets"].append(parts.get("wordnet"))
-    schema = pa.schema([("id", pa.int32()), ("query", pa.string()), ("sources", pa.list_(pa.string())),
-                        ("unigram_count", pa.int64()), ("bigram_count", pa.int64()),
-                        ("bigram_pmi", pa.float64()), ("title_views", pa.int64()),
-                        ("wordnet_synsets", pa.int32())])
-    return pa.table(cols, schema=schema)
+    return pa.table(cols, schema=QUERIES_SCHEMA)
 
 
 # ---------------------------------------------------------------- inputs

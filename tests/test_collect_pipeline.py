@@ -107,6 +107,8 @@ def test_matched_rows_are_unique_sorted_sharded_and_correct(run_a):
 
 def test_stats_account_for_every_pair(run_a):
     st = _stats(run_a)
+    from wit_builder.schemas import OUTPUTS
+    assert set(OUTPUTS["collect"].stats_keys) <= set(st)   # the keys the code promises (docs/schemas.md)
     assert st["pairs_extracted"] == sum(st["dropped"].values()) + st["matched"]
     assert st["matched"] == _read_dir(run_a / "matched").num_rows
     assert st["kept"] == _read_dir(run_a / "balanced").num_rows

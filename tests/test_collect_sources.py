@@ -341,7 +341,7 @@ def test_detect_format():
 def test_quick_join_equals_urljoin():
     import random
     from urllib.parse import urljoin
-    from wit_builder.sources import _quick_join
+    from wit_builder.candidates import _quick_join
     rng = random.Random(0)
     bases = ["https://e.com", "https://e.com/", "http://e.com/a/b.html", "http://e.com/a/b/",
              "https://u:p@e.com:8080/x/y?q=1#f", "https://e.com?x", "https://e.com#x", "http://e.com/a/./b/c",

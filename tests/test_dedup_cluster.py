@@ -14,8 +14,9 @@ from wit_builder.augment import synthetic_image
 from pipelines.cli import main as wit_main
 from wit_builder.core import WitError
 from pipelines import dedup as dedup_stage
-from wit_builder.dedup import (DedupConfig, OverlapConfig, cluster_vectors, connected_components, iter_shard_records,
-                               overlap_vectors, pick_kept)
+from wit_builder.dedup import DedupConfig, cluster_vectors, connected_components, pick_kept
+from wit_builder.embeddings import iter_shard_records
+from wit_builder.overlap import OverlapConfig, overlap_vectors
 from wit_builder.detector import FORMAT, build_model, make_config, save_detector
 from wit_builder.sim.fixtures import write_shard
 
@@ -138,9 +139,11 @@ def test_dedup_run_end_to_end(tmp_path, imgs, monkeypatch):
     for u in ("uB", "uC", "uD", "uE0"):
         assert rows[u]["kept"] and rows[u]["cluster_size"] == 1
     assert stats["kept"] == 5 and stats["dropped_duplicates"] == 2 and stats["index"]["index"] == "IndexFlatIP"
+    from wit_builder.schemas import OUTPUTS
+    assert set(OUTPUTS["dedup"].stats_keys) <= set(stats)
     # deterministic: shards listed in another order, fresh embeddings -> identical decisions. Via the
     # CLI, which hands unknown --options to Beam like every other stage.
-    import pipelines.dedup as P
+    import pipelines.beam_options as P
     seen = []
     real = P.make_options
 

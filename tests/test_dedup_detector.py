@@ -7,9 +7,24 @@ import torch
 
 from wit_builder.augment import synthetic_image
 from wit_builder.core import WitError
-from wit_builder.detector import (FORMAT, TEMPERATURE, BlurPool, _training_pair, build_model, calibrate_detector,
-                                  info_nce_loss, make_config, model_from_state, read_detector, save_detector,
-                                  threshold_for_precision, to_batch, train_detector)
+from wit_builder import detector_train
+from wit_builder.detector import (FORMAT, TEMPERATURE, BlurPool, build_model, info_nce_loss, make_config,
+                                  model_from_state, read_detector, save_detector, to_batch)
+from wit_builder.detector_train import (CalibrationConfig, DetectorTrainConfig, _training_pair,
+                                        threshold_for_precision)
+
+RUN_OPTIONS = ("images", "restart", "threads", "device", "progress")
+
+
+def train_detector(shards, out, **options):
+    """wit_builder.detector_train.train_detector with its config fields and run options as keywords."""
+    run = {k: options.pop(k) for k in RUN_OPTIONS if k in options}
+    return detector_train.train_detector(shards, out, DetectorTrainConfig(**options), **run)
+
+
+def calibrate_detector(detector, shards=None, **options):
+    run = {k: options.pop(k) for k in (*RUN_OPTIONS, "write") if k in options}
+    return detector_train.calibrate_detector(detector, shards, CalibrationConfig(**options), **run)
 
 
 def test_info_nce_matches_an_independent_computation():
@@ -110,7 +125,7 @@ def test_tiny_detector_learns_to_separate_copies_from_distractors(tmp_path):
 
 
 def test_training_resumes_exactly(tmp_path, monkeypatch):
-    import wit_builder.detector as D
+    import wit_builder.detector_train as D
 
     imgs = _images(2, 24, (48, 48))
     kw = dict(images=imgs, batch_size=8, arch="tiny", image_size=32, embed_dim=32, progress=False, threads=1,

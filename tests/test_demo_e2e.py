@@ -17,7 +17,8 @@ import time
 
 import pyarrow.parquet as pq
 
-from pipelines.demo import STAGES, DemoConfig, run_demo, summary_line, trace_cases
+from pipelines.demo import STAGES, DemoConfig, run_demo, summary_line
+from wit_builder.sim.cases import trace_cases
 
 # 300 scenes with 15 near-duplicate groups (the default would be 7) so that the dedup check has
 # enough groups to measure a fraction; 150 detector steps (~30 s of CPU), 4 CLIP steps.

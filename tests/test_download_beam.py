@@ -15,7 +15,12 @@ from pipelines.beam_options import BeamOptions
 from pipelines.download import run as download_pairs
 from wit_builder.download import DownloadOptions
 from wit_builder.sim.loopback import LoopbackServer
-from wit_builder.shards import write_shards
+from pipelines import shards as shards_stage
+from wit_builder.shards import ShardsConfig
+
+
+def write_shards(images, out, progress=False, **options):
+    return shards_stage.run(ShardsConfig(images, out, **options))
 
 
 def test_beam_runner_downloads_resumes_and_feeds_shards(tmp_path):

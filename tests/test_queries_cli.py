@@ -127,3 +127,23 @@ def test_no_articles_is_an_error_and_leaves_nothing(tmp_path, capsys, monkeypatc
     out = tmp_path / "out"
     assert "no articles" in _err(capsys, ["--dumps", dump, "--out", str(out), "--parts", "unigram"])
     assert not out.exists()
+
+
+def test_a_finished_build_of_other_options_is_kept_unless_overwrite(tmp_path, capsys):
+    """The run-folder rule every stage shares: same inputs and options -> nothing to do; other
+    options -> an error naming --overwrite (the old build stays); --overwrite -> rebuilt."""
+    dump, _ = dumpgen.write_dump([Page("A", "cat dog cat"), Page("B", "dog cat")], str(tmp_path / "d.xml"))
+    out = str(tmp_path / "q")
+    argv = ["queries", "--dumps", dump, "--out", out, "--parts", "unigram", "--unigram-min-count", "1"]
+    assert cli.main(argv) == 0
+    before = open(os.path.join(out, "queries.txt")).read()
+    capsys.readouterr()
+    assert cli.main(argv) == 0
+    assert "already built" in capsys.readouterr().out
+    other = argv[:-1] + ["3"]
+    assert cli.main(other) == 2
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and err.count("\n") == 1
+    assert open(os.path.join(out, "queries.txt")).read() == before
+    assert cli.main(other + ["--overwrite"]) == 0
+    assert open(os.path.join(out, "queries.txt")).read() != before

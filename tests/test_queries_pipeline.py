@@ -99,6 +99,8 @@ def test_multistream_dump_matches_the_reference(tmp_path, corpus, expected):
     assert (out / "queries.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     stats = json.loads((out / "stats.json").read_text())
+    from wit_builder.schemas import OUTPUTS
+    assert set(OUTPUTS["queries"].stats_keys) <= set(stats)
     assert stats["corpus"]["tokens"] == expected["tokens"]
     assert stats["corpus"]["articles"] == len(corpus.article_titles)
     assert stats["corpus"]["distinct_unigrams"] == len(expected["all_unigrams"])

@@ -14,7 +14,8 @@ import webdataset as wds
 from download_testlib import fake_download_shard
 from pipelines import cli
 from wit_builder.core import WitError
-from wit_builder.shards import SHARD_SCHEMA, write_shards
+from pipelines import shards as shards_stage
+from wit_builder.shards import SHARD_SCHEMA, ShardsConfig
 
 S, F = "success", "failed_to_download"
 
@@ -42,6 +43,10 @@ def read_webdataset(manifest: dict) -> list[tuple]:
           .rename(image="jpg;png;jpeg;webp", text="txt", meta="json", key="__key__", keep=False)
           .to_tuple("key", "image", "text", "meta"))
     return list(ds)
+
+
+def write_shards(images, out, progress=False, **options):
+    return shards_stage.run(ShardsConfig(images, out, **options))
 
 
 def test_shards_hold_successes_in_key_order_and_load_with_webdataset(images, tmp_path):

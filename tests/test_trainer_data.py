@@ -11,9 +11,14 @@ pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create")
 import torch
 from PIL import Image
 
-from trainer.data import expand_urls, make_train_loader, read_num_samples
+from trainer import data
+from trainer.data import LoaderConfig, expand_urls, read_num_samples
 from trainer.transforms import CLIP_MEAN, CLIP_STD, image_transform, random_resized_crop_box
 from wit_builder.core import WitError
+
+
+def make_train_loader(urls, tokenizer, *settings, **named):
+    return data.make_train_loader(urls, tokenizer, LoaderConfig(*settings, **named))
 
 
 class NumberTokenizer:

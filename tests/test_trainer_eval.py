@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from trainer.api import label_probs, load
-from trainer.evaluate import evaluate_checkpoint
+from trainer.evaluate import EvalRequest, evaluate_checkpoint
 from trainer.evaluate import _fit_logreg, linear_probe, retrieval_metrics
 from trainer.tokenizer import Tokenizer, train_merges
 from trainer.transforms import CLIP_MEAN, CLIP_STD, image_transform
@@ -89,12 +89,12 @@ def test_retrieval_recall_exact(bundle, tmp_path):
     model, preprocess, tok = bundle
     pairs = [(_rgb(c), _caption(c)) for c in COUNTS]
     _write_shard(tmp_path / "00000.tar", pairs)
-    m = evaluate_checkpoint("stand-in", retrieval_data=str(tmp_path / "00000.tar"),
-                            model_bundle=bundle, batch_size=4)["retrieval"]
+    m = evaluate_checkpoint("stand-in", EvalRequest(retrieval_data=str(tmp_path / "00000.tar"),
+                                                    batch_size=4), model_bundle=bundle)["retrieval"]
     assert m["num_pairs"] == 10 and m["image_to_text_R@1"] == 1.0 and m["text_to_image_R@1"] == 1.0
     pairs[0], pairs[1] = (pairs[0][0], pairs[1][1]), (pairs[1][0], pairs[0][1])  # swap 2 captions
     _write_shard(tmp_path / "00001.tar", pairs)
-    m = evaluate_checkpoint("stand-in", retrieval_data=str(tmp_path / "00001.tar"),
+    m = evaluate_checkpoint("stand-in", EvalRequest(retrieval_data=str(tmp_path / "00001.tar")),
                             model_bundle=bundle)["retrieval"]
     assert m["image_to_text_R@1"] == pytest.approx(0.8) and m["image_to_text_R@10"] == 1.0
 
@@ -122,10 +122,10 @@ def test_zeroshot_folder_and_shards_with_cache(bundle, tmp_path):
     _write_shard(tmp_path / "lab.tar", [(rgbs[c], c) for c in ("red", "green", "blue", "red")],
                  labels=["red", 2, "blue", 1])
     cache = tmp_path / "cache"
-    m = evaluate_checkpoint("stand-in", zeroshot_dir=str(root), zeroshot_shards=str(tmp_path / "lab.tar"),
-                            classes=str(tmp_path / "classes.txt"),
-                            templates=str(tmp_path / "templates.txt"), cache_dir=str(cache),
-                            model_bundle=bundle)
+    m = evaluate_checkpoint("stand-in", EvalRequest(
+        zeroshot_dir=str(root), zeroshot_shards=str(tmp_path / "lab.tar"),
+        classes=str(tmp_path / "classes.txt"), templates=str(tmp_path / "templates.txt"),
+        cache_dir=str(cache)), model_bundle=bundle)
     assert m["zeroshot"]["num_images"] == 7 and m["zeroshot"]["top1"] == pytest.approx(6 / 7)
     assert m["zeroshot"]["top5"] == 1.0 and m["zeroshot"]["skipped"] == {"bad_image": 1}
     assert m["zeroshot_shards"]["top1"] == 1.0 and m["zeroshot_shards"]["num_images"] == 4
@@ -142,7 +142,8 @@ def test_zeroshot_folder_and_shards_with_cache(bundle, tmp_path):
     with pytest.raises(WitError, match="placeholder"):
         build_classifier(model, tok, ["red"], ["no placeholder"])
     with pytest.raises(WitError, match="does not match"):
-        evaluate_checkpoint("x", zeroshot_dir=str(root), classes=str(tmp_path / "templates.txt"),
+        evaluate_checkpoint("x", EvalRequest(zeroshot_dir=str(root),
+                                             classes=str(tmp_path / "templates.txt")),
                             model_bundle=bundle)
 
 

@@ -5,9 +5,9 @@ import random
 import pytest
 import torch
 
-from trainer.tokenizer import (OPENAI_NUM_MERGES, ReferenceBPE, Tokenizer, _clean_fast,
-                               _fix_text_fast, _is_bad, bytes_to_unicode, clean_text, read_merges,
-                               train_merges)
+from trainer.pretokenize import _clean_fast, _fix_text_fast, _is_bad
+from trainer.tokenizer import (OPENAI_NUM_MERGES, ReferenceBPE, Tokenizer, bytes_to_unicode,
+                               clean_text, read_merges, train_merges)
 from wit_builder.core import WitError
 
 WORDS = ("a photo of the cat dog on in with and small large red blue green house tree sky sunset "
@@ -159,7 +159,7 @@ def test_fast_is_bad_equals_ftfy_is_bad():
     from re import _constants, _parser
 
     from ftfy.badness import BADNESS_RE, is_bad
-    from trainer.tokenizer import _badness_windows
+    from trainer.pretokenize import _badness_windows
     finditer, span = _badness_windows()
     parsed = _parser.parse(BADNESS_RE.pattern, BADNESS_RE.flags)
     assert span == parsed.getwidth()[1] and not BADNESS_RE.flags & (re.IGNORECASE | re.MULTILINE)
@@ -202,7 +202,7 @@ def test_cleaning_facts_over_every_code_point():
     import ftfy
     import regex
 
-    from trainer.tokenizer import _char_class, _fixer_chars, _unsafe_chars
+    from trainer.pretokenize import _char_class, _fixer_chars, _unsafe_chars
     every = "".join(map(chr, range(0x110000)))
     # each of ftfy's character fixers changes no character outside its set
     for name, chars in _fixer_chars().items():

@@ -1,35 +1,18 @@
 """Captions for learning a tokenizer: from WebDataset tars, Parquet tables or text files."""
 from __future__ import annotations
 
-import glob
-import os
 import tarfile
 from typing import Iterator
 
-from wit_builder.core import WitError
+from wit_builder.core import WitError, expand_shards
 
 __all__ = ["expand_paths", "iter_captions"]
 
 
 def expand_paths(spec: str) -> list[str]:
-    """Expand ``a::b`` sources, ``{00000..00009}`` braces and globs to existing files."""
-    import braceexpand
-    paths: list[str] = []
-    for source in spec.split("::"):
-        for item in braceexpand.braceexpand(source.strip()):
-            if os.path.isdir(item):
-                paths.extend(sorted(glob.glob(os.path.join(item, "*.tar")))
-                             or sorted(glob.glob(os.path.join(item, "*.parquet")))
-                             or sorted(glob.glob(os.path.join(item, "*.txt"))))
-            elif any(c in item for c in "*?["):
-                paths.extend(sorted(glob.glob(item)))
-            elif os.path.exists(item):
-                paths.append(item)
-            else:
-                raise WitError(f"captions input not found: {item}")
-    if not paths:
-        raise WitError(f"no caption files match {spec!r}")
-    return paths
+    """Caption files: ``a::b`` sources, ``{00000..00009}`` braces, globs, and folders (their .tar
+    files, else .parquet, else .txt)."""
+    return expand_shards(spec, "captions input", exts=(".tar", ".parquet", ".txt"), unique=False)
 
 
 def iter_captions(spec: str, column: str | None = None) -> Iterator[str]:

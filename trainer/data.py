@@ -1,6 +1,6 @@
 """WebDataset training data for the CLIP trainer.
 
-``make_train_loader(urls, tokenizer, ...)`` returns ``(loader, num_samples)``. ``loader`` is
+``make_train_loader(urls, tokenizer, LoaderConfig(...))`` returns ``(loader, num_samples)``. ``loader`` is
 iterable, one pass = one epoch, yielding ``(images FloatTensor[B, 3, H, W], tokens
 LongTensor[B, 77])``; full batches only.
 
@@ -35,35 +35,30 @@ the batches yielded in the current pass plus the ones skipped.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
 import os
 import random
 from collections import Counter
+from dataclasses import dataclass
 from typing import Iterator
 
-from wit_builder.core import WitError
+from wit_builder.core import WitError, expand_shards
 
 from trainer.transforms import image_transform
 
-__all__ = ["make_train_loader", "expand_urls", "read_num_samples", "WebDatasetLoader",
-           "decode_sample", "iter_samples"]
+__all__ = ["make_train_loader", "LoaderConfig", "expand_urls", "read_num_samples",
+           "WebDatasetLoader", "decode_sample", "iter_samples"]
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
 
 def expand_urls(urls: str) -> list[str]:
-    """``a::b`` sources and brace ranges -> list of shard paths (kept in order)."""
-    import braceexpand
-    out: list[str] = []
-    for source in str(urls).split("::"):
-        source = source.strip()
-        if source:
-            out.extend(braceexpand.braceexpand(source))
-    if not out:
-        raise WitError(f"no shards in {urls!r}")
-    return out
+    """``a::b`` sources and brace ranges -> list of shard paths (kept in order, repeats kept:
+    the caller checks that local ones exist)."""
+    return expand_shards(urls, "--train-data", must_exist=False, unique=False)
 
 
 def read_num_samples(shards: list[str]) -> int:
@@ -127,65 +122,107 @@ def iter_samples(shards: list[str], skipped: Counter) -> Iterator[dict]:
     yield from wds.tarfile_to_samples(handler=handler)(iter([{"url": s} for s in shards]))
 
 
+@dataclass(frozen=True)
+class LoaderConfig:
+    """The loader's settings (everything but the shards and the tokenizer); see the module
+    docstring. ``num_samples=None``: from ``sizes.json``. ``epoch`` / ``skip_batches``: where
+    the first pass starts (``loader.set_epoch`` moves it)."""
+    image_size: int
+    batch_size: int
+    workers: int
+    seed: int
+    shuffle_buffer: int = 1000
+    resampled: bool = False
+    world_size: int = 1
+    rank: int = 0
+    num_samples: int | None = None
+    epoch: int = 0
+    skip_batches: int = 0
+
+    def __post_init__(self):
+        for name in ("image_size", "batch_size", "workers", "seed", "shuffle_buffer",
+                     "world_size", "rank", "epoch", "skip_batches"):
+            object.__setattr__(self, name, int(getattr(self, name)))
+        object.__setattr__(self, "resampled", bool(self.resampled))
+        if self.num_samples is not None:
+            object.__setattr__(self, "num_samples", int(self.num_samples))
+
+    @property
+    def max_batches(self) -> int | None:
+        """Batches per epoch per rank when resampled (None: until the rank's shards run out)."""
+        return self.num_samples // (self.batch_size * self.world_size) if self.resampled else None
+
+
 def _make_dataset_class():
     import torch
 
     class WdsStream(torch.utils.data.IterableDataset):
         def __init__(self, loader: "WebDatasetLoader"):
             super().__init__()
-            self.cfg = loader._cfg()
+            self.shards, self.tokenizer, self.cfg = loader.shards, loader.tokenizer, loader._pass()
 
         def __iter__(self):
             info = torch.utils.data.get_worker_info()
             physical, workers = (info.id, info.num_workers) if info else (0, 1)
-            yield from _worker_stream(physical=physical, workers=workers, **self.cfg)
+            yield from _worker_stream(self.shards, self.tokenizer, self.cfg, physical, workers)
 
     return WdsStream
 
 
-def _worker_stream(*, shards, seed, epoch, skip_batches, rank, world_size, physical, workers,
-                   batch_size, shuffle_buffer, resampled, image_size, tokenizer, max_batches):
+def _raw_samples(shards, cfg: LoaderConfig, logical: int, workers: int, skipped: Counter):
+    """This worker's raw samples: its share of the epoch's shuffled shards, or (resampled) an
+    endless seeded draw of shards."""
+    if cfg.resampled:
+        rng_shards = random.Random(_seed("resample", cfg.seed, cfg.epoch, cfg.rank, logical))
+
+        def shard_iter():
+            while True:
+                yield rng_shards.choice(shards)
+        return iter_samples_lazy(shard_iter(), skipped)
+    order = list(shards)
+    random.Random(_seed("shards", cfg.seed, cfg.epoch)).shuffle(order)
+    mine = order[cfg.rank::cfg.world_size][logical::workers]
+    return iter_samples(mine, skipped)
+
+
+def _shuffled(stream, size: int, rng: random.Random):
+    """A ``size``-sample shuffle buffer over ``stream``."""
+    buf: list = []
+    for s in stream:
+        if len(buf) < size:
+            buf.append(s)
+            continue
+        i = rng.randrange(len(buf))
+        buf[i], s = s, buf[i]
+        yield s
+    rng.shuffle(buf)
+    yield from buf
+
+
+def _worker_stream(shards, tokenizer, cfg: LoaderConfig, physical: int, workers: int):
+    """The items of one (physical) DataLoader worker of ``workers`` for the pass ``cfg``
+    describes: ``{"images", "tokens", "skipped", "worker"}`` batches, then one end-of-stream
+    item with ``images=None`` carrying the last skip counts."""
     import torch
     # rotate roles so that a resumed pass (which starts at physical worker 0) continues the
     # round-robin at the logical worker an uninterrupted pass would be on
+    skip_batches, max_batches, batch_size = cfg.skip_batches, cfg.max_batches, cfg.batch_size
     logical = (physical + skip_batches) % workers
     my_skip = skip_batches // workers + (1 if logical < skip_batches % workers else 0)
     my_max = None
     if max_batches is not None:
         my_max = max_batches // workers + (1 if logical < max_batches % workers else 0)
     skipped: Counter = Counter()
-    transform = image_transform(image_size, train=True)
-
-    if resampled:
-        rng_shards = random.Random(_seed("resample", seed, epoch, rank, logical))
-
-        def shard_iter():
-            while True:
-                yield rng_shards.choice(shards)
-        raw = iter_samples_lazy(shard_iter(), skipped)
-    else:
-        order = list(shards)
-        random.Random(_seed("shards", seed, epoch)).shuffle(order)
-        mine = order[rank::world_size][logical::workers]
-        raw = iter_samples(mine, skipped)
-
-    def shuffled(stream):
-        rng = random.Random(_seed("buffer", seed, epoch, rank, logical))
-        buf: list = []
-        for s in stream:
-            if len(buf) < shuffle_buffer:
-                buf.append(s)
-                continue
-            i = rng.randrange(len(buf))
-            buf[i], s = s, buf[i]
-            yield s
-        rng.shuffle(buf)
-        yield from buf
+    transform = image_transform(cfg.image_size, train=True)
+    raw = _raw_samples(shards, cfg, logical, workers, skipped)
 
     def crop_rng(sample):
-        return random.Random(_seed("crop", seed, epoch, sample.get("__key__", "")))
+        return random.Random(_seed("crop", cfg.seed, cfg.epoch, sample.get("__key__", "")))
 
-    stream = shuffled(raw) if shuffle_buffer > 1 else raw
+    stream = raw
+    if cfg.shuffle_buffer > 1:
+        stream = _shuffled(raw, cfg.shuffle_buffer,
+                           random.Random(_seed("buffer", cfg.seed, cfg.epoch, cfg.rank, logical)))
     batch_index, count = 0, 0
     images, captions = [], []
     limit = my_max if my_max is not None else float("inf")
@@ -226,23 +263,15 @@ def iter_samples_lazy(shard_iter, skipped: Counter) -> Iterator[dict]:
 
 
 class WebDatasetLoader:
-    """Iterable over one epoch of training batches; see the module docstring."""
+    """Iterable over one epoch of training batches; see the module docstring. ``config`` must
+    have ``num_samples`` set."""
 
-    def __init__(self, shards, tokenizer, image_size, batch_size, workers, seed, shuffle_buffer,
-                 resampled, world_size, rank, num_samples, epoch=0, skip_batches=0):
+    def __init__(self, shards, tokenizer, config: LoaderConfig):
         self.shards = shards
         self.tokenizer = tokenizer
-        self.image_size = int(image_size)
-        self.batch_size = int(batch_size)
-        self.workers = int(workers)
-        self.seed = int(seed)
-        self.shuffle_buffer = int(shuffle_buffer)
-        self.resampled = bool(resampled)
-        self.world_size = int(world_size)
-        self.rank = int(rank)
-        self.num_samples = int(num_samples)
-        self.epoch = int(epoch)
-        self.skip_batches = int(skip_batches)
+        self.config = config
+        self.epoch = config.epoch
+        self.skip_batches = config.skip_batches
         self.skipped: Counter = Counter()
         self._yielded = 0
         self._pass_skip = self.skip_batches
@@ -250,7 +279,7 @@ class WebDatasetLoader:
     # batches per epoch per rank when resampled (the non-resampled count depends on the data)
     @property
     def num_batches(self) -> int:
-        return self.num_samples // (self.batch_size * self.world_size)
+        return self.config.num_samples // (self.config.batch_size * self.config.world_size)
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
         self.epoch = int(epoch)
@@ -259,24 +288,20 @@ class WebDatasetLoader:
     def state(self) -> dict:
         return {"epoch": self.epoch, "batches": self._pass_skip + self._yielded}
 
-    def _cfg(self) -> dict:
-        return dict(shards=self.shards, seed=self.seed, epoch=self.epoch,
-                    skip_batches=self.skip_batches, rank=self.rank, world_size=self.world_size,
-                    batch_size=self.batch_size, shuffle_buffer=self.shuffle_buffer,
-                    resampled=self.resampled, image_size=self.image_size,
-                    tokenizer=self.tokenizer,
-                    max_batches=self.num_batches if self.resampled else None)
+    def _pass(self) -> LoaderConfig:
+        """The settings of the next pass (the current epoch and skip)."""
+        return dataclasses.replace(self.config, epoch=self.epoch, skip_batches=self.skip_batches)
 
     def __iter__(self):
         import torch
         self._yielded = 0
         self._pass_skip = self.skip_batches
-        if self.workers == 0:
-            items = _worker_stream(physical=0, workers=1, **self._cfg())
+        if self.config.workers == 0:
+            items = _worker_stream(self.shards, self.tokenizer, self._pass(), 0, 1)
         else:
             ds = _make_dataset_class()(self)
             items = iter(torch.utils.data.DataLoader(
-                ds, batch_size=None, num_workers=self.workers, persistent_workers=False,
+                ds, batch_size=None, num_workers=self.config.workers, persistent_workers=False,
                 prefetch_factor=2))
         self.skip_batches = 0  # one-shot: the next pass starts at the beginning of its epoch
         for item in items:
@@ -290,10 +315,7 @@ class WebDatasetLoader:
         return self.num_batches
 
 
-def make_train_loader(urls: str, tokenizer, image_size: int, batch_size: int, workers: int,
-                      seed: int, shuffle_buffer: int = 1000, resampled: bool = False,
-                      world_size: int = 1, rank: int = 0, num_samples: int | None = None,
-                      epoch: int = 0, skip_batches: int = 0):
+def make_train_loader(urls: str, tokenizer, config: LoaderConfig):
     """Build the training loader. Returns ``(loader, num_samples)``; see the module docstring
     for sharding, determinism and resuming (``epoch`` / ``skip_batches`` /
     ``loader.set_epoch``)."""
@@ -301,15 +323,13 @@ def make_train_loader(urls: str, tokenizer, image_size: int, batch_size: int, wo
     missing = [s for s in shards if "://" not in s and not os.path.exists(s)]
     if missing:
         raise WitError(f"{len(missing)} shard(s) not found, e.g. {missing[0]}")
-    if batch_size < 1 or workers < 0 or world_size < 1 or not 0 <= rank < world_size:
-        raise WitError(f"bad loader settings: batch_size={batch_size} workers={workers} "
-                       f"world_size={world_size} rank={rank}")
-    if not resampled and len(shards) < world_size:
-        raise WitError(f"{len(shards)} shard(s) for {world_size} ranks: every rank needs a "
+    c = config
+    if c.batch_size < 1 or c.workers < 0 or c.world_size < 1 or not 0 <= c.rank < c.world_size:
+        raise WitError(f"bad loader settings: batch_size={c.batch_size} workers={c.workers} "
+                       f"world_size={c.world_size} rank={c.rank}")
+    if not c.resampled and len(shards) < c.world_size:
+        raise WitError(f"{len(shards)} shard(s) for {c.world_size} ranks: every rank needs a "
                        "shard; use more shards or resampling")
-    if num_samples is None:
-        num_samples = read_num_samples(shards)
-    loader = WebDatasetLoader(shards, tokenizer, image_size, batch_size, workers, seed,
-                              shuffle_buffer, resampled, world_size, rank, num_samples,
-                              epoch=epoch, skip_batches=skip_batches)
-    return loader, num_samples
+    if c.num_samples is None:
+        config = dataclasses.replace(config, num_samples=read_num_samples(shards))
+    return WebDatasetLoader(shards, tokenizer, config), config.num_samples

@@ -18,12 +18,14 @@ import json
 import os
 import random
 from collections import Counter
+from dataclasses import dataclass
 from typing import Iterator
 
 from wit_builder.core import WitError
 
 __all__ = ["iter_folder", "iter_shards", "batched", "encode_images", "retrieval_metrics",
-           "evaluate_retrieval", "linear_probe", "labelled_source", "IMAGE_SUFFIXES"]
+           "evaluate_retrieval", "linear_probe", "labelled_source", "IMAGE_SUFFIXES",
+           "EvalRequest", "evaluate_checkpoint"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 
@@ -233,48 +235,73 @@ def linear_probe(train_x, train_y, test_x, test_y, num_classes: int | None = Non
             "num_train": n, "num_test": int(tx.shape[0])}
 
 
-def evaluate_checkpoint(checkpoint: str, *, zeroshot_dir=None, zeroshot_shards=None,
-                        classes=None, templates=None, label_field="label", cache_dir=None,
-                        retrieval_data=None, linear_probe_train=None, linear_probe_test=None,
-                        batch_size=64, device="cpu", model_bundle=None) -> dict:
-    """Run the requested evaluations; ``model_bundle`` = (model, preprocess, tokenizer)
-    replaces loading ``checkpoint``."""
+@dataclass(frozen=True)
+class EvalRequest:
+    """Which evaluations :func:`evaluate_checkpoint` runs, on what data (``wit eval``'s flags)."""
+    zeroshot_dir: str | None = None        # image folder, one subfolder per class
+    zeroshot_shards: str | None = None     # labelled shards (label in each sample's .json)
+    classes: str | None = None             # class names file (default: the folder names)
+    templates: str | None = None           # prompt templates file (default: CLIP's)
+    label_field: str = "label"             # .json field holding the class index or name
+    cache_dir: str | None = None           # where built zero-shot classifiers are cached
+    retrieval_data: str | None = None      # held-out shards for image<->text recall@K
+    linear_probe_train: str | None = None  # labelled folder or shards to fit the probe on
+    linear_probe_test: str | None = None   # ... and to test it on
+    batch_size: int = 64
+    device: str = "cpu"
+
+
+def evaluate_checkpoint(checkpoint: str, request: EvalRequest, model_bundle=None) -> dict:
+    """Run the evaluations ``request`` asks for; ``model_bundle`` = (model, preprocess,
+    tokenizer) replaces loading ``checkpoint``."""
     from trainer.api import load
-    from trainer.zeroshot import DEFAULT_TEMPLATES, ZeroShotClassifier, read_lines
-    if not (zeroshot_dir or zeroshot_shards or retrieval_data or linear_probe_train):
+    from trainer.zeroshot import read_lines
+    r = request
+    if not (r.zeroshot_dir or r.zeroshot_shards or r.retrieval_data or r.linear_probe_train):
         raise WitError("nothing to evaluate: give --zeroshot-dir/--zeroshot-shards, "
                        "--retrieval-data or --linear-probe-train/--linear-probe-test")
-    if bool(linear_probe_train) != bool(linear_probe_test):
+    if bool(r.linear_probe_train) != bool(r.linear_probe_test):
         raise WitError("the linear probe needs both --linear-probe-train and --linear-probe-test")
-    model, preprocess, tokenizer = model_bundle or load(checkpoint, device=device)
+    model, preprocess, tokenizer = model_bundle or load(checkpoint, device=r.device)
     metrics: dict = {"checkpoint": checkpoint}
-    classnames = read_lines(classes, "classes") if classes else None
-    if zeroshot_dir or zeroshot_shards:
+    classnames = read_lines(r.classes, "classes") if r.classes else None
+    if r.zeroshot_dir or r.zeroshot_shards:
         if classnames is None:
-            if not zeroshot_dir:
+            if not r.zeroshot_dir:
                 raise WitError("--zeroshot-shards needs --classes")
-            classnames = [n.replace("_", " ") for n in folder_classes(zeroshot_dir)]
-        temps = read_lines(templates, "templates") if templates else DEFAULT_TEMPLATES
-        clf = ZeroShotClassifier(model, tokenizer, classnames, temps, device=device,
-                                 cache_path=cache_dir)
-        for name, source in (("zeroshot", zeroshot_dir), ("zeroshot_shards", zeroshot_shards)):
-            if source:
-                skipped: Counter = Counter()
-                items = labelled_source(source, preprocess, skipped,
-                                           classnames if (classes or name != "zeroshot") else None,
-                                           label_field)
-                metrics[name] = clf.evaluate(batched(items, batch_size))
-                metrics[name]["skipped"] = dict(skipped)
-    if retrieval_data:
-        metrics["retrieval"] = evaluate_retrieval(model, tokenizer, preprocess, retrieval_data,
-                                                     device=device, batch_size=batch_size)
-    if linear_probe_train:
-        feats = []
-        for source in (linear_probe_train, linear_probe_test):
-            skipped = Counter()
-            items = labelled_source(source, preprocess, skipped, classnames, label_field)
-            feats.append(extract_features(model, batched(items, batch_size), device))
-        (trx, try_), (tex, tey) = feats
-        metrics["linear_probe"] = linear_probe(trx, try_, tex, tey,
-                                                  num_classes=len(classnames) if classnames else None)
+            classnames = [n.replace("_", " ") for n in folder_classes(r.zeroshot_dir)]
+        metrics.update(_zeroshot(r, model, preprocess, tokenizer, classnames))
+    if r.retrieval_data:
+        metrics["retrieval"] = evaluate_retrieval(model, tokenizer, preprocess, r.retrieval_data,
+                                                  device=r.device, batch_size=r.batch_size)
+    if r.linear_probe_train:
+        metrics["linear_probe"] = _linear_probe(r, model, preprocess, classnames)
     return metrics
+
+
+def _zeroshot(r: EvalRequest, model, preprocess, tokenizer, classnames: list[str]) -> dict:
+    """``{"zeroshot": ..., "zeroshot_shards": ...}`` for the sources ``r`` names."""
+    from trainer.zeroshot import DEFAULT_TEMPLATES, ZeroShotClassifier, read_lines
+    temps = read_lines(r.templates, "templates") if r.templates else DEFAULT_TEMPLATES
+    clf = ZeroShotClassifier(model, tokenizer, classnames, temps, device=r.device,
+                             cache_path=r.cache_dir)
+    metrics = {}
+    for name, source in (("zeroshot", r.zeroshot_dir), ("zeroshot_shards", r.zeroshot_shards)):
+        if source:
+            skipped: Counter = Counter()
+            items = labelled_source(source, preprocess, skipped,
+                                    classnames if (r.classes or name != "zeroshot") else None,
+                                    r.label_field)
+            metrics[name] = clf.evaluate(batched(items, r.batch_size))
+            metrics[name]["skipped"] = dict(skipped)
+    return metrics
+
+
+def _linear_probe(r: EvalRequest, model, preprocess, classnames: list[str] | None) -> dict:
+    feats = []
+    for source in (r.linear_probe_train, r.linear_probe_test):
+        skipped: Counter = Counter()
+        items = labelled_source(source, preprocess, skipped, classnames, r.label_field)
+        feats.append(extract_features(model, batched(items, r.batch_size), r.device))
+    (trx, try_), (tex, tey) = feats
+    return linear_probe(trx, try_, tex, tey, num_classes=len(classnames) if classnames else None)

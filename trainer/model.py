@@ -27,6 +27,9 @@ including the vision transformer's blocks and attention, initialised like
 
 Configs are data: ``trainer/model_configs/NAME.json`` (``embed_dim``, ``quick_gelu``,
 ``vision_cfg``, ``text_cfg``). ``create_model(name_or_cfg) -> (model, cfg)``.
+
+Here: :class:`CLIP` and the configs; the transformer blocks are in :mod:`trainer.layers`, the
+image towers in :mod:`trainer.vision` (all importable from here too).
 """
 from __future__ import annotations
 
@@ -35,224 +38,23 @@ import glob
 import json
 import math
 import os
-from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from wit_builder.core import WitError
 
+from trainer.layers import Attention, LayerNorm, QuickGELU, ResidualAttentionBlock, Transformer
+from trainer.vision import AttentionPool2d, Bottleneck, ModifiedResNet, VisionTransformer
+
 __all__ = ["CLIP", "VisionTransformer", "ModifiedResNet", "Transformer",
            "Attention", "AttentionPool2d", "create_model", "list_models", "get_model_config",
-           "resolve_config", "config_from_state_dict", "CONFIG_DIR"]
+           "resolve_config", "config_from_state_dict", "CONFIG_DIR",
+           # the building blocks and towers live in trainer.layers / trainer.vision
+           "LayerNorm", "QuickGELU", "ResidualAttentionBlock", "Bottleneck"]
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "model_configs")
-
-
-# --- building blocks --------------------------------------------------------------------------
-class LayerNorm(nn.LayerNorm):
-    """LayerNorm computed in float32 and returned in the input's dtype (as OpenAI's, so
-    half-precision weights or activations keep a float32 normalisation)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
-            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        y = F.layer_norm(x.float(), self.normalized_shape, self.weight.float(),
-                         self.bias.float(), self.eps)
-        return y.to(x.dtype)
-
-
-class QuickGELU(nn.Module):
-    """x * sigmoid(1.702 x): the GELU approximation OpenAI's CLIP weights were trained with."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.sigmoid(1.702 * x)
-
-
-class Attention(nn.Module):
-    """Multi-head self-attention with ``nn.MultiheadAttention``'s parameter names, computed
-    batch-first with ``F.scaled_dot_product_attention``."""
-
-    def __init__(self, width: int, heads: int):
-        super().__init__()
-        if width % heads:
-            raise WitError(f"attention width {width} is not divisible by {heads} heads")
-        self.heads = heads
-        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
-        self.in_proj_bias = nn.Parameter(torch.empty(3 * width))
-        self.out_proj = nn.Linear(width, width)
-        # nn.MultiheadAttention's initialisation
-        nn.init.xavier_uniform_(self.in_proj_weight)
-        nn.init.zeros_(self.in_proj_bias)
-        nn.init.zeros_(self.out_proj.bias)
-
-    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
-        b, n, d = x.shape
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
-        q, k, v = qkv.view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # [b, heads, n, d/heads]
-        return self.out_proj(y.transpose(1, 2).reshape(b, n, d))
-
-
-class ResidualAttentionBlock(nn.Module):
-    """Pre-LayerNorm block: x + attn(ln_1(x)), then x + mlp(ln_2(x)); MLP ratio 4."""
-
-    def __init__(self, width: int, heads: int, quick_gelu: bool):
-        super().__init__()
-        self.attn = Attention(width, heads)
-        self.ln_1 = LayerNorm(width)
-        self.mlp = nn.Sequential(OrderedDict([
-            ("c_fc", nn.Linear(width, width * 4)),
-            ("gelu", QuickGELU() if quick_gelu else nn.GELU()),
-            ("c_proj", nn.Linear(width * 4, width)),
-        ]))
-        self.ln_2 = LayerNorm(width)
-
-    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), causal=causal)
-        return x + self.mlp(self.ln_2(x))
-
-
-class Transformer(nn.Module):
-    """``layers`` residual attention blocks on batch-first ``[B, L, width]`` tensors."""
-
-    def __init__(self, width: int, layers: int, heads: int, quick_gelu: bool,
-                 causal: bool = False):
-        super().__init__()
-        self.width, self.layers, self.causal = width, layers, causal
-        self.grad_checkpointing = False
-        self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads, quick_gelu)
-                                         for _ in range(layers)])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.resblocks:
-            if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, self.causal, use_reentrant=False)
-            else:
-                x = block(x, self.causal)
-        return x
-
-
-# --- image towers -----------------------------------------------------------------------------
-class VisionTransformer(nn.Module):
-    def __init__(self, image_size: int, patch_size: int, width: int, layers: int, heads: int,
-                 output_dim: int, quick_gelu: bool):
-        super().__init__()
-        if image_size % patch_size:
-            raise WitError(f"image size {image_size} is not a multiple of patch size {patch_size}")
-        self.image_size, self.patch_size = image_size, patch_size
-        grid = image_size // patch_size
-        self.conv1 = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=False)
-        scale = width ** -0.5
-        self.class_embedding = nn.Parameter(scale * torch.randn(width))
-        self.positional_embedding = nn.Parameter(scale * torch.randn(grid * grid + 1, width))
-        self.ln_pre = LayerNorm(width)
-        self.transformer = Transformer(width, layers, heads, quick_gelu)
-        self.ln_post = LayerNorm(width)
-        self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv1(x.to(self.conv1.weight.dtype))           # [B, width, grid, grid]
-        x = x.flatten(2).transpose(1, 2)                          # [B, grid^2, width]
-        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-        x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
-        x = self.transformer(self.ln_pre(x))
-        return self.ln_post(x[:, 0]) @ self.proj.to(x.dtype)
-
-
-class Bottleneck(nn.Module):
-    """ResNet bottleneck; stride is done by an average pool after conv2 (anti-aliasing), and the
-    shortcut's downsample is avgpool -> 1x1 conv -> BN (module names -1, 0, 1 as OpenAI's)."""
-    expansion = 4
-
-    def __init__(self, inplanes: int, planes: int, stride: int = 1):
-        super().__init__()
-        out = planes * self.expansion
-        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.avgpool = nn.AvgPool2d(stride) if stride > 1 else nn.Identity()
-        self.conv3 = nn.Conv2d(planes, out, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out)
-        self.downsample = None
-        if stride > 1 or inplanes != out:
-            self.downsample = nn.Sequential(OrderedDict([
-                ("-1", nn.AvgPool2d(stride)),
-                ("0", nn.Conv2d(inplanes, out, 1, bias=False)),
-                ("1", nn.BatchNorm2d(out)),
-            ]))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu(self.bn1(self.conv1(x)))
-        y = F.relu(self.bn2(self.conv2(y)))
-        y = self.bn3(self.conv3(self.avgpool(y)))
-        return F.relu(y + (x if self.downsample is None else self.downsample(x)))
-
-
-class AttentionPool2d(nn.Module):
-    """Attention pooling: the mean of the feature map (plus positional embeddings) is the one
-    query attending over itself and all positions; ``c_proj`` maps to the embedding size."""
-
-    def __init__(self, spatial: int, channels: int, heads: int, output_dim: int):
-        super().__init__()
-        if channels % heads:
-            raise WitError(f"attention-pool width {channels} is not divisible by {heads} heads")
-        self.positional_embedding = nn.Parameter(torch.randn(spatial * spatial + 1, channels)
-                                                 / channels ** 0.5)
-        self.k_proj = nn.Linear(channels, channels)
-        self.q_proj = nn.Linear(channels, channels)
-        self.v_proj = nn.Linear(channels, channels)
-        self.c_proj = nn.Linear(channels, output_dim)
-        self.heads = heads
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c = x.shape[:2]
-        x = x.flatten(2).transpose(1, 2)                                    # [B, HW, C]
-        x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1)
-        x = x + self.positional_embedding.to(x.dtype)
-        h, d = self.heads, c // self.heads
-        q = self.q_proj(x[:, :1]).view(b, 1, h, d).transpose(1, 2)
-        k = self.k_proj(x).view(b, -1, h, d).transpose(1, 2)
-        v = self.v_proj(x).view(b, -1, h, d).transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, k, v)                         # [B, h, 1, d]
-        return self.c_proj(y.reshape(b, c))
-
-
-class ModifiedResNet(nn.Module):
-    def __init__(self, layers: list[int], output_dim: int, heads: int, image_size: int,
-                 width: int):
-        super().__init__()
-        if image_size % 32:
-            raise WitError(f"ResNet image size {image_size} is not a multiple of 32")
-        self.image_size = image_size
-        self.conv1 = nn.Conv2d(3, width // 2, 3, stride=2, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width // 2)
-        self.conv2 = nn.Conv2d(width // 2, width // 2, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(width // 2)
-        self.conv3 = nn.Conv2d(width // 2, width, 3, padding=1, bias=False)
-        self.bn3 = nn.BatchNorm2d(width)
-        self.avgpool = nn.AvgPool2d(2)
-        inplanes = width
-        for i, n in enumerate(layers):
-            planes, stride = width * 2 ** i, (1 if i == 0 else 2)
-            blocks = [Bottleneck(inplanes, planes, stride)]
-            inplanes = planes * Bottleneck.expansion
-            blocks += [Bottleneck(inplanes, planes) for _ in range(1, n)]
-            self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
-        self.num_layers = len(layers)
-        self.attnpool = AttentionPool2d(image_size // 32, width * 32, heads, output_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.conv1.weight.dtype)
-        for conv, bn in ((self.conv1, self.bn1), (self.conv2, self.bn2), (self.conv3, self.bn3)):
-            x = F.relu(bn(conv(x)))
-        x = self.avgpool(x)
-        for i in range(self.num_layers):
-            x = getattr(self, f"layer{i + 1}")(x)
-        return self.attnpool(x)
 
 
 # --- CLIP -------------------------------------------------------------------------------------

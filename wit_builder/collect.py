@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from wit_builder.balance import DEFAULT_CAP, BalanceConfig, query_ids_csr
+from wit_builder.schemas import BALANCED_SCHEMA, MATCHED_SCHEMA  # noqa: F401 (BALANCED_SCHEMA: re-exported)
 from wit_builder.sources import SourceOptions, iter_candidates
 from wit_builder.textclean import TextCleaner
 
@@ -30,12 +31,6 @@ __all__ = ["CollectConfig", "make_config", "shard_name", "Batch", "MATCHED_SCHEM
            "identify_batch", "batch_to_table", "shard_ids", "split_by_shard", "dedup_table", "compute_uid",
            "csr_take", "load_queries", "query_ids_csr"]
 
-MATCHED_SCHEMA = pa.schema([
-    ("uid", pa.string()), ("url", pa.string()), ("text", pa.string()), ("page_url", pa.string()),
-    ("source", pa.string()), ("lang", pa.string()), ("lang_prob", pa.float32()),
-    ("query_ids", pa.list_(pa.int32())),
-])
-BALANCED_SCHEMA = MATCHED_SCHEMA.append(pa.field("keep_prob", pa.float64()))
 
 
 def shard_name(k: int, m: int) -> str:

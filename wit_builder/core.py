@@ -189,33 +189,38 @@ def unique_tmp_suffix() -> str:
     return uuid.uuid4().hex[:8]
 
 
-def expand_shards(patterns: Sequence[str] | str, what: str = "--shards") -> list[str]:
-    """Brace-expand ('IMAGES/{00000..00009}.tar'), glob, or list a directory's .tar files."""
+def expand_shards(patterns: Sequence[str] | str, what: str = "--shards", *, exts: Sequence[str] = (".tar",),
+                  must_exist: bool = True, unique: bool = True) -> list[str]:
+    """The one shard-pattern expander: sources joined by ``::`` (OpenCLIP's convention), brace
+    ranges (``IMAGES/{00000..00009}.tar``), globs, and folders (their files with the first of
+    ``exts`` that has any). Plain paths must exist unless ``must_exist`` is off (remote training
+    data is opened later); with ``unique``, a path listed twice is kept once."""
     import braceexpand
+
     if isinstance(patterns, str):
         patterns = [patterns]
+    sources = [src.strip() for pattern in patterns for src in str(pattern).split("::") if src.strip()]
     out: list[str] = []
-    for pattern in patterns:
-        for p in braceexpand.braceexpand(pattern):
-            if is_local(p) and os.path.isdir(p):
-                files = sorted(os.path.join(p, f) for f in os.listdir(p) if f.endswith(".tar"))
+    for source in sources:
+        for p in braceexpand.braceexpand(source):
+            if is_local(p) and os.path.isdir(_local(p)):
+                listed = sorted(os.listdir(_local(p)))
+                files = next(([os.path.join(p, f) for f in listed if f.endswith(ext) and not f.startswith(".")]
+                              for ext in exts if any(f.endswith(ext) for f in listed)), [])
                 if not files:
-                    raise WitError(f"{what}: directory {p!r} holds no .tar shards")
+                    raise WitError(f"{what}: directory {p!r} holds no {' or '.join(exts)} shards")
                 out.extend(files)
             elif any(c in p for c in "*?["):
-                out.extend(f for f in match_paths([p], what) if f.endswith(".tar"))
+                out.extend(f for f in match_paths([p], what) if f.endswith(tuple(exts)))
             else:
-                if not exists(p):
-                    raise WitError(f"{what}: shard {p!r} does not exist")
+                if must_exist and not exists(p):
+                    raise WitError(f"{what}: {p!r} not found (does not exist)")
                 out.append(p)
-    seen, unique = set(), []
-    for p in out:
-        if p not in seen:
-            seen.add(p)
-            unique.append(p)
-    if not unique:
+    if unique:
+        out = list(dict.fromkeys(out))
+    if not out:
         raise WitError(f"{what}: no shards in {list(patterns)}")
-    return unique
+    return out
 
 
 # -- the run-directory rule -------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Final training shards: successful, deduplicated images as WebDataset tars + Parquet metadata.
 
-``write_shards(images, out, dedup=None, samples_per_shard=10000)`` reads the shards of
+The stage (driven by ``pipelines/shards.py``, one Beam element per download shard, then per
+output shard) reads the shards of
 ``wit download`` (``IMAGES/NNNNN.tar`` + ``NNNNN.parquet``, finished ones: ``NNNNN_stats.json``
 present), keeps the rows whose ``status`` is ``success`` and whose image is in the tar, drops
 those that ``DEDUP/decisions.parquet`` (``wit dedup run``) marks ``kept = False``, and writes
@@ -38,22 +39,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from wit_builder.core import WitError, atomic_open, atomic_write_json
+from wit_builder.schemas import SHARD_JSON_FIELDS, SHARD_SCHEMA
 
-__all__ = ["write_shards", "read_decisions", "find_image_shards", "SHARD_SCHEMA", "train_data_pattern"]
+__all__ = ["ShardsConfig", "start_shards", "count_kept", "assign_output_shards", "write_output_shard",
+           "finish_shards", "read_decisions", "find_image_shards", "SHARD_SCHEMA", "train_data_pattern"]
 
 IMAGE_EXTS = ("jpg", "png", "webp")
 MTIME = 946684800  # 2000-01-01: a fixed member time keeps the tars reproducible
-
-SHARD_SCHEMA = pa.schema([
-    ("key", pa.string()), ("uid", pa.string()), ("url", pa.string()), ("text", pa.string()),
-    ("query_ids", pa.list_(pa.int32())), ("sha256", pa.string()),
-    ("width", pa.int32()), ("height", pa.int32()),
-    ("original_width", pa.int32()), ("original_height", pa.int32()),
-    ("cluster_id", pa.int64()), ("cluster_size", pa.int32()), ("page_url", pa.string()),
-])
-JSON_FIELDS = ("uid", "url", "text", "query_ids", "sha256", "width", "height", "original_width",
-               "original_height", "cluster_id", "cluster_size", "key", "page_url")
-
 
 def _fs(path: str):
     return fsspec.core.url_to_fs(path)
@@ -139,59 +131,115 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def _iter_samples(images: str, names: list[str], decisions: dict[str, Decision] | None,
-                  counts: Counter) -> Iterator[dict]:
-    """Successful, kept samples of every shard, in key order, each with its image bytes."""
+@dataclass(frozen=True)
+class ShardsConfig:
+    """What ``wit shards`` reads and writes."""
+    images: str                      # `wit download` output folder
+    out: str
+    dedup: str | None = None         # `wit dedup run` folder or its decisions.parquet
+    samples_per_shard: int = 10_000
+    allow_incomplete: bool = False
+
+    def __post_init__(self):
+        if self.samples_per_shard <= 0:
+            raise WitError("--samples-per-shard must be positive")
+
+
+def _shard_samples(images: str, name: str, decisions: dict[str, Decision] | None, counts: Counter,
+                   with_images: bool = True, start: int = 0, stop: int | None = None) -> Iterator[dict]:
+    """Successful, kept samples ``start:stop`` of download shard ``name``, in key order, each with
+    its image bytes (``with_images``) or only its metadata; skips are counted in ``counts``."""
     fs, root = _fs(images)
-    last_key = ""
-    for name in names:
-        with fs.open(f"{root}/{name}.parquet", "rb") as fh:
-            table = pq.read_table(fh)
-        rows = table.to_pylist()
-        counts["download_rows"] += len(rows)
-        ok = sorted((r for r in rows if r.get("status") == "success"), key=lambda r: r["key"])
-        counts["download_failed"] += len(rows) - len(ok)
-        with fs.open(f"{root}/{name}.tar", "rb") as fh, tarfile.open(fileobj=fh, mode="r:") as tar:
-            members = {}
-            for m in tar.getmembers():
-                if m.isfile():
-                    base = os.path.basename(m.name)
-                    key, _, ext = base.partition(".")
-                    if ext in IMAGE_EXTS:
-                        members[key] = (ext, m)
-            for row in ok:
-                key = row["key"]
-                if key <= last_key:
-                    raise WitError(f"--images {images}: key {key} of shard {name} is not after {last_key}; "
-                                   "download shards overlap")
-                last_key = key
-                if key not in members:
-                    counts["missing_in_tar"] += 1
+    with fs.open(f"{root}/{name}.parquet", "rb") as fh:
+        table = pq.read_table(fh)
+    rows = table.to_pylist()
+    counts["download_rows"] += len(rows)
+    ok = sorted((r for r in rows if r.get("status") == "success"), key=lambda r: r["key"])
+    counts["download_failed"] += len(rows) - len(ok)
+    with fs.open(f"{root}/{name}.tar", "rb") as fh, tarfile.open(fileobj=fh, mode="r:") as tar:
+        members = {}
+        for m in tar.getmembers():
+            if m.isfile():
+                base = os.path.basename(m.name)
+                key, _, ext = base.partition(".")
+                if ext in IMAGE_EXTS:
+                    members[key] = (ext, m)
+        index = -1
+        for row in ok:
+            key = row["key"]
+            if key not in members:
+                counts["missing_in_tar"] += 1
+                continue
+            decision = decisions.get(key) if decisions is not None else None
+            if decisions is not None:
+                if decision is None:
+                    counts["not_in_dedup"] += 1
+                elif decision.uid is not None and row.get("uid") is not None and decision.uid != row["uid"]:
+                    raise WitError(f"--dedup: key {key} has uid {decision.uid} in the decisions but "
+                                   f"{row['uid']} in {images}/{name}.parquet: decisions of another download?")
+                elif not decision.kept:
+                    counts["dropped_by_dedup"] += 1
+                    if decision.cluster_id == -1:
+                        counts["dropped_undecodable"] += 1
                     continue
-                decision = decisions.get(key) if decisions is not None else None
-                if decisions is not None:
-                    if decision is None:
-                        counts["not_in_dedup"] += 1
-                    elif decision.uid is not None and row.get("uid") is not None and decision.uid != row["uid"]:
-                        raise WitError(f"--dedup: key {key} has uid {decision.uid} in the decisions but "
-                                       f"{row['uid']} in {images}/{name}.parquet: decisions of another download?")
-                    elif not decision.kept:
-                        counts["dropped_by_dedup"] += 1
-                        if decision.cluster_id == -1:
-                            counts["dropped_undecodable"] += 1
-                        continue
-                ext, member = members[key]
-                image = tar.extractfile(member).read()
-                yield {
-                    "key": key, "ext": ext, "image": image,
-                    "uid": row.get("uid"), "url": row.get("url"), "text": row.get("caption"),
-                    "query_ids": row.get("query_ids"), "sha256": row.get("sha256"),
-                    "width": row.get("width"), "height": row.get("height"),
-                    "original_width": row.get("original_width"), "original_height": row.get("original_height"),
-                    "cluster_id": decision.cluster_id if decision else None,
-                    "cluster_size": decision.cluster_size if decision else None,
-                    "page_url": row.get("page_url"),
-                }
+            index += 1
+            if index < start or (stop is not None and index >= stop):
+                continue
+            ext, member = members[key]
+            yield {
+                "key": key, "ext": ext, "image": tar.extractfile(member).read() if with_images else None,
+                "uid": row.get("uid"), "url": row.get("url"), "text": row.get("caption"),
+                "query_ids": row.get("query_ids"), "sha256": row.get("sha256"),
+                "width": row.get("width"), "height": row.get("height"),
+                "original_width": row.get("original_width"), "original_height": row.get("original_height"),
+                "cluster_id": decision.cluster_id if decision else None,
+                "cluster_size": decision.cluster_size if decision else None,
+                "page_url": row.get("page_url"),
+            }
+
+
+def count_kept(images: str, name: str, decisions: dict[str, Decision] | None) -> dict:
+    """One download shard's plan: how many samples it gives, its first and last key, its counts."""
+    counts: Counter = Counter()
+    keys = [s["key"] for s in _shard_samples(images, name, decisions, counts, with_images=False)]
+    return {"name": name, "kept": len(keys), "first_key": keys[0] if keys else None,
+            "last_key": keys[-1] if keys else None, "counts": dict(counts)}
+
+
+def assign_output_shards(plans: list[dict], samples_per_shard: int, images: str) -> list[tuple[int, list]]:
+    """Download shards' plans (any order) -> output shards as ``(index, [(name, start, stop)])``:
+    the kept samples of all download shards in key order, cut every ``samples_per_shard``.
+    Download shards whose keys overlap are an error."""
+    plans = sorted(plans, key=lambda p: p["name"])
+    last_key, last_name = "", None
+    for p in plans:
+        if p["kept"] and p["first_key"] <= last_key:
+            raise WitError(f"--images {images}: key {p['first_key']} of shard {p['name']} is not after "
+                           f"{last_key} (shard {last_name}); download shards overlap")
+        if p["kept"]:
+            last_key, last_name = p["last_key"], p["name"]
+    out, current, filled = [], [], 0
+    for p in plans:
+        start = 0
+        while start < p["kept"]:
+            take = min(samples_per_shard - filled, p["kept"] - start)
+            current.append((p["name"], start, start + take))
+            start += take
+            filled += take
+            if filled == samples_per_shard:
+                out.append((len(out), current))
+                current, filled = [], 0
+    if current:
+        out.append((len(out), current))
+    return out
+
+
+def write_output_shard(cfg: ShardsConfig, index: int, ranges: list, decisions: dict[str, Decision] | None) -> dict:
+    """Write output shard ``index`` from its ``(download shard, start, stop)`` ranges."""
+    samples: list[dict] = []
+    for name, start, stop in ranges:
+        samples.extend(_shard_samples(cfg.images, name, decisions, Counter(), start=start, stop=stop))
+    return _write_shard(cfg.out.rstrip("/"), index, samples)
 
 
 def _write_shard(out: str, index: int, samples: list[dict]) -> dict:
@@ -200,7 +248,7 @@ def _write_shard(out: str, index: int, samples: list[dict]) -> dict:
         hashing = _HashingWriter(fh)
         with tarfile.open(fileobj=hashing, mode="w", format=tarfile.USTAR_FORMAT) as tar:
             for s in samples:
-                meta = {k: s[k] for k in JSON_FIELDS}
+                meta = {k: s[k] for k in SHARD_JSON_FIELDS}
                 _add_member(tar, f"{s['key']}.{s['ext']}", s["image"])
                 _add_member(tar, f"{s['key']}.txt", (s["text"] or "").encode("utf-8"))
                 _add_member(tar, f"{s['key']}.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))
@@ -221,34 +269,16 @@ def train_data_pattern(out: str, shards: int) -> str:
     return f"{out.rstrip('/')}/{{00000..{shards - 1:05d}}}.tar"
 
 
-def write_shards(images: str, out: str, dedup: str | None = None, samples_per_shard: int = 10_000,
-                 allow_incomplete: bool = False, progress: bool = True) -> dict:
-    """Write the final shards (see the module docstring); returns the manifest."""
-    from tqdm import tqdm
-    if samples_per_shard <= 0:
-        raise WitError("--samples-per-shard must be positive")
-    names = find_image_shards(images, allow_incomplete)
-    decisions = read_decisions(dedup) if dedup else None
-    out = out.rstrip("/")
+def finish_shards(cfg: ShardsConfig, shards: list[dict], plans: list[dict], decisions: int | None) -> dict:
+    """Remove shards an earlier, larger run left, write sizes.json, then manifest.json (last)."""
+    out = cfg.out.rstrip("/")
     fs, root = _fs(out)
-    fs.makedirs(root, exist_ok=True)
-    if fs.exists(f"{root}/manifest.json"):
-        fs.rm(f"{root}/manifest.json")  # a half-rewritten set must never look complete
+    shards = sorted(shards, key=lambda s: s["name"])
     counts: Counter = Counter()
-    shards: list[dict] = []
-    batch: list[dict] = []
-    bar = tqdm(desc="shards", unit="img", disable=not progress)
-    for sample in _iter_samples(images, names, decisions, counts):
-        batch.append(sample)
-        bar.update(1)
-        if len(batch) == samples_per_shard:
-            shards.append(_write_shard(out, len(shards), batch))
-            batch = []
-    if batch:
-        shards.append(_write_shard(out, len(shards), batch))
-    bar.close()
+    for p in plans:
+        counts.update(p["counts"])
     if not shards:
-        raise WitError(f"no images left to write from {images} "
+        raise WitError(f"no images left to write from {cfg.images} "
                        f"({counts['download_rows']} rows, {counts['dropped_by_dedup']} dropped by dedup)")
     keep = {f"{s['name']}.{ext}" for s in shards for ext in ("tar", "parquet")}
     for path in fs.ls(root, detail=False):
@@ -256,6 +286,7 @@ def write_shards(images: str, out: str, dedup: str | None = None, samples_per_sh
         if re.fullmatch(r"\d{5}\.(tar|parquet)", base) and base not in keep:
             fs.rm(path)  # left by an earlier run with more shards
     atomic_write_json(f"{out}/sizes.json", {s["tar"]: s["samples"] for s in shards})
+    deduped = decisions is not None
     manifest = {
         "format": "wit-shards/1",
         "shards": shards,
@@ -266,14 +297,27 @@ def write_shards(images: str, out: str, dedup: str | None = None, samples_per_sh
             "download_rows": counts["download_rows"],
             "download_failed": counts["download_failed"],
             "missing_in_tar": counts["missing_in_tar"],
-            "dropped_by_dedup": counts["dropped_by_dedup"] if decisions is not None else None,
-            "dropped_undecodable": counts["dropped_undecodable"] if decisions is not None else None,
-            "not_in_dedup": counts["not_in_dedup"] if decisions is not None else None,
+            "dropped_by_dedup": counts["dropped_by_dedup"] if deduped else None,
+            "dropped_undecodable": counts["dropped_undecodable"] if deduped else None,
+            "not_in_dedup": counts["not_in_dedup"] if deduped else None,
         },
-        "samples_per_shard": samples_per_shard,
+        "samples_per_shard": cfg.samples_per_shard,
         "train_data": train_data_pattern(out, len(shards)),
-        "inputs": {"images": images, "image_shards": names, "dedup": dedup,
-                   "decisions": len(decisions) if decisions is not None else None},
+        "inputs": {"images": cfg.images, "image_shards": sorted(p["name"] for p in plans), "dedup": cfg.dedup,
+                   "decisions": decisions},
     }
     atomic_write_json(f"{out}/manifest.json", manifest)
     return manifest
+
+
+def start_shards(cfg: ShardsConfig) -> list[str]:
+    """Check the inputs and remove an earlier manifest (a half-rewritten set must never look
+    complete); returns the finished download shards' names."""
+    names = find_image_shards(cfg.images, cfg.allow_incomplete)
+    if cfg.dedup:
+        read_decisions(cfg.dedup)        # a missing or broken decisions table fails here, once
+    fs, root = _fs(cfg.out.rstrip("/"))
+    fs.makedirs(root, exist_ok=True)
+    if fs.exists(f"{root}/manifest.json"):
+        fs.rm(f"{root}/manifest.json")
+    return names

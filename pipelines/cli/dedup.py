@@ -73,7 +73,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--holdout", type=float, default=0.1, help="fraction of images (by key hash) kept out for calibration")
     t.add_argument("--seed", type=int, default=0, help="seed for initialisation, sampling and augmentations")
     t.add_argument("--checkpoint-every", type=int, default=100, help="rewrite --out every this many steps")
-    t.add_argument("--restart", action="store_true", help="ignore an existing --out instead of resuming from it")
+    t.add_argument("--overwrite", "--restart", dest="restart", action="store_true",
+                   help="ignore an existing --out instead of resuming from it")
     t.add_argument("--threads", type=int, default=None, help="torch threads (None: torch's choice; on a busy "
                    "shared machine 1 is often much faster, as waiting OpenMP threads spin)")
     t.add_argument("--device", default="auto", help="torch device: auto (a CUDA GPU if torch sees one, else the "
@@ -134,13 +135,15 @@ def run(args: argparse.Namespace) -> int:
                        f"(see `wit dedup {args.action} --help`)")
     if args.action == "train":
         from wit_builder.core import expand_shards
-        from wit_builder.detector import detector_summary, train_detector
-        res = train_detector(expand_shards(args.shards), args.out, steps=args.steps, batch_size=args.batch_size,
-                             arch=args.arch, lr=args.lr, image_size=args.image_size, embed_dim=args.embed_dim,
-                             width=args.width, layers=args.layers, pool_grid=args.pool_grid, seed=args.seed,
-                             holdout=args.holdout,
-                             checkpoint_every=args.checkpoint_every, weight_decay=args.weight_decay,
-                             restart=args.restart, threads=args.threads, device=args.device)
+        from wit_builder.detector import detector_summary
+        from wit_builder.detector_train import DetectorTrainConfig, train_detector
+        cfg = DetectorTrainConfig(steps=args.steps, batch_size=args.batch_size, arch=args.arch, lr=args.lr,
+                                  image_size=args.image_size, embed_dim=args.embed_dim, width=args.width,
+                                  layers=tuple(args.layers) if args.layers else None, pool_grid=args.pool_grid,
+                                  seed=args.seed, holdout=args.holdout, checkpoint_every=args.checkpoint_every,
+                                  weight_decay=args.weight_decay)
+        res = train_detector(expand_shards(args.shards), args.out, cfg, restart=args.restart, threads=args.threads,
+                             device=args.device)
         hist = res["loss_history"]
         tail = hist[-20:]
         print(json.dumps({"out": args.out, "step": res["step"], "resumed_from": res["resumed_from"],
@@ -150,10 +153,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.action == "calibrate":
         from wit_builder.core import expand_shards
-        from wit_builder.detector import calibrate_detector
-        res = calibrate_detector(args.detector, expand_shards(args.shards), target_precision=args.target_precision,
-                                 max_images=args.max_images, use_all=args.all_images, seed=args.seed,
-                                 batch_size=args.batch_size, threads=args.threads, device=args.device)
+        from wit_builder.detector_train import CalibrationConfig, calibrate_detector
+        cfg = CalibrationConfig(target_precision=args.target_precision, max_images=args.max_images,
+                                use_all=args.all_images, seed=args.seed, batch_size=args.batch_size)
+        res = calibrate_detector(args.detector, expand_shards(args.shards), cfg, threads=args.threads,
+                                 device=args.device)
         print(json.dumps(res, indent=2))
         return 0
     if args.action == "run":

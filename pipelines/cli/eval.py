@@ -31,22 +31,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--linear-probe-train", help="labelled image folder or shards to fit on")
     p.add_argument("--linear-probe-test", help="labelled image folder or shards to test on")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
-    parser.add_argument("--device", default="cpu", help="torch device")
+    parser.add_argument("--device", default="auto",
+                        help="torch device: auto (a CUDA GPU if torch sees one, else the CPU), cpu, cuda, cuda:N")
 
 
 def run(args) -> int:
     import json
 
-    from trainer.evaluate import evaluate_checkpoint
+    from wit_builder.detector import resolve_device
+    args.device = str(resolve_device(args.device))
+
+    from trainer.evaluate import EvalRequest, evaluate_checkpoint
     for path in (args.zeroshot_dir, args.linear_probe_train, args.linear_probe_test):
         if path and not os.path.exists(path) and "{" not in path and "::" not in path:
             raise WitError(f"not found: {path}")
-    metrics = evaluate_checkpoint(
-        args.checkpoint, zeroshot_dir=args.zeroshot_dir, zeroshot_shards=args.zeroshot_shards,
+    metrics = evaluate_checkpoint(args.checkpoint, EvalRequest(
+        zeroshot_dir=args.zeroshot_dir, zeroshot_shards=args.zeroshot_shards,
         classes=args.classes, templates=args.templates, label_field=args.label_field,
         cache_dir=args.cache_dir, retrieval_data=args.retrieval_data,
         linear_probe_train=args.linear_probe_train, linear_probe_test=args.linear_probe_test,
-        batch_size=args.batch_size, device=args.device)
+        batch_size=args.batch_size, device=args.device))
     atomic_write_json(args.out, metrics)
     print(json.dumps({k: v for k, v in metrics.items() if k != "checkpoint"}, indent=1))
     return 0

@@ -15,12 +15,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", required=True, help="image file")
     parser.add_argument("--labels", required=True,
                         help="comma-separated labels, e.g. 'a dog,a cat,a diagram'")
-    parser.add_argument("--device", default="cpu", help="torch device")
+    parser.add_argument("--device", default="auto",
+                        help="torch device: auto (a CUDA GPU if torch sees one, else the CPU), cpu, cuda, cuda:N")
     parser.add_argument("--json", action="store_true", help="print a JSON object instead of lines")
 
 
 def run(args) -> int:
     from PIL import Image
+
+    from wit_builder.detector import resolve_device
+    args.device = str(resolve_device(args.device))
 
     from trainer.api import label_probs, load
     labels = [label.strip() for label in args.labels.split(",") if label.strip()]

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import argparse
 
+from pipelines.cli.beam_args import add_beam_arguments
+
+BEAM_OPTIONS = True
 DESCRIPTION = (
     "Write the final training shards from `wit download`'s IMAGES: successful images only, minus "
     "those `wit dedup run` marked kept=False (--dedup), in key order, as SHARDS/NNNNN.tar "
@@ -19,12 +22,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples-per-shard", type=int, default=10_000, help="samples per output tar")
     parser.add_argument("--allow-incomplete", action="store_true",
                         help="use the finished download shards even if `wit download` has not finished all")
+    add_beam_arguments(parser)
 
 
 def run(args) -> int:
-    from wit_builder.shards import write_shards
-    m = write_shards(args.images, args.out, dedup=args.dedup, samples_per_shard=args.samples_per_shard,
-                     allow_incomplete=args.allow_incomplete)
+    from pipelines import shards
+    from wit_builder.shards import ShardsConfig
+    cfg = ShardsConfig(args.images, args.out, dedup=args.dedup, samples_per_shard=args.samples_per_shard,
+                       allow_incomplete=args.allow_incomplete)
+    m = shards.run(cfg, args.beam)
     t = m["totals"]
     print(f"wrote {t['samples']} samples in {t['shards']} shards ({t['tar_bytes'] / 1e6:.1f} MB) to {args.out}")
     print(f"  download rows {t['download_rows']}, failed downloads skipped {t['download_failed']}")

@@ -17,6 +17,9 @@ the web's (``"web"``), and carry fewer distractors than the web (10% instead of 
 image's label is unambiguous. The set is written to a temporary folder and renamed into place, so
 it is either complete or absent; calling again with the same parameters finds ``heldout.json`` and
 returns at once (``force=True`` rebuilds it).
+
+:func:`calibration_images` renders another such set, from the ``"calibration"`` stream, for
+calibrating the near-duplicate detector (``wit demo``'s dedup stage).
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ import tempfile
 from wit_builder.core import WitError, atomic_write_json
 from wit_builder.sim.render import COLOURS, SHAPES, render, sample_scene, scene_seed
 
-__all__ = ["SHAPE_TEMPLATES", "COLOUR_TEMPLATES", "write_heldout", "class_sets"]
+__all__ = ["SHAPE_TEMPLATES", "COLOUR_TEMPLATES", "write_heldout", "class_sets", "calibration_images"]
 
 SHAPE_TEMPLATES = (
     "a photo of a {}.",
@@ -114,3 +117,21 @@ def write_heldout(out: str, per_class: int = 50, seed: int = 0, force: bool = Fa
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return summary
+
+
+def calibration_images(n: int, seed: int, size: int) -> list:
+    """``n`` freshly rendered scenes (their own seed stream, so none is on the web or in the
+    held-out set), resized as ``wit download`` stores images (img2dataset's ``border`` mode:
+    longer side to ``size``, padded to a white square)."""
+    from PIL import Image
+
+    out = []
+    for i in range(n):
+        img = render(sample_scene(scene_seed("calibration", seed, i)))
+        k = size / max(img.size)
+        img = img.resize((max(1, round(img.width * k)), max(1, round(img.height * k))),
+                         Image.Resampling.BOX)
+        canvas = Image.new("RGB", (size, size), (255, 255, 255))
+        canvas.paste(img, ((size - img.width) // 2, (size - img.height) // 2))
+        out.append(canvas)
+    return out

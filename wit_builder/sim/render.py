@@ -10,165 +10,28 @@ distractor shape. Everything is deterministic from an integer seed:
     image = render(scene)                       # PIL RGB image, 128-256 px a side
     image, alpha = render(scene, with_mask=True)  # plus the main object's coverage in [0, 1]
 
-The concepts are meant to be unambiguous to a person:
-
-* colours are drawn from disjoint HSV boxes (:data:`COLOURS`): distinct hues, and where two hues
-  are close (orange/brown, red/pink) clearly different value or saturation; textures only scale
-  the colour's brightness a little, so the object's mean colour stays inside its own box
-  (:func:`nearest_colour` maps an RGB colour back to its name, which the tests use);
-* backgrounds are desaturated (wood and sky a little less) and must differ from the object's
-  colour by a minimum RGB distance, so the object always stands out;
-* shapes whose identity depends on orientation are rotated only a little (a square turned 45
-  degrees would be a diamond, a cross an X).
+The concepts (colours, backgrounds, shapes' rotations) and the drawing of a scene's parameters
+live in ``scenes.py`` (see its docstring); they are re-exported here, the module to import from.
+This one turns a scene into pixels.
 
 Speed: about a millisecond per image (numpy + PIL, 2x supersampled polygons), so thousands of
 images take seconds.
 """
 from __future__ import annotations
 
-import colorsys
-import hashlib
 import math
-from dataclasses import asdict, dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from wit_builder.sim.scenes import (BACKGROUNDS, COLOURS, SHAPES, TEXTURES, Scene, colour_box,
+                                    nearest_colour, sample_scene, scene_seed, size_word)
 
 __all__ = ["SHAPES", "COLOURS", "BACKGROUNDS", "TEXTURES", "Scene", "sample_scene", "render",
            "scene_seed",
            "shape_polygon", "nearest_colour", "colour_box", "size_word"]
 
-SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "arrow", "heart", "cross",
-                           "crescent")
-
-# name -> ((hue lo, hue hi) in degrees, (sat lo, hi), (val lo, hi)). Hue ranges of similar
-# colours are kept apart by value/saturation: orange is bright, brown dark; red saturated, pink
-# light and pastel. A hue range may wrap around 0 (red: -8..6).
-COLOURS: dict[str, tuple[tuple[float, float], tuple[float, float], tuple[float, float]]] = {
-    "red": ((-8.0, 6.0), (0.80, 0.98), (0.78, 0.95)),
-    "orange": ((24.0, 34.0), (0.85, 1.00), (0.93, 1.00)),
-    "yellow": ((50.0, 58.0), (0.80, 1.00), (0.92, 1.00)),
-    "green": ((105.0, 140.0), (0.65, 0.95), (0.50, 0.80)),
-    "blue": ((212.0, 232.0), (0.75, 0.95), (0.70, 0.95)),
-    "purple": ((268.0, 288.0), (0.55, 0.85), (0.50, 0.75)),
-    "pink": ((322.0, 342.0), (0.35, 0.55), (0.95, 1.00)),
-    "brown": ((20.0, 32.0), (0.60, 0.80), (0.30, 0.45)),
-}
-
-BACKGROUNDS: tuple[str, ...] = ("plain", "gradient", "wood", "checkerboard", "noise", "sky",
-                                "stripes")
-TEXTURES: tuple[str, ...] = ("flat", "shaded", "striped", "speckled", "outlined")
-
-# Rotation allowed per shape (degrees, symmetric): orientation-defined shapes turn only a little.
-_MAX_ROTATION = {"square": 20.0, "cross": 20.0, "heart": 25.0, "triangle": 180.0, "star": 180.0,
-                 "arrow": 180.0, "circle": 0.0, "crescent": 180.0}
-_MIN_CONTRAST = 0.45   # minimum RGB distance (0..1 units, max sqrt(3)) object vs background mean
 _SUPERSAMPLE = 2
-
-
-@dataclass(frozen=True)
-class Scene:
-    """Every parameter of one rendered image (JSON-friendly via :meth:`to_dict`)."""
-
-    seed: int
-    shape: str
-    colour: str
-    background: str
-    texture: str
-    width: int
-    height: int
-    cx: float                      # object centre, pixels
-    cy: float
-    radius: float                  # circumradius, pixels
-    rotation: float                # degrees, counter-clockwise
-    rgb: tuple[float, float, float]                 # object base colour, 0..1
-    bg_rgb: tuple[tuple[float, float, float], ...]  # background tones, 0..1
-    shadow: bool = False
-    distractor: tuple | None = None  # (shape, cx, cy, radius, rotation, grey value) or None
-    grain: float = 0.04              # sensor-like noise amplitude (0: clean, "clip art")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @property
-    def relative_size(self) -> float:
-        return self.radius / min(self.width, self.height)
-
-
-def size_word(scene: Scene) -> str | None:
-    """'small', 'large' or None (medium): how an alt text may describe the object's size."""
-    r = scene.relative_size  # radius / shorter side, drawn from 0.25..0.42
-    if r < 0.30:
-        return "small"
-    if r > 0.37:
-        return "large"
-    return None
-
-
-# --- colours -----------------------------------------------------------------------------------
-
-def colour_box(name: str):
-    return COLOURS[name]
-
-
-def _hsv_to_rgb(h_deg: float, s: float, v: float) -> tuple[float, float, float]:
-    return tuple(float(c) for c in colorsys.hsv_to_rgb((h_deg % 360.0) / 360.0, s, v))
-
-
-def _sample_colour(rng: np.random.Generator, name: str) -> tuple[float, float, float]:
-    (h0, h1), (s0, s1), (v0, v1) = COLOURS[name]
-    return _hsv_to_rgb(rng.uniform(h0, h1), rng.uniform(s0, s1), rng.uniform(v0, v1))
-
-
-def nearest_colour(rgb) -> str:
-    """The colour name whose HSV box centre is nearest to ``rgb`` (0..1 or 0..255 floats).
-
-    Distance: hue difference on the circle (as a fraction of a half turn, weighted by the
-    saturation of both, since hue means little for greys) plus saturation and value
-    differences."""
-    rgb = np.asarray(rgb, dtype=np.float64)
-    if rgb.max() > 1.0:
-        rgb = rgb / 255.0
-    h, s, v = colorsys.rgb_to_hsv(*rgb)
-    h *= 360.0
-    best, best_d = None, math.inf
-    for name, ((h0, h1), (s0, s1), (v0, v1)) in COLOURS.items():
-        hc, sc, vc = (h0 + h1) / 2 % 360.0, (s0 + s1) / 2, (v0 + v1) / 2
-        dh = abs((h - hc + 180.0) % 360.0 - 180.0) / 180.0
-        d = (dh * min(s, sc) * 3.0) ** 2 + (s - sc) ** 2 + (v - vc) ** 2
-        if d < best_d:
-            best, best_d = name, d
-    return best
-
-
-def _neutral(rng: np.random.Generator, v: float | None = None, max_s: float = 0.18):
-    return _hsv_to_rgb(rng.uniform(0, 360), rng.uniform(0, max_s),
-                       rng.uniform(0.10, 0.98) if v is None else v)
-
-
-def _background_tones(rng: np.random.Generator, kind: str) -> tuple[tuple[float, float, float], ...]:
-    if kind == "plain":
-        return (_neutral(rng),)
-    if kind in ("gradient", "checkerboard", "stripes", "noise"):
-        a = _neutral(rng)
-        va = max(a)
-        step = rng.uniform(0.12, 0.30) * (1 if va < 0.6 else -1)
-        b = _neutral(rng, v=float(np.clip(va + step, 0.05, 1.0)))
-        return (a, b)
-    if kind == "wood":
-        light = rng.random() < 0.6
-        return (_hsv_to_rgb(rng.uniform(25, 38), rng.uniform(0.30, 0.50),
-                            rng.uniform(0.62, 0.85) if light else rng.uniform(0.28, 0.40)),)
-    if kind == "sky":
-        return (_hsv_to_rgb(rng.uniform(195, 215), rng.uniform(0.35, 0.60), rng.uniform(0.80, 0.95)),)
-    raise ValueError(f"unknown background {kind!r}; choose from {', '.join(BACKGROUNDS)}")
-
-
-def _tones_mean(kind: str, tones) -> np.ndarray:
-    t = np.asarray(tones, dtype=np.float64)
-    if kind == "sky":  # sky fades to a paler colour towards the horizon and has white clouds
-        return 0.7 * t[0] + 0.3 * np.ones(3)
-    return t.mean(axis=0)
 
 
 # --- shapes --------------------------------------------------------------------------------------
@@ -252,88 +115,6 @@ def _mask(box: Box, shape: str, cx, cy, r, rotation, outline: int = 0) -> np.nda
         draw.line(pts + pts[:1], fill=255, width=2 * k * outline, joint="curve")
     canvas = canvas.reduce(k)  # box filter: anti-aliasing by supersampling
     return np.asarray(canvas).astype(np.float32) * (1 / 255)
-
-
-# --- scenes --------------------------------------------------------------------------------------
-
-def scene_seed(stream: str, seed: int, index: int) -> int:
-    """A 62-bit scene seed from (stream name, seed, index): the simulated web ('web') and the
-    held-out evaluation sets ('eval-shapes', 'eval-colours') draw from different streams, so they
-    never share a scene."""
-    h = hashlib.blake2b(f"{stream}/{seed}/{index}".encode(), digest_size=8).digest()
-    return int.from_bytes(h, "big") >> 2
-
-
-def sample_scene(seed: int, *, shape: str | None = None, colour: str | None = None,
-                 background: str | None = None, texture: str | None = None,
-                 size: tuple[int, int] | None = None, distractor_prob: float = 0.2,
-                 shadow_prob: float = 0.35) -> Scene:
-    """Draw every parameter of a scene from ``seed``; any keyword fixes that parameter. Fixing
-    ``shape``, ``colour`` or ``texture`` leaves every other draw unchanged."""
-    rng = np.random.default_rng([int(seed), 0x5CE4E])
-    # always draw the labels, so fixing them does not shift the other parameters' draws:
-    # sample_scene(s, shape=x.shape, colour=x.colour) == x for x = sample_scene(s)
-    drawn_shape = SHAPES[int(rng.integers(len(SHAPES)))]
-    drawn_colour = tuple(COLOURS)[int(rng.integers(len(COLOURS)))]
-    drawn_texture = TEXTURES[int(rng.integers(len(TEXTURES)))]
-    shape, colour = shape or drawn_shape, colour or drawn_colour
-    if shape not in SHAPES:
-        raise ValueError(f"unknown shape {shape!r}; choose from {', '.join(SHAPES)}")
-    if colour not in COLOURS:
-        raise ValueError(f"unknown colour {colour!r}; choose from {', '.join(COLOURS)}")
-    texture = texture or drawn_texture
-    if size is None:
-        w = int(rng.integers(144, 257))
-        aspect = (1.0, 1.0, 0.75, 4 / 3)[int(rng.integers(4))]
-        size = (w, max(128, min(256, int(round(w * aspect)))))
-    w, h = size
-    rgb = _sample_colour(rng, colour)
-
-    # background: the requested (or a random) kind whose tones contrast with the object
-    kinds = [background] if background else list(BACKGROUNDS)
-    if background and background not in BACKGROUNDS:
-        raise ValueError(f"unknown background {background!r}; choose from {', '.join(BACKGROUNDS)}")
-    chosen = None
-    for _ in range(24):
-        kind = kinds[int(rng.integers(len(kinds)))]
-        tones = _background_tones(rng, kind)
-        if np.linalg.norm(_tones_mean(kind, tones) - rgb) >= _MIN_CONTRAST:
-            chosen = (kind, tones)
-            break
-    if chosen is None:  # fall back to a plain grey far from the object's brightness
-        kind = background or "plain"
-        v = 0.95 if max(rgb) < 0.6 else 0.12
-        tones = _background_tones(rng, kind) if kind in ("wood", "sky") else tuple(
-            _neutral(rng, v=v, max_s=0.05) for _ in range(1 if kind == "plain" else 2))
-        chosen = (kind, tones)
-    kind, tones = chosen
-
-    m = min(w, h)
-    radius = float(rng.uniform(0.25, 0.42) * m)  # >= 1/4 of the side: a clear shape at 32 px
-    margin = radius * 1.02 + 2
-    cx = float(rng.uniform(margin, w - margin))
-    cy = float(rng.uniform(margin, h - margin))
-    lim = _MAX_ROTATION[shape]
-    rotation = float(rng.uniform(-lim, lim)) if lim else 0.0
-
-    distractor = None
-    if rng.random() < distractor_prob:
-        dr = float(rng.uniform(0.06, 0.11) * m)
-        for _ in range(12):
-            dx, dy = rng.uniform(dr + 2, w - dr - 2), rng.uniform(dr + 2, h - dr - 2)
-            if math.hypot(dx - cx, dy - cy) > radius + dr + 0.04 * m:
-                others = [s for s in SHAPES if s != shape]
-                dshape = others[int(rng.integers(len(others)))]
-                bg_v = float(max(_tones_mean(kind, tones)))
-                grey = float(rng.uniform(0.15, 0.35) if bg_v > 0.55 else rng.uniform(0.70, 0.90))
-                distractor = (dshape, float(dx), float(dy), dr, float(rng.uniform(-20, 20)), grey)
-                break
-    shadow = bool(rng.random() < shadow_prob)
-    grain = 0.0 if rng.random() < 0.35 else float(rng.uniform(0.02, 0.05))
-    return Scene(seed=int(seed), shape=shape, colour=colour, background=kind, texture=texture,
-                 width=w, height=h, cx=cx, cy=cy, radius=radius, rotation=rotation,
-                 rgb=tuple(float(c) for c in rgb), bg_rgb=tuple(tuple(float(c) for c in t) for t in tones),
-                 shadow=shadow, distractor=distractor, grain=grain)
 
 
 # --- rendering -----------------------------------------------------------------------------------
