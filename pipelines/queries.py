@@ -26,14 +26,12 @@ reason, threshold passes, corpus sizes, ``hist.B``: distinct words with count in
 """
 from __future__ import annotations
 
-import json
-import math
-import zlib
-from collections import Counter
 import datetime as dt
+import json
 import os
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Sequence, Tuple
 
@@ -42,10 +40,11 @@ from apache_beam import pvalue
 
 from pipelines.beam_options import BeamOptions
 from pipelines.beam_options import run_pipeline as run_beam
-from queries.build import (OUTPUTS, PART_ORDER, TRIM_RULE, BuildConfig, QueryParams, _nest, _signature, _sizes,
-                           collect_inputs, order_and_trim, plot, read_results, remove_tree, to_table)
-from wit_builder.core import (WitError, atomic_open, atomic_write_json, atomic_write_parquet, finished_run,
-                              is_local, match_paths)
+from queries.build import (OUTPUTS, BuildConfig, Candidates, QueryParams, _signature, _sizes, build_stats,
+                           collect_inputs, order_and_trim, pageview_inputs, read_candidates, remove_tree,
+                           wordnet_items, write_outputs)
+from queries.terms import clean_query, log2_bin, merge_bucket, pmi, sharded
+from wit_builder.core import finished_run, is_local
 
 STATS = "stats"
 
@@ -106,18 +105,6 @@ class ReadArticles(beam.DoFn):
             yield page.title, page.text
         for name, n in counters.items():
             yield _stat(name, n)
-
-
-def term_shard(term: str, shards: int) -> int:
-    return zlib.crc32(term.encode("utf-8")) % shards
-
-
-def sharded(counts: Counter, shards: int):
-    """``{term: n}`` -> ``(shard, {term: n})`` pairs, a stable crc32 shard per term."""
-    tables: dict[int, dict] = {}
-    for term, n in counts.items():
-        tables.setdefault(term_shard(term, shards), {})[term] = n
-    return tables.items()
 
 
 class SumCounts(beam.CombineFn):
@@ -223,10 +210,6 @@ class CountWikipedia(beam.PTransform):
         }
 
 
-def _log2_bin(count: int) -> int:
-    return int(math.log2(count)) if count > 0 else 0
-
-
 def _attach_first(item):
     """CoGroupByKey result on w1 -> (w2, (bigram, n12, n1))."""
     _, grouped = item
@@ -244,11 +227,6 @@ def _attach_second(item):
         return
     for bigram, n12, n1 in grouped["bigram"]:
         yield bigram, n12, n1, counts[0]
-
-
-def pmi(n12: int, n1: int, n2: int, total: int) -> float:
-    """log2(n(w1 w2) * N / (n(w1) * n(w2)))."""
-    return math.log2(n12) + math.log2(total) - math.log2(n1) - math.log2(n2)
 
 
 class ScoreBigrams(beam.PTransform):
@@ -304,24 +282,6 @@ def _join_titles(item):
 
 # ---------------------------------------------------------------- merge
 
-_PUNCT = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
-MERGE_BUCKETS = 64
-
-
-def clean_query(query: str) -> str | None:
-    """The query as written to the list (outer spaces stripped), or None when it cannot be one:
-    empty, holding a tab or line break, or a single punctuation character (MetaCLIP drops those)."""
-    q = query.strip()
-    if not q or "\t" in q or "\n" in q or "\r" in q or q in _PUNCT:
-        return None
-    return q
-
-
-def merge_bucket(query: str) -> int:
-    """A stable bucket (crc32, unlike Python's per-process ``hash``) for the merge."""
-    return zlib.crc32(query.encode("utf-8")) % MERGE_BUCKETS
-
-
 def _wordnet_items(payload: str) -> list:
     return [(q, ("wordnet", n)) for q, n in json.loads(payload)]
 
@@ -372,7 +332,7 @@ def _unigram_shard(kv, min_count: int, keep: bool, bigram_min_count: int | None)
     bins: Counter = Counter()
     passed = 0
     for word, n in counts.items():
-        bins[_log2_bin(n)] += 1
+        bins[log2_bin(n)] += 1
         if keep and n >= min_count:
             passed += 1
             yield word, ("unigram", n)
@@ -417,59 +377,66 @@ class QueryCandidates(beam.PTransform):
         self.inputs, self.params, self.work_dir = inputs, params, work_dir
 
     def expand(self, p):
-        inputs, params, work_dir = self.inputs, self.params, self.work_dir
+        params = self.params
         stats, parts = [], []
-        counted = (p | "DumpFiles" >> beam.Create(inputs.dumps)
+        counted = (p | "DumpFiles" >> beam.Create(self.inputs.dumps)
                    | "Wikipedia" >> CountWikipedia(params.unit_bytes, bigrams="bigram" in params.parts))
         stats.append(counted[STATS])
-        with_bigrams = "bigram" in params.parts
         unigrams = counted["unigram"] | "KeepUnigrams" >> beam.FlatMap(
             _unigram_shard, params.unigram_min_count, "unigram" in params.parts,
-            params.bigram_min_count if with_bigrams else None).with_output_types(
+            params.bigram_min_count if "bigram" in params.parts else None).with_output_types(
             Tuple[str, Any]).with_outputs(STATS, "frequent", "total", main="part")
         stats.append(unigrams[STATS])
         if "unigram" in params.parts:
             parts.append(("Unigrams", unigrams["part"]))
-
-        if with_bigrams:
-            total_tokens = unigrams["total"] | "TotalTokens" >> beam.CombineGlobally(sum)
-            candidates = counted["bigram"] | "BigramCandidates" >> beam.FlatMap(
-                _bigram_shard, params.bigram_min_count).with_output_types(Tuple[str, int]).with_outputs(
-                STATS, main="candidates")
-            stats.append(candidates[STATS])
-            scored = candidates["candidates"] | "ScoreBigrams" >> ScoreBigrams(unigrams["frequent"], total_tokens)
-            bigrams = scored | "KeepBigrams" >> beam.FlatMap(_bigram_part, params.bigram_min_pmi).with_output_types(
-                Tuple[str, Any]).with_outputs(STATS, main="part")
-            stats.append(bigrams[STATS])
-            parts.append(("Bigrams", bigrams["part"]))
-
+        if "bigram" in params.parts:
+            parts.append(("Bigrams", self._bigrams(counted, unigrams, stats)))
         if "title" in params.parts:
-            hourly = (p
-                      | "PageviewFiles" >> beam.Create(inputs.pageviews)
-                      | "SpreadPageviews" >> beam.Reshuffle()
-                      | "HourlyViews" >> beam.ParDo(HourlyViews(params.pageview_domains,
-                                                                params.title_min_hourly_views)).with_outputs(STATS, main="views"))
-            stats.append(hourly[STATS])
-            mv = params.title_min_views
-            views = (hourly["views"]
-                     | "SumViews" >> beam.CombinePerKey(sum)
-                     | "MinViews" >> beam.Filter(lambda kv: kv[1] >= mv))
-            dump_titles = counted["title"] | "TitleKeys" >> beam.Map(lambda t: (t, None))
-            joined = ({"dump": dump_titles, "views": views}
-                      | "JoinTitles" >> beam.CoGroupByKey()
-                      | "TitleInDump" >> beam.FlatMap(_join_titles).with_output_types(Tuple[str, Any])
-                      .with_outputs(STATS, main="titles"))
-            stats.append(joined[STATS])
-            parts.append(("Titles", joined["titles"]))
-
+            parts.append(("Titles", self._titles(p, counted, stats)))
         batches = [pc | f"Batch{part}" >> beam.Map(lambda kv: [kv]) for part, pc in parts]
         if "wordnet" in params.parts:
             # ~86k entries: sent as a few JSON batches, not one Beam element each (and not as Python
             # objects, whose type inference in Create alone takes seconds)
-            items = list(inputs.wordnet)
+            items = list(self.inputs.wordnet)
             payload = [json.dumps(items[i:i + 4000], ensure_ascii=False) for i in range(0, len(items), 4000)]
             batches.append(p | "WordNetPart" >> beam.Create(payload, reshuffle=False)
                            | "WordNetItems" >> beam.Map(_wordnet_items))
+        return self._write(batches, stats)
+
+    def _bigrams(self, counted, unigrams, stats: list):
+        params = self.params
+        total_tokens = unigrams["total"] | "TotalTokens" >> beam.CombineGlobally(sum)
+        candidates = counted["bigram"] | "BigramCandidates" >> beam.FlatMap(
+            _bigram_shard, params.bigram_min_count).with_output_types(Tuple[str, int]).with_outputs(
+            STATS, main="candidates")
+        stats.append(candidates[STATS])
+        scored = candidates["candidates"] | "ScoreBigrams" >> ScoreBigrams(unigrams["frequent"], total_tokens)
+        bigrams = scored | "KeepBigrams" >> beam.FlatMap(_bigram_part, params.bigram_min_pmi).with_output_types(
+            Tuple[str, Any]).with_outputs(STATS, main="part")
+        stats.append(bigrams[STATS])
+        return bigrams["part"]
+
+    def _titles(self, p, counted, stats: list):
+        params = self.params
+        hourly = (p
+                  | "PageviewFiles" >> beam.Create(self.inputs.pageviews)
+                  | "SpreadPageviews" >> beam.Reshuffle()
+                  | "HourlyViews" >> beam.ParDo(HourlyViews(params.pageview_domains,
+                                                            params.title_min_hourly_views)).with_outputs(STATS, main="views"))
+        stats.append(hourly[STATS])
+        mv = params.title_min_views
+        views = (hourly["views"]
+                 | "SumViews" >> beam.CombinePerKey(sum)
+                 | "MinViews" >> beam.Filter(lambda kv: kv[1] >= mv))
+        dump_titles = counted["title"] | "TitleKeys" >> beam.Map(lambda t: (t, None))
+        joined = ({"dump": dump_titles, "views": views}
+                  | "JoinTitles" >> beam.CoGroupByKey()
+                  | "TitleInDump" >> beam.FlatMap(_join_titles).with_output_types(Tuple[str, Any])
+                  .with_outputs(STATS, main="titles"))
+        stats.append(joined[STATS])
+        return joined["titles"]
+
+    def _write(self, batches: list, stats: list):
         results = []
         if batches:
             bucketed = (batches | "AllParts" >> beam.Flatten()
@@ -485,7 +452,7 @@ class QueryCandidates(beam.PTransform):
                        | "StatLines" >> beam.Map(_line("stat")))
         return (results
                 | "AllResults" >> beam.Flatten()
-                | "WriteResults" >> beam.io.WriteToText(f"{work_dir}/result", file_name_suffix=".jsonl"))
+                | "WriteResults" >> beam.io.WriteToText(f"{self.work_dir}/result", file_name_suffix=".jsonl"))
 
 
 def run_pipeline(inputs: Inputs, params: QueryParams, work_dir: str, beam_options: BeamOptions) -> None:
@@ -493,103 +460,46 @@ def run_pipeline(inputs: Inputs, params: QueryParams, work_dir: str, beam_option
     run_beam(lambda p: p | "Queries" >> QueryCandidates(inputs, params, work_dir), beam_options)
 
 
-def run(cfg: BuildConfig, beam_options: BeamOptions = BeamOptions(), *, overwrite: bool = False) -> dict:
-    """``wit queries``: build ``cfg.out/{queries.parquet, queries.txt, stats.json, queries.png}``;
-    returns the stats. Raises :class:`WitError` on bad inputs (before the pipeline starts) and when
-    the dumps hold no article. A finished build of the same inputs and options is kept."""
-    params = cfg.params
-    cfg.validate()
-    dumps = collect_inputs(cfg.dumps, params.use_index)
-    pageviews: list[str] = []
-    if "title" in params.parts:
-        if not cfg.pageviews:
-            raise WitError("the title part needs hourly pageview files (--pageviews), "
-                           "or leave 'title' out of --parts")
-        pageviews = match_paths(cfg.pageviews, "pageview")
-    signature = _signature(cfg, dumps, pageviews)
-    prev = finished_run(cfg.out, {"signature": signature}, overwrite=overwrite, needs=OUTPUTS)
-    if prev is not None:
-        return prev
-
-    wordnet_info: dict = {}
-    wordnet_items: list = []
-    if "wordnet" in params.parts:
-        from queries import wordnet as wn
-        root = wn.wordnet_root(cfg.wordnet_dir, allow_download=cfg.wordnet_download)
-        part = wn.wordnet_part(root)
-        wordnet_items = sorted(part.items())
-        wordnet_info = {"root": str(root), "version": wn.wordnet_version(root),
-                        "synsets": sum(part.values()), "head_names": len(part) - sum(
-                            1 for s in wn.EXTRA_STRINGS if part.get(s) == 0),
-                        "extra_strings": len(wn.EXTRA_STRINGS)}
-
+def _candidates(cfg: BuildConfig, inputs: Inputs, beam_options: BeamOptions) -> tuple[Candidates, float]:
+    """Run the pipeline into a work folder next to the outputs and read its results back; a
+    failed first build leaves no trace."""
     work_dir = f"{cfg.out.rstrip('/')}/.wit-work-{uuid.uuid4().hex[:10]}"
     made_out = is_local(cfg.out) and not os.path.exists(cfg.out)
     if is_local(work_dir):
         os.makedirs(work_dir, exist_ok=True)
     started = time.time()
     try:
-        run_pipeline(Inputs(dumps=dumps, pageviews=pageviews, wordnet=wordnet_items), params, work_dir, beam_options)
-        pipeline_s = time.time() - started
-        merged, counters = [], {}
-        for kind, value in read_results(work_dir, "result"):
-            if kind == "query":
-                merged.append(value)
-            else:
-                counters[value[0]] = value[1]
-        if not counters.get("page.article"):
-            raise WitError(f"no articles (namespace 0, not redirects) in {', '.join(d for d, _ in dumps)} "
-                           f"({counters.get('page.read', 0)} pages read); nothing written")
-        histogram = {int(k[5:]): v for k, v in counters.items() if k.startswith("hist.")}
+        run_pipeline(inputs, cfg.params, work_dir, beam_options)
+        seconds = time.time() - started
+        cand = read_candidates(work_dir, [d for d, _ in inputs.dumps])
     except BaseException:
         remove_tree(work_dir)
         if made_out and not os.listdir(cfg.out):
-            os.rmdir(cfg.out)  # leave no trace of a failed first build
+            os.rmdir(cfg.out)
         raise
     remove_tree(work_dir)
+    return cand, seconds
 
-    rows, trimmed = order_and_trim(merged, cfg.target_size)
-    part_sizes = Counter(p for r in merged for p in r["parts"])
-    output_sizes = Counter(p for r in rows for p in r["parts"])
-    stats = {
-        "output": {"queries": len(rows), "target_size": cfg.target_size, "union_size": len(merged),
-                   "trimmed": trimmed, "short_of_target": max(0, cfg.target_size - len(merged)),
-                   "trim_rule": TRIM_RULE},
-        "parts": {p: {"size": part_sizes.get(p, 0), "in_output": output_sizes.get(p, 0),
-                      "enabled": p in params.parts} for p in PART_ORDER},
-        "thresholds": {"unigram_min_count": params.unigram_min_count,
-                       "bigram_min_count": params.bigram_min_count,
-                       "bigram_min_pmi": params.bigram_min_pmi,
-                       "title_min_views": params.title_min_views,
-                       "title_min_hourly_views": params.title_min_hourly_views,
-                       "pageview_domains": list(params.pageview_domains)},
-        "passed": {"unigram_min_count": counters.get("passed.unigram_min_count", 0),
-                   "bigram_min_count": counters.get("passed.bigram_min_count", 0),
-                   "bigram_min_count_and_min_pmi": counters.get("passed.bigram_min_pmi", 0),
-                   "title_hours_min_hourly_views": counters.get("pageviews.title_hours_kept", 0),
-                   "title_min_views": counters.get("title.passed_min_views", 0),
-                   "title_min_views_and_article": counters.get("title.in_dump", 0)},
-        **_nest(counters),
-        "inputs": {"dumps": [{**_sizes([d])[0], "index": i, "index_bytes": _sizes([i])[0]["bytes"] if i else None}
-                             for d, i in dumps],
-                   "pageviews": _sizes(pageviews), "wordnet": wordnet_info or None},
-        "run": {"runner": beam_options.runner, "workers": beam_options.workers, "pipeline_seconds": round(pipeline_s, 2),
-                "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},
-        "counters": {k: v for k, v in sorted(counters.items()) if not k.startswith("hist.")},
-        "unigram_count_histogram": {f"{2 ** b}-{2 ** (b + 1) - 1}": n for b, n in sorted(histogram.items())},
-        "signature": signature,
-    }
-    if "corpus.bigram_pmi_max" in counters and isinstance(counters["corpus.bigram_pmi_max"], float):
-        stats["corpus"]["bigram_pmi_max"] = round(counters["corpus.bigram_pmi_max"], 4)
 
-    out = cfg.out.rstrip("/")
-    if is_local(out):
-        os.makedirs(out, exist_ok=True)
-    # stats.json last: its presence with a matching signature marks a complete build
-    atomic_write_parquet(f"{out}/queries.parquet", to_table(rows))
-    with atomic_open(f"{out}/queries.txt", "w") as fh:
-        for r in rows:
-            fh.write(r["query"] + "\n")
-    plot(f"{out}/queries.png", part_sizes, output_sizes, histogram, params.unigram_min_count)
-    atomic_write_json(f"{out}/stats.json", stats)
+def run(cfg: BuildConfig, beam_options: BeamOptions = BeamOptions(), *, overwrite: bool = False) -> dict:
+    """``wit queries``: build ``cfg.out/{queries.parquet, queries.txt, stats.json, queries.png}``;
+    returns the stats. Raises :class:`WitError` on bad inputs (before the pipeline starts) and when
+    the dumps hold no article. A finished build of the same inputs and options is kept."""
+    cfg.validate()
+    dumps = collect_inputs(cfg.dumps, cfg.params.use_index)
+    pageviews = pageview_inputs(cfg)
+    signature = _signature(cfg, dumps, pageviews)
+    prev = finished_run(cfg.out, {"signature": signature}, overwrite=overwrite, needs=OUTPUTS)
+    if prev is not None:
+        return prev
+    items, wordnet_info = wordnet_items(cfg)
+    cand, seconds = _candidates(cfg, Inputs(dumps=dumps, pageviews=pageviews, wordnet=items), beam_options)
+    rows, trimmed = order_and_trim(cand.merged, cfg.target_size)
+    inputs = {"dumps": [{**_sizes([d])[0], "index": i, "index_bytes": _sizes([i])[0]["bytes"] if i else None}
+                        for d, i in dumps],
+              "pageviews": _sizes(pageviews), "wordnet": wordnet_info or None}
+    run_info = {"runner": beam_options.runner, "workers": beam_options.workers, "pipeline_seconds": round(seconds, 2),
+                "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    stats = build_stats(cfg, cand, rows, trimmed, inputs, run_info, signature)
+    write_outputs(cfg, cand, rows, stats)
     return stats

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 
-from wit_builder.core import WitError, atomic_open, file_info, glob_files, is_local, match_paths, open_read, remove
+from wit_builder.core import (WitError, atomic_open, atomic_write_json, atomic_write_parquet, file_info, glob_files,
+                              is_local, match_paths, open_read, remove)
 from wit_builder.schemas import QUERIES_SCHEMA
 
 __all__ = ["PART_ORDER", "QueryParams", "BuildConfig", "rank_key", "order_and_trim", "to_table",
@@ -257,3 +259,105 @@ def describe(stats: dict) -> str:
     elif o["short_of_target"]:
         msg += f", {o['short_of_target']:,} short of --target-size {o['target_size']:,}"
     return msg
+
+
+# ---------------------------------------------------------------- the build's steps (pipelines/queries.py runs them)
+
+def pageview_inputs(cfg: BuildConfig) -> list[str]:
+    """The hourly pageview files, when the title part is built."""
+    if "title" not in cfg.params.parts:
+        return []
+    if not cfg.pageviews:
+        raise WitError("the title part needs hourly pageview files (--pageviews), or leave 'title' out of --parts")
+    return match_paths(cfg.pageviews, "pageview")
+
+
+def wordnet_items(cfg: BuildConfig) -> tuple[list, dict]:
+    """The WordNet part as sorted ``(query, synsets)`` pairs and a description of its source
+    (computed by the launcher in about a second: workers need no WordNet)."""
+    if "wordnet" not in cfg.params.parts:
+        return [], {}
+    from queries import wordnet as wn
+    root = wn.wordnet_root(cfg.wordnet_dir, allow_download=cfg.wordnet_download)
+    part = wn.wordnet_part(root)
+    info = {"root": str(root), "version": wn.wordnet_version(root), "synsets": sum(part.values()),
+            "head_names": len(part) - sum(1 for s in wn.EXTRA_STRINGS if part.get(s) == 0),
+            "extra_strings": len(wn.EXTRA_STRINGS)}
+    return sorted(part.items()), info
+
+
+@dataclass
+class Candidates:
+    """What the pipeline found: query rows (``{"query", "parts"}``) and its counters."""
+    merged: list
+    counters: dict
+
+    @property
+    def histogram(self) -> dict[int, int]:
+        return {int(k[5:]): v for k, v in self.counters.items() if k.startswith("hist.")}
+
+
+def read_candidates(work_dir: str, dumps: list[str]) -> Candidates:
+    """The pipeline's result files; a corpus without articles is an error."""
+    merged, counters = [], {}
+    for kind, value in read_results(work_dir, "result"):
+        if kind == "query":
+            merged.append(value)
+        else:
+            counters[value[0]] = value[1]
+    if not counters.get("page.article"):
+        raise WitError(f"no articles (namespace 0, not redirects) in {', '.join(dumps)} "
+                       f"({counters.get('page.read', 0)} pages read); nothing written")
+    return Candidates(merged, counters)
+
+
+def build_stats(cfg: BuildConfig, cand: Candidates, rows: list[dict], trimmed: int, inputs: dict, run: dict,
+                signature: dict) -> dict:
+    """The content of stats.json (docs/queries.md lists its keys)."""
+    params, counters = cfg.params, cand.counters
+    part_sizes = Counter(p for r in cand.merged for p in r["parts"])
+    output_sizes = Counter(p for r in rows for p in r["parts"])
+    stats = {
+        "output": {"queries": len(rows), "target_size": cfg.target_size, "union_size": len(cand.merged),
+                   "trimmed": trimmed, "short_of_target": max(0, cfg.target_size - len(cand.merged)),
+                   "trim_rule": TRIM_RULE},
+        "parts": {p: {"size": part_sizes.get(p, 0), "in_output": output_sizes.get(p, 0),
+                      "enabled": p in params.parts} for p in PART_ORDER},
+        "thresholds": {"unigram_min_count": params.unigram_min_count,
+                       "bigram_min_count": params.bigram_min_count,
+                       "bigram_min_pmi": params.bigram_min_pmi,
+                       "title_min_views": params.title_min_views,
+                       "title_min_hourly_views": params.title_min_hourly_views,
+                       "pageview_domains": list(params.pageview_domains)},
+        "passed": {"unigram_min_count": counters.get("passed.unigram_min_count", 0),
+                   "bigram_min_count": counters.get("passed.bigram_min_count", 0),
+                   "bigram_min_count_and_min_pmi": counters.get("passed.bigram_min_pmi", 0),
+                   "title_hours_min_hourly_views": counters.get("pageviews.title_hours_kept", 0),
+                   "title_min_views": counters.get("title.passed_min_views", 0),
+                   "title_min_views_and_article": counters.get("title.in_dump", 0)},
+        **_nest(counters),
+        "inputs": inputs,
+        "run": run,
+        "counters": {k: v for k, v in sorted(counters.items()) if not k.startswith("hist.")},
+        "unigram_count_histogram": {f"{2 ** b}-{2 ** (b + 1) - 1}": n for b, n in sorted(cand.histogram.items())},
+        "signature": signature,
+    }
+    if "corpus.bigram_pmi_max" in counters and isinstance(counters["corpus.bigram_pmi_max"], float):
+        stats["corpus"]["bigram_pmi_max"] = round(counters["corpus.bigram_pmi_max"], 4)
+    return stats
+
+
+def write_outputs(cfg: BuildConfig, cand: Candidates, rows: list[dict], stats: dict) -> None:
+    """queries.parquet, queries.txt, queries.png, then stats.json: its presence with a matching
+    signature marks a complete build."""
+    out = cfg.out.rstrip("/")
+    if is_local(out):
+        os.makedirs(out, exist_ok=True)
+    atomic_write_parquet(f"{out}/queries.parquet", to_table(rows))
+    with atomic_open(f"{out}/queries.txt", "w") as fh:
+        for r in rows:
+            fh.write(r["query"] + "\n")
+    part_sizes = Counter(p for r in cand.merged for p in r["parts"])
+    output_sizes = Counter(p for r in rows for p in r["parts"])
+    plot(f"{out}/queries.png", part_sizes, output_sizes, cand.histogram, cfg.params.unigram_min_count)
+    atomic_write_json(f"{out}/stats.json", stats)

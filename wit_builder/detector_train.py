@@ -128,6 +128,25 @@ class DetectorTrainConfig:
     log_every: int = 10
 
 
+def _resume(out: str, config: dict, cfg: DetectorTrainConfig, model, opt, source) -> tuple[int, list]:
+    """Load the detector in ``out`` to continue training it: (steps done, loss history). Another
+    config, seed or batch size is an error."""
+    state = read_detector(out)
+    train = state.get("train") or {}
+    if state["config"] != config:
+        raise WitError(f"{out!r} holds a detector with config {state['config']}, not {config}; "
+                       "use --overwrite to replace it or another --out")
+    for k, mine in (("seed", cfg.seed), ("batch_size", cfg.batch_size)):
+        if k in train and train[k] != mine:
+            raise WitError(f"{out!r} was trained with {k.replace('_', '-')} {train[k]}, not {mine}; "
+                           "pass the same value to resume, or --overwrite")
+    model.load_state_dict(state["model"])
+    source.bad.update(int(i) for i in train.get("undecodable", []))
+    if state.get("optimizer"):
+        opt.load_state_dict(state["optimizer"])
+    return int(train.get("step", 0)), list(train.get("loss_history", []))
+
+
 def train_detector(shards: Sequence[str] | None, out: str, cfg: DetectorTrainConfig = DetectorTrainConfig(), *,
                    images: Sequence | None = None, restart: bool = False, threads: int | None = None,
                    device: str | None = "auto", progress: bool = True) -> dict:
@@ -161,27 +180,11 @@ def train_detector(shards: Sequence[str] | None, out: str, cfg: DetectorTrainCon
     device = resolve_device(device)
     model = build_model(config).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
-    start, history = 0, []
-    if exists(out) and not restart:
-        state = read_detector(out)
-        train = state.get("train") or {}
-        if state["config"] != config:
-            raise WitError(f"{out!r} holds a detector with config {state['config']}, not {config}; "
-                           "use --overwrite to replace it or another --out")
-        for k, mine in (("seed", seed), ("batch_size", batch_size)):
-            if k in train and train[k] != mine:
-                raise WitError(f"{out!r} was trained with {k.replace('_', '-')} {train[k]}, not {mine}; "
-                               "pass the same value to resume, or --overwrite")
-        model.load_state_dict(state["model"])
-        start = int(train.get("step", 0))
-        history = list(train.get("loss_history", []))
-        source.bad.update(int(i) for i in train.get("undecodable", []))
-        if state.get("optimizer"):
-            opt.load_state_dict(state["optimizer"])
-        if start >= steps:
-            source.close()
-            return {"step": start, "resumed_from": start, "loss_history": history, "images": len(source),
-                    "skipped_images": len(source.bad)}
+    start, history = (_resume(out, config, cfg, model, opt, source) if exists(out) and not restart else (0, []))
+    if start >= steps:
+        source.close()
+        return {"step": start, "resumed_from": start, "loss_history": history, "images": len(source),
+                "skipped_images": len(source.bad)}
     resumed_from = start
     warmup = max(1, min(200, steps // 20))
     size = config["image_size"]
