@@ -13,7 +13,7 @@ time; the DirectRunner with one worker runs in this process):
    dedup. cc2dataset's published rate is about 6,000 pairs/s per core ("one WAT in about 50 s");
 2. each stage of ours in-process on the same files: read+parse+resolve, clean, match, language,
    Arrow/uid/shard, dedup+write, balance;
-3. the real Beam pipeline (`pipelines.collect.collect`, DirectRunner, 1 worker): pairs/s
+3. the real Beam pipeline (`pipelines.collect.run`, DirectRunner, 1 worker): pairs/s
    per core with and without the fixed cost of a run (measured on a one-page input: pipeline
    construction and start, automaton and model setup, summary and plot), and the ratio to the
    baseline.

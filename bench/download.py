@@ -71,10 +71,11 @@ def phase_seconds(out: str) -> float:
 
 
 def run_wit(pairs: str, out: str, opts) -> tuple[float, float, int]:
-    from pipelines.download import run as download_pairs
+    from pipelines import download
+    from wit_builder.download import DownloadConfig
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
-    summary = download_pairs(pairs, out, opts, progress=False)
+    summary = download.run(DownloadConfig(pairs, out, opts), progress=False)
     return time.perf_counter() - t0, phase_seconds(out), summary["success"]
 
 

@@ -13,6 +13,7 @@ driver ``run(config, beam)`` takes it and nothing else about the runner.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 
 __all__ = ["BeamOptions", "make_options", "run_pipeline", "quiet_beam_import_warning"]
@@ -46,18 +47,42 @@ def make_options(beam: BeamOptions, **overrides):
     return PipelineOptions(args, **overrides)
 
 
+class _NoWitErrorTracebacks(logging.Filter):
+    """Beam logs a step's exception with its traceback before re-raising it; a WitError is a
+    user-facing one-line error, reported by the command line, so its traceback is not logged."""
+
+    def filter(self, record):
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (exc is not None and type(exc).__name__ == "WitError") and "WitError: " not in record.getMessage()
+
+
+_WIT_ERROR = re.compile(r"WitError: (.+?)(?: \[while running |$)", re.M)
+
+
 def run_pipeline(apply, beam_options: BeamOptions) -> None:
     """Build a pipeline with ``apply(p)`` and run it to completion. A WitError raised in a step
-    reaches the caller as the same one-line WitError (without Beam's step annotation)."""
+    reaches the caller as the same one-line WitError, without Beam's step annotation and also
+    from worker processes (where Beam re-raises it as a RuntimeError holding its text)."""
     import apache_beam as beam
 
     from wit_builder.core import WitError
+    quiet = _NoWitErrorTracebacks()
+    loggers = [logging.getLogger(name) for name in ("apache_beam", "apache_beam.runners.common")]
+    for lg in loggers:
+        lg.addFilter(quiet)
     try:
         with beam.Pipeline(options=make_options(beam_options)) as p:
             apply(p)
     except WitError as exc:
-        message = str(exc).split(" [while running ", 1)[0].splitlines()[0]
-        raise WitError(message) from None
+        raise WitError(str(exc).split(" [while running ", 1)[0].splitlines()[0]) from None
+    except Exception as exc:
+        found = _WIT_ERROR.search(str(exc))
+        if found is None:
+            raise
+        raise WitError(found.group(1).strip()) from None
+    finally:
+        for lg in loggers:
+            lg.removeFilter(quiet)
 
 
 def quiet_beam_import_warning() -> None:

@@ -220,6 +220,7 @@ def _config_json(cfg: CollectConfig, sizes: dict) -> dict:
     d = asdict(cfg)
     d["inputs"] = [[p, f, sizes.get(p)] for p, f in cfg.inputs]
     d["langs"] = list(cfg.langs) if cfg.langs is not None else None
+    d.update(d.pop("balance"))          # per_query_cap and seed at the top, as stats.json always had them
     d.pop("out")
     return json.loads(json.dumps(d))
 

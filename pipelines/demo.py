@@ -124,7 +124,7 @@ def stage_collect(run: DemoRun) -> dict:
 
 def stage_download(run: DemoRun) -> dict:
     from pipelines import download
-    from wit_builder.download import DownloadOptions
+    from wit_builder.download import DownloadConfig, DownloadOptions
     from wit_builder.sim.loopback import LoopbackServer
     from wit_builder.sim.simweb import build_web
 
@@ -136,7 +136,7 @@ def stage_download(run: DemoRun) -> dict:
             image_size=cfg.image_size, processes=cfg.download_processes,
             threads=cfg.download_threads, timeout=10,
             resolve=web.connect_to(server.port), allowed_endpoints=[f"127.0.0.1:{server.port}"])
-        s = download.run(run.path("collect", "balanced"), run.path("images"), opts,
+        s = download.run(DownloadConfig(run.path("collect", "balanced"), run.path("images"), opts),
                          progress=cfg.progress)
     if s.get("incomplete_shards"):
         raise WitError(f"download: shards {', '.join(s['incomplete_shards'])} are incomplete "

@@ -21,10 +21,10 @@ from typing import Sequence
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from pipelines.beam_options import BeamOptions
-from pipelines.beam_options import run_pipeline as run_beam
+from pipelines.beam_options import BeamOptions, run_pipeline
 from wit_builder.core import atomic_write_json
-from wit_builder.download import DownloadOptions, _absolute, _fs, prepare, summarize
+from wit_builder.core import filesystem
+from wit_builder.download import DownloadConfig, absolute_path, prepare, summarize
 from wit_builder.download_local import run_local, run_lock
 from wit_builder.download_layout import WORK
 
@@ -90,14 +90,14 @@ def build(p, plan) -> beam.PCollection:
             | "DownloadShards" >> DownloadShards(plan_to_json(plan)))
 
 
-def run_pipeline(plan, beam_options: BeamOptions) -> None:
+def run_downloads(plan, beam_options: BeamOptions) -> None:
     """Run the download pipeline for ``plan`` (from ``wit_builder.download.prepare``) to completion."""
-    run_beam(lambda p: build(p, plan), beam_options)
+    run_pipeline(lambda p: build(p, plan), beam_options)
 
 
-def run(pairs, out: str, options: DownloadOptions = DownloadOptions(), beam_options: BeamOptions = LOCAL, *,
-        quiet: bool = True, progress: bool = True) -> dict:
-    """Download ``pairs`` (dir/glob/list of balanced parquets) into ``out``; return the summary.
+def run(cfg: DownloadConfig, beam_options: BeamOptions = LOCAL, *, quiet: bool = True, progress: bool = True) -> dict:
+    """``wit download``: download ``cfg.pairs`` (dir/glob/list of balanced parquets) into ``cfg.out``;
+    return the summary.
 
     ``beam_options.runner == "local"`` runs img2dataset's ``download()`` (its multiprocessing
     distributor); any other runner is a Beam runner for ``DownloadShards`` (one element per input
@@ -105,10 +105,10 @@ def run(pairs, out: str, options: DownloadOptions = DownloadOptions(), beam_opti
     img2dataset's own output goes to ``out/_wit/img2dataset.log`` (local runner). Safe to
     re-run after any interruption: complete shards are kept, the rest redone.
     """
-    opts = options
+    pairs, opts = cfg.pairs, cfg.options
     started = time.time()
-    out = _absolute(out)
-    fs, root = _fs(out)
+    out = absolute_path(cfg.out)
+    fs, root = filesystem(out)
     fs.makedirs(f"{root}/{WORK}", exist_ok=True)
     with run_lock(out):
         plan = prepare(pairs, out, opts)
@@ -116,7 +116,7 @@ def run(pairs, out: str, options: DownloadOptions = DownloadOptions(), beam_opti
             if beam_options.runner == "local":
                 run_local(plan, quiet, progress)
             else:
-                run_pipeline(plan, beam_options)
+                run_downloads(plan, beam_options)
         summary = summarize(out, plan.shards)
         summary["empty_inputs_skipped"] = plan.empty_inputs
         summary["shards_already_done"] = len(plan.done)
@@ -128,4 +128,4 @@ def run(pairs, out: str, options: DownloadOptions = DownloadOptions(), beam_opti
     return summary
 
 
-__all__ = ["DownloadShardDoFn", "DownloadShards", "build", "run_pipeline", "run", "LOCAL"]
+__all__ = ["DownloadShardDoFn", "DownloadShards", "build", "run_downloads", "run", "LOCAL"]

@@ -38,8 +38,7 @@ from typing import Any, Sequence, Tuple
 import apache_beam as beam
 from apache_beam import pvalue
 
-from pipelines.beam_options import BeamOptions
-from pipelines.beam_options import run_pipeline as run_beam
+from pipelines.beam_options import BeamOptions, run_pipeline
 from queries.build import (OUTPUTS, BuildConfig, Candidates, QueryParams, _signature, _sizes, build_stats,
                            collect_inputs, order_and_trim, pageview_inputs, read_candidates, remove_tree,
                            wordnet_items, write_outputs)
@@ -455,9 +454,9 @@ class QueryCandidates(beam.PTransform):
                 | "WriteResults" >> beam.io.WriteToText(f"{self.work_dir}/result", file_name_suffix=".jsonl"))
 
 
-def run_pipeline(inputs: Inputs, params: QueryParams, work_dir: str, beam_options: BeamOptions) -> None:
+def run_candidates(inputs: Inputs, params: QueryParams, work_dir: str, beam_options: BeamOptions) -> None:
     """Run ``QueryCandidates`` to completion."""
-    run_beam(lambda p: p | "Queries" >> QueryCandidates(inputs, params, work_dir), beam_options)
+    run_pipeline(lambda p: p | "Queries" >> QueryCandidates(inputs, params, work_dir), beam_options)
 
 
 def _candidates(cfg: BuildConfig, inputs: Inputs, beam_options: BeamOptions) -> tuple[Candidates, float]:
@@ -469,7 +468,7 @@ def _candidates(cfg: BuildConfig, inputs: Inputs, beam_options: BeamOptions) -> 
         os.makedirs(work_dir, exist_ok=True)
     started = time.time()
     try:
-        run_pipeline(inputs, cfg.params, work_dir, beam_options)
+        run_candidates(inputs, cfg.params, work_dir, beam_options)
         seconds = time.time() - started
         cand = read_candidates(work_dir, [d for d, _ in inputs.dumps])
     except BaseException:

@@ -1,25 +1,30 @@
 """Beam pipeline behind ``wit shards``: the final deduplicated WebDataset + Parquet shards.
 
-``WriteShards``::
+Two passes, each spread over the workers; the launcher holds one small record per shard::
 
-    download shard names -> SpreadInputs -> CountKept (one element per download shard: how many
-      samples it gives after the success, tar and dedup filters) -> AllPlans -> AssignShards (the
-      samples in key order, cut every samples_per_shard: (index, [(shard, start, stop)]))
-      -> SpreadOutputs -> WriteShard (one output tar + parquet each, written atomically)
-      -> AllShards -> Finish (stale shards removed, sizes.json, then manifest.json last)
+    download shard names -> PlanShards (CountKept: how many samples each gives after the success,
+      tar and dedup filters, its first/last key, its counts, or why it is bad)
+    launcher: one-line errors (a bad shard, overlapping shards, nothing left), then the samples in
+      key order cut every samples_per_shard: (index, [(download shard, start, stop)])
+    output shards -> WriteShards (WriteShard: one tar + parquet each, written atomically)
+    launcher: stale shards removed, sizes.json, then manifest.json last
 
-Each worker loads the dedup decisions once (``setup``). The output is the same for any runner or
-worker count: which samples go into which output shard depends only on the inputs.
+Each worker loads the dedup decisions once (``setup``). Which samples go into which output shard
+depends only on the inputs, so any runner or worker count writes the same bytes.
 """
 from __future__ import annotations
+
+import json
+import uuid
 
 import apache_beam as beam
 
 from pipelines.beam_options import BeamOptions, run_pipeline
+from wit_builder.core import glob_files, open_read
 from wit_builder.shards import (ShardsConfig, assign_output_shards, count_kept, finish_shards, read_decisions,
-                                start_shards, write_output_shard)
+                                remove_folder, start_shards, write_output_shard)
 
-__all__ = ["WriteShards", "run"]
+__all__ = ["PlanShards", "WriteShards", "run"]
 
 
 class _WithDecisions(beam.DoFn):
@@ -42,34 +47,49 @@ class WriteShard(_WithDecisions):
         yield write_output_shard(self.cfg, index, ranges, self.decisions)
 
 
-class WriteShards(beam.PTransform):
-    """Download shard names -> the manifest (one element), once every output shard is written."""
+class PlanShards(beam.PTransform):
+    """Download shard names -> one plan dict per download shard."""
 
-    def __init__(self, cfg: ShardsConfig, decisions: int | None):
+    def __init__(self, cfg: ShardsConfig):
         super().__init__()
-        self.cfg, self.decisions = cfg, decisions
+        self.cfg = cfg
 
     def expand(self, names):
-        cfg = self.cfg
-        plans = (names | "SpreadInputs" >> beam.Reshuffle()
-                 | "CountKept" >> beam.ParDo(CountKept(cfg))
-                 | "AllPlans" >> beam.combiners.ToList())
-        written = (plans | "AssignShards" >> beam.FlatMap(assign_output_shards, cfg.samples_per_shard, cfg.images)
-                   | "SpreadOutputs" >> beam.Reshuffle()
-                   | "WriteShard" >> beam.ParDo(WriteShard(cfg))
-                   | "AllShards" >> beam.combiners.ToList())
-        return (written | "Finish" >> beam.Map(lambda shards, plans: finish_shards(cfg, shards, plans, self.decisions),
-                                               beam.pvalue.AsSingleton(plans)))
+        return names | "SpreadInputs" >> beam.Reshuffle() | "CountKept" >> beam.ParDo(CountKept(self.cfg))
+
+
+class WriteShards(beam.PTransform):
+    """``(index, ranges)`` of each output shard -> one record per written shard."""
+
+    def __init__(self, cfg: ShardsConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def expand(self, assigned):
+        return assigned | "SpreadOutputs" >> beam.Reshuffle() | "WriteShard" >> beam.ParDo(WriteShard(self.cfg))
+
+
+def _records(apply, work: str, beam_options: BeamOptions) -> list[dict]:
+    """Run a pipeline whose last PCollection holds dicts; return them (through ``work`` files)."""
+    run_pipeline(lambda p: (apply(p) | "Json" >> beam.Map(json.dumps)
+                            | "Write" >> beam.io.WriteToText(work, file_name_suffix=".jsonl")), beam_options)
+    out = []
+    for path in glob_files(f"{work}-*.jsonl"):
+        with open_read(path) as fh:
+            out.extend(json.loads(line) for line in fh if line.strip())
+    return out
 
 
 def run(cfg: ShardsConfig, beam_options: BeamOptions = BeamOptions()) -> dict:
     """``wit shards``: returns the manifest written to ``OUT/manifest.json`` (last)."""
-    from wit_builder.core import WitError, read_json_or_none
-    names = start_shards(cfg)
-    decisions = len(read_decisions(cfg.dedup)) if cfg.dedup else None
-    run_pipeline(lambda p: p | "DownloadShards" >> beam.Create(names) | "WriteShards" >> WriteShards(cfg, decisions),
-                 beam_options)
-    manifest = read_json_or_none(f"{cfg.out.rstrip('/')}/manifest.json")
-    if manifest is None:
-        raise WitError(f"the pipeline finished but {cfg.out}/manifest.json is missing")
-    return manifest
+    names, decisions = start_shards(cfg)
+    work = f"{cfg.out.rstrip('/')}/.wit-work-{uuid.uuid4().hex[:10]}"
+    try:
+        plans = _records(lambda p: p | "DownloadShards" >> beam.Create(names) | "PlanShards" >> PlanShards(cfg),
+                         f"{work}/plans", beam_options)
+        assigned = assign_output_shards(plans, cfg.samples_per_shard, cfg.images)
+        shards = _records(lambda p: p | "OutputShards" >> beam.Create(assigned) | "WriteShards" >> WriteShards(cfg),
+                          f"{work}/shards", beam_options)
+    finally:
+        remove_folder(work)
+    return finish_shards(cfg, shards, plans, decisions)

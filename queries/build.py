@@ -357,7 +357,7 @@ def write_outputs(cfg: BuildConfig, cand: Candidates, rows: list[dict], stats: d
     with atomic_open(f"{out}/queries.txt", "w") as fh:
         for r in rows:
             fh.write(r["query"] + "\n")
-    part_sizes = Counter(p for r in cand.merged for p in r["parts"])
-    output_sizes = Counter(p for r in rows for p in r["parts"])
+    part_sizes = {p: v["size"] for p, v in stats["parts"].items()}
+    output_sizes = {p: v["in_output"] for p, v in stats["parts"].items()}
     plot(f"{out}/queries.png", part_sizes, output_sizes, cand.histogram, cfg.params.unigram_min_count)
     atomic_write_json(f"{out}/stats.json", stats)

@@ -46,3 +46,18 @@ def test_atomic_files_get_the_umask_mode_not_mkstemps_0600(tmp_path):
     from wit_builder import core as common
     atomic_write_json(str(tmp_path / "a.json"), [1])
     assert (os.stat(tmp_path / "a.json").st_mode & 0o777) == 0o666 & ~common._UMASK != 0o600
+
+
+def test_a_wit_error_inside_a_beam_step_is_one_clean_line(capsys):
+    """In process and from worker processes (where Beam re-raises it as a RuntimeError)."""
+    import apache_beam as beam
+
+    from pipelines.beam_options import BeamOptions, run_pipeline
+
+    def fail(_):
+        raise WitError("nothing left to write from X")
+    for workers in (1, 2):
+        with pytest.raises(WitError) as info:
+            run_pipeline(lambda p: p | beam.Create([1]) | "Step" >> beam.Map(fail), BeamOptions(workers=workers))
+        assert str(info.value) == "nothing left to write from X"
+    assert "Traceback" not in capsys.readouterr().err

@@ -109,6 +109,8 @@ def test_stats_account_for_every_pair(run_a):
     st = _stats(run_a)
     from wit_builder.schemas import OUTPUTS
     assert set(OUTPUTS["collect"].stats_keys) <= set(st)   # the keys the code promises (docs/schemas.md)
+    # the cap and seed sit at the top of the config, as before BalanceConfig, so older runs resume
+    assert st["config"]["per_query_cap"] == st["per_query_cap"] and "balance" not in st["config"]
     assert st["pairs_extracted"] == sum(st["dropped"].values()) + st["matched"]
     assert st["matched"] == _read_dir(run_a / "matched").num_rows
     assert st["kept"] == _read_dir(run_a / "balanced").num_rows

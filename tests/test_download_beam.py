@@ -12,8 +12,8 @@ import webdataset as wds
 
 from download_testlib import image_bytes, write_balanced
 from pipelines.beam_options import BeamOptions
-from pipelines.download import run as download_pairs
-from wit_builder.download import DownloadOptions
+from pipelines import download
+from wit_builder.download import DownloadConfig, DownloadOptions
 from wit_builder.sim.loopback import LoopbackServer
 from pipelines import shards as shards_stage
 from wit_builder.shards import ShardsConfig
@@ -41,7 +41,7 @@ def test_beam_runner_downloads_resumes_and_feeds_shards(tmp_path):
         out = str(tmp_path / "images")
         opts = DownloadOptions(threads=4, timeout=2, image_size=32, allowed_endpoints=[f"127.0.0.1:{public.port}"],
                                resolve={"img.test": "127.0.0.1"})
-        summary = download_pairs(str(pairs), out, opts, BeamOptions("DirectRunner"), progress=False)
+        summary = download.run(DownloadConfig(str(pairs), out, opts), BeamOptions("DirectRunner"), progress=False)
         # the DoFn's guard is gone after teardown (something else may have installed a default opener)
         assert getattr(urllib.request._opener, "_wit_policy", None) is None
         assert internal.requests == []
@@ -58,7 +58,7 @@ def test_beam_runner_downloads_resumes_and_feeds_shards(tmp_path):
         # resume: a shard whose done-marker is gone is redone, the others are not fetched again
         os.remove(f"{out}/00001_stats.json")
         hits = len(public.requests)
-        again = download_pairs(str(pairs), out, opts, BeamOptions("DirectRunner"), progress=False)
+        again = download.run(DownloadConfig(str(pairs), out, opts), BeamOptions("DirectRunner"), progress=False)
         new = [r.path for r in public.requests[hits:]]
         assert sorted(new) == [f"/1/{i}.jpg" for i in range(4)]
         assert again["shards_already_done"] == 2 and again["samples"] == 12

@@ -21,8 +21,8 @@ from PIL import Image
 
 from download_testlib import image_bytes, png_bomb, write_balanced
 from wit_builder.core import WitError
-from pipelines.download import run as download_pairs
-from wit_builder.download import DownloadOptions, error_kind, plan_inputs
+from pipelines import download
+from wit_builder.download import DownloadConfig, DownloadOptions, error_kind, plan_inputs
 from wit_builder.sim.loopback import LoopbackServer
 
 JPEG_H = {"Content-Type": "image/jpeg"}
@@ -83,7 +83,7 @@ def test_every_case_gets_its_status_and_error(tmp_path):
                                user_agent="wit-test/1 (loopback)",
                                allowed_endpoints=[f"127.0.0.1:{public.port}"],
                                resolve={"img.test": "127.0.0.1", "internal.test": "127.0.0.1"})
-        summary = download_pairs(str(pairs), out, opts, progress=False)
+        summary = download.run(DownloadConfig(str(pairs), out, opts), progress=False)
         requests = public.requests
 
     # --- the refused URLs never reached a server; the allowed hops did, with our user agent
@@ -139,11 +139,11 @@ def test_every_case_gets_its_status_and_error(tmp_path):
 
     # --- a re-run finds the shard done and changes nothing
     before = os.stat(f"{out}/00000.tar").st_mtime_ns
-    again = download_pairs(str(pairs), out, opts, progress=False)
+    again = download.run(DownloadConfig(str(pairs), out, opts), progress=False)
     assert again["shards_already_done"] == 1 and os.stat(f"{out}/00000.tar").st_mtime_ns == before
     # ... and other settings for the same output are refused
     with pytest.raises(WitError, match="other image_size"):
-        download_pairs(str(pairs), out, DownloadOptions(image_size=32), progress=False)
+        download.run(DownloadConfig(str(pairs), out, DownloadOptions(image_size=32)), progress=False)
 
 
 @pytest.mark.parametrize("status, message, kind", [

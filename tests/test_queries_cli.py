@@ -35,7 +35,7 @@ def no_pipeline(monkeypatch):
 
     def fail(*args, **kwargs):
         raise AssertionError("the pipeline must not start")
-    monkeypatch.setattr(queries_pipeline, "run_pipeline", fail)
+    monkeypatch.setattr(queries_pipeline, "run_candidates", fail)
 
 
 def _err(capsys, argv):
@@ -122,7 +122,7 @@ def test_no_articles_is_an_error_and_leaves_nothing(tmp_path, capsys, monkeypatc
     def only_redirects(inputs, params, work_dir, beam_options):  # what the pipeline reports for such a dump
         with open(os.path.join(work_dir, "result-00000-of-00001.jsonl"), "w") as fh:
             fh.write('["stat", ["page.read", 2]]\n["stat", ["page.redirect", 2]]\n')
-    monkeypatch.setattr(queries_pipeline, "run_pipeline", only_redirects)
+    monkeypatch.setattr(queries_pipeline, "run_candidates", only_redirects)
     dump, _ = dumpgen.write_dump([Page("A", redirect="B"), Page("C", redirect="B")], str(tmp_path / "r.xml"))
     out = tmp_path / "out"
     assert "no articles" in _err(capsys, ["--dumps", dump, "--out", str(out), "--parts", "unigram"])

@@ -1,6 +1,7 @@
 """`wit shards`: final WebDataset + Parquet shards from `wit download` output (synthetic, no network)."""
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -150,3 +151,28 @@ def test_unfinished_download_is_refused_unless_allowed(tmp_path, capsys):
     assert m["inputs"]["image_shards"] == ["00000"] and m["totals"]["samples"] == 2
     with pytest.raises(WitError, match="no finished download shards"):
         write_shards(str(tmp_path), out, progress=False)
+
+
+def test_bad_download_shards_are_one_line_errors_and_leave_no_set(tmp_path, capsys):
+    """Checked on the launcher after the counting pass: a key twice in one download shard,
+    download shards whose keys overlap, and nothing left to write (all dropped by dedup)."""
+    import pyarrow.parquet as pq
+    folder = str(tmp_path / "images")
+    os.makedirs(folder)
+    fake_download_shard(folder, 0, [S, S, S])
+    fake_download_shard(folder, 1, [S, S])
+    out = str(tmp_path / "shards")
+    # shard 1's keys renamed into shard 0's range: the shards overlap
+    t = pq.read_table(f"{folder}/00001.parquet")
+    keys = [k.replace("00001", "00000", 1) for k in t.column("key").to_pylist()]
+    pq.write_table(t.set_column(t.schema.get_field_index("key"), "key", pa.array(keys)), f"{folder}/00001.parquet")
+    assert cli.main(["shards", "--images", folder, "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert "download shards overlap" in err and err.count("\n") == 1 and "Traceback" not in err
+    # a key twice in one download shard
+    t = pq.read_table(f"{folder}/00000.parquet")
+    pq.write_table(pa.concat_tables([t, t.slice(0, 1)]), f"{folder}/00000.parquet")
+    assert cli.main(["shards", "--images", folder, "--out", out, "--workers", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "appears twice in shard 00000" in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not os.path.exists(f"{out}/manifest.json") and not glob.glob(f"{out}/.wit-work-*")

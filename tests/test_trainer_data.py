@@ -156,3 +156,10 @@ def test_transforms_shapes_values_and_crop_scale():
         assert 3 / 4 - 0.02 <= w / h <= 4 / 3 + 0.02 and 0 <= top <= 100 - h
     # 2:1 image: no crop of >= 90% area has a ratio in [3/4, 4/3] -> centred 4:3 crop
     assert random_resized_crop_box(200, 100, rng) == (33, 0, 133, 100)
+
+
+def test_training_urls_are_not_globbed_and_repeats_are_kept(tmp_path):
+    """--train-data may hold signed URLs (``?``) or repeat a source: taken as written, in order."""
+    signed = "https://storage.example/shards/00000.tar?sig=a&exp=1"
+    assert expand_urls(f"{signed}::{signed}") == [signed, signed]
+    assert expand_urls(f"{tmp_path}/{{00000..00001}}.tar") == [f"{tmp_path}/00000.tar", f"{tmp_path}/00001.tar"]

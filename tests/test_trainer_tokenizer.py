@@ -365,3 +365,12 @@ def test_tokenizer_cli_reads_tar_parquet_txt(tmp_path):
         assert tok.encode(word) == [tok.encoder[word + "</w>"]]
     assert main(["tokenizer", "train", "--captions", str(tmp_path / "nope.tar"),
                  "--out", str(out)]) == 2
+
+
+def test_caption_globs_take_any_file_and_folders_prefer_tars(tmp_path):
+    from trainer.captions import expand_paths, iter_captions
+    (tmp_path / "caps").mkdir()
+    (tmp_path / "caps" / "a.tsv").write_text("a red circle\nthe blue square\n")
+    (tmp_path / "caps" / "b.txt").write_text("green arrow\n")
+    assert list(iter_captions(str(tmp_path / "caps" / "*.tsv"))) == ["a red circle", "the blue square"]
+    assert expand_paths(str(tmp_path / "caps")) == [str(tmp_path / "caps" / "b.txt")]   # no .tar/.parquet

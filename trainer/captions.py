@@ -10,9 +10,9 @@ __all__ = ["expand_paths", "iter_captions"]
 
 
 def expand_paths(spec: str) -> list[str]:
-    """Caption files: ``a::b`` sources, ``{00000..00009}`` braces, globs, and folders (their .tar
-    files, else .parquet, else .txt)."""
-    return expand_shards(spec, "captions input", exts=(".tar", ".parquet", ".txt"), unique=False)
+    """Caption files: ``a::b`` sources, ``{00000..00009}`` braces, globs (any file: .tar and .parquet
+    by type, others as text lines), and folders (their .tar files, else .parquet, else .txt)."""
+    return expand_shards(spec, "captions input", exts=(".tar", ".parquet", ".txt"), globs="all", unique=False)
 
 
 def iter_captions(spec: str, column: str | None = None) -> Iterator[str]:

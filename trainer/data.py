@@ -58,7 +58,7 @@ IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 def expand_urls(urls: str) -> list[str]:
     """``a::b`` sources and brace ranges -> list of shard paths (kept in order, repeats kept:
     the caller checks that local ones exist)."""
-    return expand_shards(urls, "--train-data", must_exist=False, unique=False)
+    return expand_shards(urls, "--train-data", globs="off", must_exist=False, unique=False)
 
 
 def read_num_samples(shards: list[str]) -> int:

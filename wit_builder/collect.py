@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from wit_builder.balance import DEFAULT_CAP, BalanceConfig, query_ids_csr
+from wit_builder.core import WitError
 from wit_builder.schemas import BALANCED_SCHEMA, MATCHED_SCHEMA  # noqa: F401 (BALANCED_SCHEMA: re-exported)
 from wit_builder.sources import SourceOptions, iter_candidates
 from wit_builder.textclean import TextCleaner
@@ -55,6 +56,14 @@ class CollectConfig:
     source: SourceOptions = field(default_factory=SourceOptions)
     balance: BalanceConfig = field(default_factory=BalanceConfig)   # the cap and the seed (also langdetect's)
 
+    def __post_init__(self):
+        if self.min_chars < 1 or self.max_chars < self.min_chars:
+            raise WitError("need 1 <= --min-text-chars <= --max-text-chars")
+        if self.batch_size < 1:
+            raise WitError("--batch-size must be at least 1")
+        if self.num_shards < 1:
+            raise WitError("--num-shards must be at least 1")
+
 
 def make_config(queries: str, inputs: Sequence[str], out: str, *, source: SourceOptions | None = None,
                 num_shards: int | None = None, per_query_cap: int = DEFAULT_CAP, seed: int = 0,
@@ -64,7 +73,7 @@ def make_config(queries: str, inputs: Sequence[str], out: str, *, source: Source
     columns, and ``num_shards`` defaults to the number of input files (at most 1024). ``options``
     are the other CollectConfig fields (langs, lang_detector, ...); ``per_query_cap`` and ``seed`` make
     its BalanceConfig."""
-    from wit_builder.core import WitError, match_paths
+    from wit_builder.core import match_paths
     from wit_builder.sources import check_table_columns, detect_format
     source = source or SourceOptions()
     files = list(dict.fromkeys(match_paths(list(inputs), "input")))
@@ -76,17 +85,10 @@ def make_config(queries: str, inputs: Sequence[str], out: str, *, source: Source
         resolved.append((path, fmt))
     if "langs" in options and options["langs"] is not None:
         options["langs"] = tuple(options["langs"])
-    cfg = CollectConfig(queries=queries, inputs=tuple(resolved), out=out.rstrip("/"), source=source,
-                        balance=BalanceConfig(per_query_cap, seed),
-                        num_shards=num_shards if num_shards is not None else max(1, min(len(resolved), 1024)),
-                        **options)
-    if cfg.min_chars < 1 or cfg.max_chars < cfg.min_chars:
-        raise WitError("need 1 <= --min-text-chars <= --max-text-chars")
-    if cfg.batch_size < 1:
-        raise WitError("--batch-size must be at least 1")
-    if cfg.num_shards < 1:
-        raise WitError("--num-shards must be at least 1")
-    return cfg
+    return CollectConfig(queries=queries, inputs=tuple(resolved), out=out.rstrip("/"), source=source,
+                         balance=BalanceConfig(per_query_cap, seed),
+                         num_shards=num_shards if num_shards is not None else max(1, min(len(resolved), 1024)),
+                         **options)
 
 
 @dataclass

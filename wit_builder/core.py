@@ -28,17 +28,13 @@ def _local(path: str) -> str:
     return path[len("file://"):] if path.startswith("file://") else path
 
 
-def _remote(path: str):
-    """(fsspec filesystem, path without protocol) of a remote URL."""
-    import fsspec
-    fs, inner = fsspec.core.url_to_fs(path)
-    return fs, inner
-
-
 def filesystem(path: str):
     """(fsspec filesystem, path inside it) for a local path or a remote URL."""
     import fsspec
     return fsspec.core.url_to_fs(path)
+
+
+_remote = filesystem
 
 
 def _with_protocol(path: str, like: str) -> str:
@@ -190,11 +186,13 @@ def unique_tmp_suffix() -> str:
 
 
 def expand_shards(patterns: Sequence[str] | str, what: str = "--shards", *, exts: Sequence[str] = (".tar",),
-                  must_exist: bool = True, unique: bool = True) -> list[str]:
+                  globs: str = "filter", must_exist: bool = True, unique: bool = True) -> list[str]:
     """The one shard-pattern expander: sources joined by ``::`` (OpenCLIP's convention), brace
     ranges (``IMAGES/{00000..00009}.tar``), globs, and folders (their files with the first of
-    ``exts`` that has any). Plain paths must exist unless ``must_exist`` is off (remote training
-    data is opened later); with ``unique``, a path listed twice is kept once."""
+    ``exts`` that has any). ``globs``: "filter" keeps the matches with one of ``exts``, "all" keeps
+    every match, "off" takes ``*?[`` literally (URLs with a query string, ``pipe:`` commands).
+    Plain paths must exist unless ``must_exist`` is off (remote training data is opened later);
+    with ``unique``, a path listed twice is kept once."""
     import braceexpand
 
     if isinstance(patterns, str):
@@ -204,14 +202,14 @@ def expand_shards(patterns: Sequence[str] | str, what: str = "--shards", *, exts
     for source in sources:
         for p in braceexpand.braceexpand(source):
             if is_local(p) and os.path.isdir(_local(p)):
-                listed = sorted(os.listdir(_local(p)))
-                files = next(([os.path.join(p, f) for f in listed if f.endswith(ext) and not f.startswith(".")]
+                listed = sorted(f for f in os.listdir(_local(p)) if not f.startswith("."))
+                files = next(([os.path.join(p, f) for f in listed if f.endswith(ext)]
                               for ext in exts if any(f.endswith(ext) for f in listed)), [])
                 if not files:
                     raise WitError(f"{what}: directory {p!r} holds no {' or '.join(exts)} shards")
                 out.extend(files)
-            elif any(c in p for c in "*?["):
-                out.extend(f for f in match_paths([p], what) if f.endswith(tuple(exts)))
+            elif globs != "off" and any(c in p for c in "*?["):
+                out.extend(f for f in match_paths([p], what) if globs == "all" or f.endswith(tuple(exts)))
             else:
                 if must_exist and not exists(p):
                     raise WitError(f"{what}: {p!r} not found (does not exist)")

@@ -191,7 +191,7 @@ def decisions_table(e: Embeddings, result: dict):
     }, schema=DECISIONS_SCHEMA)
 
 
-def _resolve_threshold(threshold: float | None, detector: str) -> float:
+def resolve_threshold(threshold: float | None, detector: str) -> float:
     if threshold is not None:
         return float(threshold)
     from wit_builder.detector import read_detector
@@ -201,7 +201,7 @@ def _resolve_threshold(threshold: float | None, detector: str) -> float:
     return float(thr)
 
 
-def _skips(e: Embeddings) -> dict:
+def skip_counts(e: Embeddings) -> dict:
     out: dict[str, int] = {}
     for s in e.status[~e.ok]:
         out[s] = out.get(s, 0) + 1
@@ -233,7 +233,7 @@ def run_dedup(cfg: DedupConfig, embed: EmbedFn) -> dict:
         raise WitError("--k must be >= 1")
     out, threads, k = cfg.out, cfg.threads, cfg.k
     paths = expand_shards(list(cfg.shards))
-    thr = _resolve_threshold(cfg.threshold, cfg.detector)
+    thr = resolve_threshold(cfg.threshold, cfg.detector)
     t0 = time.time()
     files = embed(paths, os.path.join(out, "embeddings"))
     t1 = time.time()
@@ -249,7 +249,7 @@ def run_dedup(cfg: DedupConfig, embed: EmbedFn) -> dict:
     n_ok = int(e.ok.sum())
     sizes = np.bincount(res["labels"]) if n_ok else np.zeros(0, np.int64)
     stats = {
-        "shards": len(paths), "images": int(len(e)), "embedded": n_ok, "skipped": _skips(e),
+        "shards": len(paths), "images": int(len(e)), "embedded": n_ok, "skipped": skip_counts(e),
         "threshold": thr, "k": k, "index": res["index"], "edges": res["edges"],
         "clusters": int(len(sizes)), "duplicate_clusters": int((sizes > 1).sum()),
         "largest_cluster": int(sizes.max()) if len(sizes) else 0,

@@ -41,7 +41,7 @@ from wit_builder.download_layout import OOM_SHARD_COUNT, WORK, error_kind, shard
 from wit_builder.netsafety import (DEFAULT_CONTENT_TYPES, DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS,
                                    DEFAULT_USER_AGENT, NetPolicy)
 
-__all__ = ["DownloadOptions", "InputShard", "Plan", "plan_inputs", "prepare",
+__all__ = ["DownloadConfig", "DownloadOptions", "InputShard", "Plan", "plan_inputs", "prepare",
            "summarize", "format_summary", "error_kind", "shard_name",
            "completed_shards", "reconcile", "make_downloader", "download_one_shard",
            "img2dataset_kwargs", "plan_to_json", "plan_from_json", "summarize_shard"]
@@ -99,6 +99,14 @@ class DownloadOptions:
             raise WitError(f"bad network policy option: {exc}") from None
 
 
+@dataclass
+class DownloadConfig:
+    """What ``wit download`` reads and writes, and how (``options``)."""
+    pairs: str | list                    # balanced parquets: a folder, a glob or a list of files
+    out: str                             # IMAGES
+    options: DownloadOptions = field(default_factory=DownloadOptions)
+
+
 @dataclass(frozen=True)
 class InputShard:
     shard_id: int
@@ -115,7 +123,7 @@ def plan_inputs(pairs: str | list[str]) -> tuple[list[InputShard], list[str], in
     if all(is_local(p) for p in patterns):
         paths = _match_local(patterns)
     else:
-        paths = [_absolute(p) for p in match_paths(patterns, what="--pairs")]
+        paths = [absolute_path(p) for p in match_paths(patterns, what="--pairs")]
     paths = [p for p in paths if p.endswith(".parquet")]
     if not paths:
         raise WitError(f"--pairs {patterns}: no .parquet files found")
@@ -154,7 +162,7 @@ def _match_local(patterns: list[str]) -> list[str]:
     import glob
     out: list[str] = []
     for pattern in patterns:
-        pattern = _absolute(pattern)
+        pattern = absolute_path(pattern)
         if os.path.isdir(pattern):
             pattern = os.path.join(pattern, "*")
         files = sorted(p for p in glob.glob(pattern) if os.path.isfile(p)
@@ -165,8 +173,6 @@ def _match_local(patterns: list[str]) -> list[str]:
     return out
 
 
-def _fs(path: str):
-    return filesystem(path)
 
 
 def _read_json(fs, path: str):
@@ -179,7 +185,7 @@ def _read_json(fs, path: str):
 
 def completed_shards(out: str, shards: list[InputShard]) -> set[int]:
     """Shard ids whose stats json parses (with the right count) and whose tar+parquet exist."""
-    fs, root = _fs(out)
+    fs, root = filesystem(out)
     done = set()
     for s in shards:
         name = shard_name(s.shard_id)
@@ -192,7 +198,7 @@ def completed_shards(out: str, shards: list[InputShard]) -> set[int]:
 
 def reconcile(out: str, shards: list[InputShard]) -> set[int]:
     """Keep complete shards, delete every trace of incomplete ones; return the complete ids."""
-    fs, root = _fs(out)
+    fs, root = filesystem(out)
     done = completed_shards(out, shards)
     for s in shards:
         if s.shard_id in done:
@@ -211,7 +217,7 @@ def reconcile(out: str, shards: list[InputShard]) -> set[int]:
 
 
 def _check_plan(out: str, plan: dict) -> None:
-    fs, root = _fs(out)
+    fs, root = filesystem(out)
     old = _read_json(fs, f"{root}/{WORK}/plan.json")
     if old is not None and old != plan:
         changed = sorted(k for k in set(old) | set(plan) if old.get(k) != plan.get(k))
@@ -229,7 +235,7 @@ def _check_plan(out: str, plan: dict) -> None:
 # --------------------------------------------------------------------------------------------
 def summarize(out: str, shards: list[InputShard] | None = None) -> dict:
     """Counts by status and error kind over the per-shard parquets of ``out``."""
-    fs, root = _fs(out)
+    fs, root = filesystem(out)
     names = sorted(p for p in fs.ls(root, detail=False) if re.fullmatch(r"\d+\.parquet", os.path.basename(p)))
     status, kinds, messages = Counter(), Counter(), Counter()
     for path in names:
@@ -258,7 +264,7 @@ def summarize(out: str, shards: list[InputShard] | None = None) -> dict:
 
 def summarize_shard(out: str, shard: InputShard) -> dict:
     """{status: count} of one finished shard's parquet."""
-    fs, root = _fs(out)
+    fs, root = filesystem(out)
     with fs.open(f"{root}/{shard_name(shard.shard_id)}.parquet", "rb") as fh:
         statuses = pq.read_table(fh, columns=["status"]).column("status").to_pylist()
     return dict(Counter(statuses))
@@ -314,14 +320,14 @@ def prepare(pairs, out: str, opts: DownloadOptions) -> Plan:
     """Plan, check against an earlier run in ``out``, reconcile (drop partial shards), write
     ``_wit/plan.json``, ``policy.json`` (read by the workers) and ``options.json``."""
     opts.validate()
-    out = _absolute(out)
+    out = absolute_path(out)
     shards, extra, per_shard, empty = plan_inputs(pairs)
     plan = {"inputs": [[s.path, s.rows] for s in shards], "additional_columns": extra,
             "number_sample_per_shard": per_shard, "oom_shard_count": OOM_SHARD_COUNT,
             "image_size": opts.image_size, "resize_mode": opts.resize_mode,
             "resize_only_if_bigger": opts.resize_only_if_bigger, "encode_format": opts.encode_format}
     _check_plan(out, plan)
-    fs, root = _fs(out)
+    fs, root = filesystem(out)
     fs.makedirs(f"{root}/{WORK}", exist_ok=True)
     done = reconcile(out, shards)
     atomic_write_json(f"{out}/{WORK}/plan.json", plan)
@@ -330,7 +336,7 @@ def prepare(pairs, out: str, opts: DownloadOptions) -> Plan:
     return Plan(out, opts, shards, extra, per_shard, empty, done)
 
 
-def _absolute(path: str) -> str:
+def absolute_path(path: str) -> str:
     return os.path.abspath(path.removeprefix("file://")) if is_local(path) else path.rstrip("/")
 
 

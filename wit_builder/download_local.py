@@ -7,8 +7,8 @@ import os
 import sys
 import threading
 
-from wit_builder.core import WitError, is_local
-from wit_builder.download import InputShard, Plan, _fs, _read_json, img2dataset_kwargs, shard_name
+from wit_builder.core import WitError, is_local, read_json_or_none
+from wit_builder.download import InputShard, Plan, img2dataset_kwargs, shard_name
 from wit_builder.download_layout import WORK
 
 __all__ = ["run_local", "run_lock"]
@@ -31,10 +31,9 @@ class _Progress:
         self._thread = threading.Thread(target=self._loop, name="wit-progress", daemon=True)
 
     def _poll(self):
-        fs, root = _fs(self.out)
         count = success = 0
         for s in self.todo:
-            rec = _read_json(fs, f"{root}/{WORK}/progress/{shard_name(s.shard_id)}.json")
+            rec = read_json_or_none(f"{self.out}/{WORK}/progress/{shard_name(s.shard_id)}.json")
             if isinstance(rec, dict):
                 count += int(rec.get("count", 0))
                 success += int(rec.get("successes", 0))

@@ -18,7 +18,7 @@ import pyarrow as pa
 from img2dataset.logger import LoggerProcess
 from img2dataset.writer import WebDatasetSampleWriter
 
-from wit_builder.core import filesystem as _fs
+from wit_builder.core import filesystem
 from wit_builder.core import is_local
 from wit_builder.download_layout import WORK, error_kind
 from wit_builder.netsafety import NetPolicy, install_guard
@@ -64,7 +64,7 @@ def _worker_setup(output_folder: str) -> None:
     """Once per worker process (idempotent): the SSRF guard for this output's policy, atomic
     stats files, and the parent watchdog."""
     global _stats_patched
-    fs, root = _fs(output_folder)
+    fs, root = filesystem(output_folder)
     with fs.open(f"{root}/{WORK}/policy.json", "r") as fh:  # missing/broken: the shard fails (closed)
         policy = NetPolicy(**json.load(fh))
     with _setup_lock:
@@ -83,9 +83,9 @@ def _atomic_stats_writer(write_stats):
         return write_stats
 
     def atomic_write_stats(output_folder, *args, **kwargs):
-        fs, root = _fs(output_folder)
+        fs, root = filesystem(output_folder)
         tmp = _url_join(output_folder, WORK, "partial", f"stats.{os.getpid()}-{threading.get_ident()}")
-        tmp_fs, tmp_root = _fs(tmp)
+        tmp_fs, tmp_root = filesystem(tmp)
         tmp_fs.makedirs(tmp_root, exist_ok=True)
         write_stats(tmp, *args, **kwargs)
         for path in tmp_fs.ls(tmp_root, detail=False):
@@ -108,8 +108,8 @@ class WitShardWriter(WebDatasetSampleWriter):
         _worker_setup(output_folder)
         name = f"{shard_id:0{oom_shard_count}d}"
         partial = _url_join(output_folder, WORK, "partial", f"{name}.{os.getpid()}-{threading.get_ident()}")
-        self._fs, self._partial = _fs(partial)
-        _, root = _fs(output_folder)
+        self._fs, self._partial = filesystem(partial)
+        _, root = filesystem(output_folder)
         self._fs.makedirs(self._partial, exist_ok=True)
         super().__init__(shard_id, partial, save_caption, oom_shard_count,
                          schema.append(pa.field("error_kind", pa.string())), encode_format)

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from wit_builder.core import WitError, atomic_write_json, atomic_write_parquet, exists, expand_shards, is_local
-from wit_builder.dedup import EmbedFn, _resolve_threshold, _skips, build_index, search
+from wit_builder.dedup import EmbedFn, resolve_threshold, skip_counts, build_index, search
 from wit_builder.embeddings import embed_records, iter_image_files, load_embeddings
 
 
@@ -156,7 +156,7 @@ def run_overlap(cfg: OverlapConfig, embed: EmbedFn) -> dict:
     from wit_builder.core import atomic_open
 
     out = cfg.out
-    thr = _resolve_threshold(cfg.threshold, cfg.detector)
+    thr = resolve_threshold(cfg.threshold, cfg.detector)
     sets = [parse_eval_arg(a) for a in cfg.evals]
     names = [n for n, _ in sets]
     if len(set(names)) != len(names):
@@ -166,7 +166,7 @@ def run_overlap(cfg: OverlapConfig, embed: EmbedFn) -> dict:
     train_files = embed(expand_shards(list(cfg.shards)), cfg.train_embeddings or os.path.join(out, "embeddings", "_train"))
     train = load_embeddings(train_files)
     summary = {"threshold": thr, "train_images": int(len(train)), "train_embedded": int(train.ok.sum()),
-               "train_skipped": _skips(train), "sets": {}}
+               "train_skipped": skip_counts(train), "sets": {}}
     rows = []
     train_overlap = np.zeros(int(train.ok.sum()), bool)
     train_max = np.full(int(train.ok.sum()), -np.inf, np.float32)
@@ -186,7 +186,7 @@ def run_overlap(cfg: OverlapConfig, embed: EmbedFn) -> dict:
             with atomic_open(os.path.join(out, f"{name}.{kind}.txt"), "w") as fh:
                 fh.writelines(f"{i}\n" for i in ids)
         n = len(ok_rows)
-        summary["sets"][name] = {"path": path, "examples": int(len(ev)), "embedded": n, "skipped": _skips(ev),
+        summary["sets"][name] = {"path": path, "examples": int(len(ev)), "embedded": n, "skipped": skip_counts(ev),
                                  "overlap": len(overlap_ids), "clean": len(clean_ids),
                                  "overlap_fraction": (len(overlap_ids) / n) if n else None}
     atomic_write_parquet(os.path.join(out, "overlap.parquet"), pa.Table.from_pylist(rows, schema=OVERLAP_SCHEMA))

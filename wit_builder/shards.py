@@ -34,26 +34,23 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Iterator
 
-import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from wit_builder.core import WitError, atomic_open, atomic_write_json
+from wit_builder.core import WitError, atomic_open, atomic_write_json, filesystem
 from wit_builder.schemas import SHARD_JSON_FIELDS, SHARD_SCHEMA
 
 __all__ = ["ShardsConfig", "start_shards", "count_kept", "assign_output_shards", "write_output_shard",
-           "finish_shards", "read_decisions", "find_image_shards", "SHARD_SCHEMA", "train_data_pattern"]
+           "finish_shards", "remove_folder", "read_decisions", "find_image_shards", "SHARD_SCHEMA", "train_data_pattern"]
 
 IMAGE_EXTS = ("jpg", "png", "webp")
 MTIME = 946684800  # 2000-01-01: a fixed member time keeps the tars reproducible
 
-def _fs(path: str):
-    return fsspec.core.url_to_fs(path)
 
 
 def find_image_shards(images: str, allow_incomplete: bool = False) -> list[str]:
     """Names (``00000``...) of the finished download shards in ``images``, sorted."""
-    fs, root = _fs(images)
+    fs, root = filesystem(images)
     if not fs.isdir(root):
         raise WitError(f"--images {images}: not a directory")
     names = {os.path.basename(p) for p in fs.ls(root, detail=False)}
@@ -84,7 +81,7 @@ class Decision:
 def read_decisions(dedup: str) -> dict[str, Decision]:
     """key -> decision from ``DEDUP/decisions.parquet`` (``dedup`` is the folder or the file)."""
     path = dedup if dedup.endswith(".parquet") else dedup.rstrip("/") + "/decisions.parquet"
-    fs, p = _fs(path)
+    fs, p = filesystem(path)
     try:
         with fs.open(p, "rb") as fh:
             table = pq.read_table(fh, columns=["key", "uid", "kept", "cluster_id", "cluster_size"])
@@ -149,7 +146,7 @@ def _shard_samples(images: str, name: str, decisions: dict[str, Decision] | None
                    with_images: bool = True, start: int = 0, stop: int | None = None) -> Iterator[dict]:
     """Successful, kept samples ``start:stop`` of download shard ``name``, in key order, each with
     its image bytes (``with_images``) or only its metadata; skips are counted in ``counts``."""
-    fs, root = _fs(images)
+    fs, root = filesystem(images)
     with fs.open(f"{root}/{name}.parquet", "rb") as fh:
         table = pq.read_table(fh)
     rows = table.to_pylist()
@@ -164,9 +161,12 @@ def _shard_samples(images: str, name: str, decisions: dict[str, Decision] | None
                 key, _, ext = base.partition(".")
                 if ext in IMAGE_EXTS:
                     members[key] = (ext, m)
-        index = -1
+        index, last_key = -1, None
         for row in ok:
             key = row["key"]
+            if last_key is not None and key <= last_key:
+                raise WitError(f"--images {images}: key {key} appears twice in shard {name}")
+            last_key = key
             if key not in members:
                 counts["missing_in_tar"] += 1
                 continue
@@ -199,10 +199,19 @@ def _shard_samples(images: str, name: str, decisions: dict[str, Decision] | None
 
 
 def count_kept(images: str, name: str, decisions: dict[str, Decision] | None) -> dict:
-    """One download shard's plan: how many samples it gives, its first and last key, its counts."""
-    counts: Counter = Counter()
-    keys = [s["key"] for s in _shard_samples(images, name, decisions, counts, with_images=False)]
-    return {"name": name, "kept": len(keys), "first_key": keys[0] if keys else None,
+    """One download shard's plan: how many samples it gives, the first and last key of its
+    successful rows, its counts; or ``{"name", "error"}`` (a one-line reason) for a bad shard."""
+    fs, root = filesystem(images)
+    try:
+        counts: Counter = Counter()
+        kept = sum(1 for _ in _shard_samples(images, name, decisions, counts, with_images=False))
+        with fs.open(f"{root}/{name}.parquet", "rb") as fh:
+            table = pq.read_table(fh, columns=["key", "status"])
+    except WitError as exc:
+        return {"name": name, "error": str(exc)}
+    keys = sorted(k for k, st in zip(table.column("key").to_pylist(), table.column("status").to_pylist())
+                  if st == "success")
+    return {"name": name, "kept": kept, "first_key": keys[0] if keys else None,
             "last_key": keys[-1] if keys else None, "counts": dict(counts)}
 
 
@@ -211,13 +220,22 @@ def assign_output_shards(plans: list[dict], samples_per_shard: int, images: str)
     the kept samples of all download shards in key order, cut every ``samples_per_shard``.
     Download shards whose keys overlap are an error."""
     plans = sorted(plans, key=lambda p: p["name"])
+    for p in plans:
+        if "error" in p:
+            raise WitError(p["error"])
     last_key, last_name = "", None
     for p in plans:
-        if p["kept"] and p["first_key"] <= last_key:
+        if p["first_key"] is not None and p["first_key"] <= last_key:
             raise WitError(f"--images {images}: key {p['first_key']} of shard {p['name']} is not after "
                            f"{last_key} (shard {last_name}); download shards overlap")
-        if p["kept"]:
+        if p["last_key"] is not None:
             last_key, last_name = p["last_key"], p["name"]
+    if not sum(p["kept"] for p in plans):
+        counts: Counter = Counter()
+        for p in plans:
+            counts.update(p["counts"])
+        raise WitError(f"no images left to write from {images} "
+                       f"({counts['download_rows']} rows, {counts['dropped_by_dedup']} dropped by dedup)")
     out, current, filled = [], [], 0
     for p in plans:
         start = 0
@@ -272,14 +290,11 @@ def train_data_pattern(out: str, shards: int) -> str:
 def finish_shards(cfg: ShardsConfig, shards: list[dict], plans: list[dict], decisions: int | None) -> dict:
     """Remove shards an earlier, larger run left, write sizes.json, then manifest.json (last)."""
     out = cfg.out.rstrip("/")
-    fs, root = _fs(out)
+    fs, root = filesystem(out)
     shards = sorted(shards, key=lambda s: s["name"])
     counts: Counter = Counter()
     for p in plans:
         counts.update(p["counts"])
-    if not shards:
-        raise WitError(f"no images left to write from {cfg.images} "
-                       f"({counts['download_rows']} rows, {counts['dropped_by_dedup']} dropped by dedup)")
     keep = {f"{s['name']}.{ext}" for s in shards for ext in ("tar", "parquet")}
     for path in fs.ls(root, detail=False):
         base = os.path.basename(path)
@@ -310,14 +325,20 @@ def finish_shards(cfg: ShardsConfig, shards: list[dict], plans: list[dict], deci
     return manifest
 
 
-def start_shards(cfg: ShardsConfig) -> list[str]:
+def remove_folder(path: str) -> None:
+    """Remove a work folder and everything in it (missing is fine)."""
+    fs, root = filesystem(path)
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
+
+
+def start_shards(cfg: ShardsConfig) -> tuple[list[str], int | None]:
     """Check the inputs and remove an earlier manifest (a half-rewritten set must never look
-    complete); returns the finished download shards' names."""
+    complete); returns the finished download shards' names and the number of dedup decisions."""
     names = find_image_shards(cfg.images, cfg.allow_incomplete)
-    if cfg.dedup:
-        read_decisions(cfg.dedup)        # a missing or broken decisions table fails here, once
-    fs, root = _fs(cfg.out.rstrip("/"))
+    decisions = len(read_decisions(cfg.dedup)) if cfg.dedup else None   # a broken table fails here
+    fs, root = filesystem(cfg.out.rstrip("/"))
     fs.makedirs(root, exist_ok=True)
     if fs.exists(f"{root}/manifest.json"):
         fs.rm(f"{root}/manifest.json")
-    return names
+    return names, decisions

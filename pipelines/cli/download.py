@@ -115,7 +115,7 @@ def options_from_args(args):
 
 def run(args) -> int:
     from pipelines import download
-    from wit_builder.download import format_summary
+    from wit_builder.download import DownloadConfig, format_summary
     opts = options_from_args(args)
     if not opts.disallowed_header_directives:
         print("wit download: warning: --disallowed-header-directives is empty: X-Robots-Tag opt-outs "
@@ -125,6 +125,6 @@ def run(args) -> int:
               file=sys.stderr)
     if args.beam.runner == "local" and args.beam.args:
         raise WitError(f"unknown option(s) {list(args.beam.args)} (Beam options need a Beam --runner)")
-    summary = download.run(args.pairs, args.out, opts, args.beam, quiet=not args.verbose)
+    summary = download.run(DownloadConfig(args.pairs, args.out, opts), args.beam, quiet=not args.verbose)
     print(format_summary(summary))
     return 1 if summary.get("incomplete_shards") else 0

@@ -13,6 +13,7 @@ from collections import Counter
 
 import numpy as np
 
+from wit_builder.balance import query_keep_prob
 from wit_builder.core import read_json_or_none
 from wit_builder.sim.reportdoc import Section, figure_png, pyplot
 
@@ -128,7 +129,7 @@ def balance_section(collect_dir: str | None, cap: float | None = None) -> Sectio
     axes[1].legend()
     s.figure("balance.png", figure_png(fig), "Per-query counts before and after balancing (log-log)")
     s.table(["query", "before", "after", "keep_prob"],
-            [[names[q], before[q], after.get(q, 0), min(1.0, cap / before[q]) if cap else None]
+            [[names[q], before[q], after.get(q, 0), float(query_keep_prob([before[q]], cap)[0]) if cap else None]
              for q in qids[:10]])
     return s
 
