@@ -37,17 +37,16 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import io
 import ipaddress
 import json
 import os
 import socket
 import threading
-import time
 import urllib.request
-import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Iterator
+
+from wit_builder.netlimits import LimitExceeded, LimitsProcessor, check_image_header  # noqa: F401 (re-exported)
 
 __all__ = ["NetPolicy", "SSRFBlocked", "LimitExceeded", "block_reason", "build_opener",
            "install_guard", "guarded", "guarded_create_connection", "check_image_header", "DEFAULT_USER_AGENT",
@@ -66,10 +65,6 @@ _NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052 well-known prefix
 
 class SSRFBlocked(OSError):
     """Refused to connect: the destination is not a public address."""
-
-
-class LimitExceeded(ValueError):
-    """The response broke a size, type, time or pixel limit."""
 
 
 def block_reason(ip: str) -> str | None:
@@ -294,87 +289,13 @@ class _RedirectHandler(urllib.request.HTTPRedirectHandler):
     http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
 
 
-def check_image_header(data: bytes, max_pixels: int) -> None:
-    """Refuse an image whose header declares more than ``max_pixels`` pixels (no decoding)."""
-    from PIL import Image, UnidentifiedImageError
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as im:
-                width, height = im.size
-    except Image.DecompressionBombError as exc:
-        raise LimitExceeded(f"decompression bomb: {exc}") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        return  # not something Pillow can parse; the decoder downstream decides
-    if width * height > max_pixels:
-        raise LimitExceeded(f"decompression bomb: {width}x{height} = {width * height} pixels "
-                            f"> max {max_pixels}")
-
-
-class _LimitsProcessor(urllib.request.BaseHandler):
-    """Rewrites the User-Agent on requests; checks type/size/time/pixels on 2xx responses."""
-
-    handler_order = 1100  # after HTTPErrorProcessor: only final (non-redirect) answers get here
-
-    def __init__(self, policy: NetPolicy):
-        self.policy = policy
-
-    def http_request(self, req):
-        req.add_header("User-Agent", self.policy.user_agent)
-        req.unredirected_hdrs.pop("User-agent", None)  # urllib's default would win otherwise
-        return req
-
-    https_request = http_request
-
-    def http_response(self, req, resp):
-        if getattr(resp, "_wit_limited", False) or not 200 <= resp.status < 300:
-            return resp
-        policy = self.policy
-        ctype = resp.headers.get("Content-Type")
-        if not policy.content_type_allowed(ctype):
-            resp.close()
-            raise LimitExceeded(f"content type {ctype!r} not allowed")
-        length = resp.headers.get("Content-Length")
-        if length and length.strip().isdigit() and int(length) > policy.max_bytes:
-            resp.close()
-            raise LimitExceeded(f"too many bytes: Content-Length {int(length)} > max {policy.max_bytes}")
-        original_read = resp.read
-        started = time.monotonic()
-
-        def read(amt=None):
-            limit = policy.max_bytes
-            want = None if amt is None or amt < 0 else amt
-            out = bytearray()
-            while want is None or len(out) < want:
-                chunk = original_read(65536 if want is None else min(65536, want - len(out)))
-                if not chunk:
-                    break
-                out += chunk
-                resp._wit_bytes += len(chunk)
-                if resp._wit_bytes > limit:
-                    raise LimitExceeded(f"too many bytes: more than max {limit}")
-                if policy.max_seconds is not None and time.monotonic() - started > policy.max_seconds:
-                    raise LimitExceeded(f"body took longer than {policy.max_seconds}s")
-            data = bytes(out)
-            if amt is None:
-                check_image_header(data, policy.max_pixels)
-            return data
-
-        resp._wit_bytes = 0
-        resp.read = read
-        resp._wit_limited = True
-        return resp
-
-    https_response = http_response
-
-
 def build_opener(policy: NetPolicy) -> urllib.request.OpenerDirector:
     """An opener with only http/https, no proxies, the SSRF guard and the limits."""
     opener = urllib.request.OpenerDirector()
     for handler in (urllib.request.ProxyHandler({}), urllib.request.UnknownHandler(),
                     _GuardedHTTPHandler(policy), _GuardedHTTPSHandler(policy),
                     urllib.request.HTTPDefaultErrorHandler(), _RedirectHandler(),
-                    urllib.request.HTTPErrorProcessor(), _LimitsProcessor(policy)):
+                    urllib.request.HTTPErrorProcessor(), LimitsProcessor(policy)):
         opener.add_handler(handler)
     opener.addheaders = [("User-agent", policy.user_agent)]
     return opener
