@@ -172,7 +172,7 @@ def test_bad_download_shards_are_one_line_errors_and_leave_no_set(tmp_path, caps
     # a key twice in one download shard
     t = pq.read_table(f"{folder}/00000.parquet")
     pq.write_table(pa.concat_tables([t, t.slice(0, 1)]), f"{folder}/00000.parquet")
-    assert cli.main(["shards", "--images", folder, "--out", out, "--workers", "2"]) == 2
+    assert cli.main(["shards", "--images", folder, "--out", out]) == 2
     err = capsys.readouterr().err
     assert "appears twice in shard 00000" in err and err.count("\n") == 1 and "Traceback" not in err
     assert not os.path.exists(f"{out}/manifest.json") and not glob.glob(f"{out}/.wit-work-*")
