@@ -18,6 +18,7 @@ import apache_beam as beam
 import numpy as np
 
 from pipelines.beam_options import BeamOptions, run_pipeline
+from wit_builder import records
 from wit_builder.balance import BalanceConfig
 from wit_builder.collect import shard_name
 from wit_builder.schemas import COUNTS_SCHEMA
@@ -270,6 +271,7 @@ def _matched_shards(matched: str) -> list[tuple[int, str, int]]:
     shards = [(int(m.group(1)), path, int(m.group(2))) for path in found if (m := pattern.search(path))]
     if not shards:
         raise WitError(f"no matched shards in {matched}/matched (run `wit collect` first)")
+    records.verify_inputs([path for _, path, _ in shards], "--matched")
     totals = {t for _, _, t in shards}
     if len(totals) != 1 or len(shards) != next(iter(totals)):
         raise WitError(f"{matched}/matched is incomplete or mixed ({len(shards)} files, totals {sorted(totals)})")
@@ -294,6 +296,7 @@ def run(cfg: RebalanceConfig, beam_options: BeamOptions = BeamOptions(), *, over
     prev = finished_run(out, {"stage": "balance", "config": config}, overwrite=overwrite)
     if prev is not None:
         return prev
+    records.begin(out, "balance")
     remove_stale_parts(f"{out}/balanced", num_shards)
     header = {"stage": "balance", "config": config, "source_stats": f"{matched}/stats.json",
               "queries": {"count": num_queries}, "num_shards": num_shards}
@@ -304,4 +307,6 @@ def run(cfg: RebalanceConfig, beam_options: BeamOptions = BeamOptions(), *, over
     stats = read_json_or_none(f"{out}/stats.json")
     if stats is None:
         raise WitError(f"the pipeline finished but {out}/stats.json is missing")
+    records.complete_folder(out, "balance", inputs=[p for _, p, _ in shards],
+                            counts={k: v for k, v in stats.items() if type(v) in (int, float)})
     return stats

@@ -16,7 +16,8 @@ import logging
 import re
 from dataclasses import dataclass
 
-__all__ = ["BeamOptions", "make_options", "run_pipeline", "quiet_beam_import_warning"]
+__all__ = ["BeamOptions", "make_options", "run_pipeline", "quiet_beam_import_warning", "check_beam_args",
+           "check_runner"]
 
 LOCAL_RUNNERS = ("DirectRunner", "direct", "FnApiRunner")
 
@@ -36,15 +37,78 @@ class BeamOptions:
 
 def make_options(beam: BeamOptions, **overrides):
     """PipelineOptions for ``beam``. On the DirectRunner, ``workers`` > 1 selects Beam's
-    multi-processing mode with that many processes (FnApiRunner underneath)."""
+    multi-processing mode with that many processes (FnApiRunner underneath). The user's own Beam
+    options come last, so they win over what ``workers`` implies (``--direct_num_workers=4``)."""
     from apache_beam.options.pipeline_options import PipelineOptions
-    args = [f"--runner={beam.runner}", *beam.args]
+    args = [f"--runner={beam.runner}"]
     if beam.is_local:
         workers = max(1, int(beam.workers))
         args.append(f"--direct_num_workers={workers}")
         if workers > 1:
             args.append("--direct_running_mode=multi_processing")
-    return PipelineOptions(args, **overrides)
+    return PipelineOptions([*args, *beam.args], **overrides)
+
+
+def _beam_parser():
+    """The argument parser Beam itself builds from every PipelineOptions class it knows."""
+    import argparse
+
+    from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+    parser = _BeamArgumentParser(allow_abbrev=False, add_help=False)
+    classes: dict[str, type] = {}
+    todo = list(PipelineOptions.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        if classes.setdefault(f"{cls.__module__}.{cls.__qualname__}", cls) is cls:
+            todo.extend(cls.__subclasses__())
+    for cls in classes.values():
+        try:
+            cls._add_argparse_args(parser)  # the hook Beam's own option parsing calls
+        except argparse.ArgumentError:
+            pass  # an option two classes define (Beam keeps the first one as well)
+    return parser
+
+
+def _closest(word: str, names) -> str:
+    import difflib
+    norm = {n.replace("-", "_"): n for n in names}
+    hits = difflib.get_close_matches(word.replace("-", "_"), list(norm), n=1, cutoff=0.6)
+    return f" (did you mean {norm[hits[0]]}?)" if hits else ""
+
+
+def check_beam_args(words, own_options=()) -> None:
+    """Refuse words that no Beam PipelineOptions class knows (Beam itself logs "Discarding
+    unparseable args" and runs with the defaults): one WitError naming the word and the closest
+    option among Beam's and ``own_options`` (the stage's own flags)."""
+    from wit_builder.core import WitError
+    words = list(words)
+    if not words:
+        return
+    parser = _beam_parser()
+    _, unknown = parser.parse_known_args(words)
+    if not unknown:
+        return
+    bad = unknown[0]
+    if not bad.startswith("-"):
+        raise WitError(f"unexpected argument {bad!r}")
+    name = bad.split("=", 1)[0]
+    known = [s for a in parser._actions for s in a.option_strings] + list(own_options)
+    raise WitError(f"unknown option {name}{_closest(name, known)}; Beam does not know it either "
+                   "(see --help for this stage's options)")
+
+
+def check_runner(runner: str) -> None:
+    """Refuse a runner name Beam cannot create (one line, closest known name)."""
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    from wit_builder.core import WitError
+    if "." in runner:  # a dotted path to a runner class: Beam imports it
+        return
+    names = list(StandardOptions.KNOWN_RUNNER_NAMES)
+    lower = {n.lower() for n in names}
+    if runner.lower() in lower or runner.lower() + "runner" in lower or runner in LOCAL_RUNNERS:
+        return
+    raise WitError(f"unknown runner {runner!r}{_closest(runner, names)}; known: {', '.join(names)}")
 
 
 class _NoWitErrorTracebacks(logging.Filter):

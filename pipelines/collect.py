@@ -32,6 +32,7 @@ from apache_beam.transforms.window import GlobalWindows
 from pipelines.balance import COUNTS, BalanceMatched, BalanceTarget, MergeStats, SumCounts, remove_stale_parts
 from pipelines.beam_options import BeamOptions, run_pipeline
 from wit_builder.collect import CollectConfig, shard_name
+from wit_builder import records
 from wit_builder.core import WitError, atomic_write_parquet, file_info, finished_run, read_json_or_none
 
 __all__ = ["Collect", "MatchPairs", "MergeStats", "run"]
@@ -238,6 +239,7 @@ def run(cfg: CollectConfig, beam_options: BeamOptions = BeamOptions(), *, overwr
     another configuration is an error unless ``overwrite``."""
     from wit_builder.collect import load_queries
     from wit_builder.langid import make_detector
+    records.verify_inputs([cfg.queries], "--queries")
     queries = load_queries(cfg.queries)                 # fail early, before any worker starts
     make_detector(cfg.lang_detector, cfg.balance.seed)  # likewise for a bad detector spec
     sizes = {path: _size(path) for path, _ in cfg.inputs}
@@ -245,6 +247,7 @@ def run(cfg: CollectConfig, beam_options: BeamOptions = BeamOptions(), *, overwr
     prev = finished_run(cfg.out, {"stage": "collect", "config": config}, overwrite=overwrite)
     if prev is not None:
         return prev
+    records.begin(cfg.out, "collect")
     remove_stale_parts(f"{cfg.out}/matched", cfg.num_shards)
     remove_stale_parts(f"{cfg.out}/balanced", cfg.num_shards)
     by_format = Counter(f for _, f in cfg.inputs)
@@ -261,4 +264,10 @@ def run(cfg: CollectConfig, beam_options: BeamOptions = BeamOptions(), *, overwr
     stats = read_json_or_none(f"{cfg.out}/stats.json")
     if stats is None:
         raise WitError(f"the pipeline finished but {cfg.out}/stats.json is missing")
+    records.complete_folder(cfg.out, "collect", inputs=[path for path, _ in cfg.inputs], counts=_counts(stats))
     return stats
+
+
+def _counts(stats: dict) -> dict:
+    """The top-level numbers of a stage's stats, for its completion record."""
+    return {k: v for k, v in stats.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

@@ -5,7 +5,8 @@ One element per shard: ``EmbedShardDoFn`` loads the detector once per DoFn insta
 ``setup`` (not per element or bundle), streams the shard's tar, decodes and resizes each image,
 runs the model on batches of ``batch_size`` images, and writes the shard's embeddings atomically
 to ``OUT_DIR/<shard>-<hash>.parquet`` (see :mod:`wit_builder.embeddings`). A shard whose file already
-exists with the same detector fingerprint is not recomputed, so a re-run resumes. Parallelism is
+exists with the same detector fingerprint and the same shard content (size, mtime, the hash of
+its first and last 64 KiB: `wit_builder.core.content_key`) is not recomputed, so a re-run resumes. Parallelism is
 per shard (img2dataset shards hold ~10k images each); a ``Reshuffle`` spreads shards over workers.
 Skipped records are counted in Beam metrics (namespace ``wit.dedup``) and in the files' ``status``.
 """

@@ -22,8 +22,9 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from pipelines.beam_options import BeamOptions, run_pipeline
+from wit_builder import records
 from wit_builder.core import atomic_write_json
-from wit_builder.core import filesystem
+from wit_builder.core import filesystem, remove_temporaries
 from wit_builder.download import DownloadConfig, absolute_path, prepare, summarize
 from wit_builder.download_local import run_local, run_lock
 from wit_builder.download_layout import WORK
@@ -99,8 +100,8 @@ def run(cfg: DownloadConfig, beam_options: BeamOptions = LOCAL, *, quiet: bool =
     """``wit download``: download ``cfg.pairs`` (dir/glob/list of balanced parquets) into ``cfg.out``;
     return the summary.
 
-    ``beam_options.runner == "local"`` runs img2dataset's ``download()`` (its multiprocessing
-    distributor); any other runner is a Beam runner for ``DownloadShards`` (one element per input
+    ``beam_options.runner == "local"`` runs img2dataset's ``download()`` (with wit's shard pool,
+    which retries a shard whose worker died); any other runner is a Beam runner for ``DownloadShards`` (one element per input
     shard). With ``quiet``,
     img2dataset's own output goes to ``out/_wit/img2dataset.log`` (local runner). Safe to
     re-run after any interruption: complete shards are kept, the rest redone.
@@ -112,6 +113,10 @@ def run(cfg: DownloadConfig, beam_options: BeamOptions = LOCAL, *, quiet: bool =
     fs.makedirs(f"{root}/{WORK}", exist_ok=True)
     with run_lock(out):
         plan = prepare(pairs, out, opts)
+        records.begin(out, "download")
+        # what a killed run left: img2dataset's _tmp/, our writers' partial shards
+        remove_temporaries(out, folders="_tmp")
+        remove_temporaries(f"{out}/{WORK}", folders="partial")
         if plan.todo():
             if beam_options.runner == "local":
                 run_local(plan, quiet, progress)
@@ -125,6 +130,10 @@ def run(cfg: DownloadConfig, beam_options: BeamOptions = LOCAL, *, quiet: bool =
         summary["images_this_run"] = this_run
         summary["images_per_s"] = round(this_run / summary["seconds"], 2) if summary["seconds"] else None
         atomic_write_json(f"{out}/{WORK}/summary.json", summary)
+        if not summary.get("incomplete_shards"):  # a finished run only; a re-run finishes the rest
+            records.complete_folder(out, "download", inputs=[s.path for s in plan.shards],
+                                    skip=(f"{WORK}/", "_tmp"),
+                                    counts={"images": summary.get("success", 0), "rows": summary.get("samples", 0)})
     return summary
 
 

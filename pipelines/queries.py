@@ -42,7 +42,9 @@ from pipelines.beam_options import BeamOptions, run_pipeline
 from queries.build import (OUTPUTS, BuildConfig, Candidates, QueryParams, _signature, _sizes, build_stats,
                            collect_inputs, order_and_trim, pageview_inputs, read_candidates, remove_tree,
                            wordnet_items, write_outputs)
+from queries.pageviews import MAX_VIEWS
 from queries.terms import clean_query, log2_bin, merge_bucket, pmi, sharded
+from wit_builder import records
 from wit_builder.core import finished_run, is_local
 
 STATS = "stats"
@@ -268,6 +270,12 @@ class HourlyViews(beam.DoFn):
             yield _stat(name, n)
 
 
+def _sum_views(values) -> int:
+    """Views of a title over the counted hours, saturated at the int64 maximum (the parquet column's
+    type): associative, so Beam may apply it to partial sums."""
+    return min(sum(values), MAX_VIEWS)
+
+
 def _join_titles(item):
     title, grouped = item
     in_dump = any(True for _ in grouped["dump"])
@@ -425,7 +433,7 @@ class QueryCandidates(beam.PTransform):
         stats.append(hourly[STATS])
         mv = params.title_min_views
         views = (hourly["views"]
-                 | "SumViews" >> beam.CombinePerKey(sum)
+                 | "SumViews" >> beam.CombinePerKey(_sum_views)
                  | "MinViews" >> beam.Filter(lambda kv: kv[1] >= mv))
         dump_titles = counted["title"] | "TitleKeys" >> beam.Map(lambda t: (t, None))
         joined = ({"dump": dump_titles, "views": views}
@@ -500,5 +508,8 @@ def run(cfg: BuildConfig, beam_options: BeamOptions = BeamOptions(), *, overwrit
     run_info = {"runner": beam_options.runner, "workers": beam_options.workers, "pipeline_seconds": round(seconds, 2),
                 "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     stats = build_stats(cfg, cand, rows, trimmed, inputs, run_info, signature)
+    records.begin(cfg.out, "queries")  # the outputs are written only from here on
     write_outputs(cfg, cand, rows, stats)
+    records.complete_folder(cfg.out, "queries", inputs=[d for d, _ in dumps] + list(pageviews),
+                            counts={"queries": len(rows)})
     return stats

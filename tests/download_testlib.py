@@ -69,9 +69,10 @@ DOWNLOAD_SCHEMA = pa.schema([
 
 
 def fake_download_shard(folder: str, shard: int, statuses: list[str], done: bool = True,
-                        order: list[int] | None = None) -> list[dict]:
+                        order: list[int] | None = None, bodies: dict[int, bytes] | None = None) -> list[dict]:
     """An IMAGES/NNNNN.{tar,parquet,_stats.json} shard in `wit download`'s format (as
-    img2dataset writes it: rows in completion order ``order``), without any network."""
+    img2dataset writes it: rows in completion order ``order``), without any network. ``bodies``:
+    image bytes to store instead of a valid JPEG for some rows (by index)."""
     import json
     import os
 
@@ -82,6 +83,8 @@ def fake_download_shard(folder: str, shard: int, statuses: list[str], done: bool
         text = f"caption {shard}-{i}"
         ok = status == "success"
         img = image_bytes("JPEG", (32, 32), ((37 * i) % 256, (11 * shard) % 256, 90)) if ok else None
+        if ok and bodies and i in bodies:
+            img = bodies[i]
         rows.append({
             "uid": uid_of(url, text), "query_ids": [i, i + 7], "page_url": None, "caption": text,
             "url": url, "key": f"{shard:05d}{i:04d}", "status": status,
@@ -96,7 +99,7 @@ def fake_download_shard(folder: str, shard: int, statuses: list[str], done: bool
     with wds.TarWriter(name + ".tar") as tar:
         for i in order:
             r = rows[i]
-            if r["_img"] is not None:
+            if r["_img"] is not None:  # (b"" too: a 0-byte image member)
                 meta = {k: v for k, v in r.items() if k != "_img"}
                 tar.write({"__key__": r["key"], "jpg": r["_img"], "txt": r["caption"], "json": json.dumps(meta)})
     pq.write_table(pa.Table.from_pylist([{k: v for k, v in rows[i].items() if k != "_img"} for i in order],

@@ -131,6 +131,7 @@ def test_dedup_run_end_to_end(tmp_path, imgs, monkeypatch):
     assert t.schema.field("nearest_similarity").type == pa.float32()
     rows = {r["uid"]: r for r in t.to_pylist()}
     assert stats["skipped"] == {"corrupt_image": 1, "truncated_shard": 1}
+    assert "" not in t.column("key").to_pylist() and stats["images"] == t.num_rows == 8  # no marker row
     assert rows["uBad"]["status"] == "corrupt_image" and rows["uBad"]["kept"] is False
     a = [rows[u] for u in ("uA", "uA_big", "uA_dup")]
     assert len({r["cluster_id"] for r in a}) == 1 and all(r["cluster_size"] == 3 for r in a)
@@ -163,6 +164,15 @@ def test_dedup_run_end_to_end(tmp_path, imgs, monkeypatch):
     before = {p: os.path.getmtime(p) for p in (tmp_path / "out" / "embeddings").iterdir()}
     run_dedup([shards], det, str(tmp_path / "out"), threads=1)
     assert {p: os.path.getmtime(p) for p in (tmp_path / "out" / "embeddings").iterdir()} == before
+    # ... but not for a shard whose content changed under the same name (the cache is keyed by content)
+    write_shard(os.path.join(shards, "00001.tar"), [
+        {"key": "000010000", "image": imgs[0].resize((192, 160)), "uid": "uA_big"},
+        {"key": "000010001", "image": _jpeg(imgs[0]), "width": 96, "height": 80, "uid": "uA_dup"},
+        {"key": "000010002", "image": b"\xff\xd8\xff\xe0 now corrupt", "uid": "uD"}])
+    stats = run_dedup([shards], det, str(tmp_path / "out"), threads=1)
+    rows = {r["uid"]: r for r in pq.read_table(tmp_path / "out" / "decisions.parquet").to_pylist()}
+    assert rows["uD"]["status"] == "corrupt_image" and rows["uD"]["kept"] is False
+    assert stats["skipped"]["corrupt_image"] == 2
 
 
 def test_shard_records_count_missing_images(tmp_path):
@@ -223,7 +233,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     # train/calibrate run no Beam pipeline: a stray option is an error, not a Beam option
     rc = wit_main(["dedup", "train", "--shards", str(tmp_path), "--out", str(tmp_path / "d.pt"), "--stpes", "3"])
     err = capsys.readouterr().err
-    assert rc == 2 and "unrecognized arguments" in err and "--stpes" in err
+    assert rc == 2 and "unknown option --stpes (did you mean --steps?)" in err
     rc = wit_main(["dedup", "run", "--shards", str(tmp_path), "--detector", str(tmp_path / "none.pt"),
                    "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
@@ -239,3 +249,22 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     save_detector(det, state)
     with pytest.raises(WitError, match="not calibrated"):
         run_dedup([str(tmp_path)], det, str(tmp_path / "o"))
+
+
+def test_two_truncated_shards_add_no_sample_and_shards_accepts_the_decisions(tmp_path, imgs):
+    from download_testlib import fake_download_shard
+    from pipelines import shards as shards_stage
+    from wit_builder.shards import ShardsConfig
+    images = tmp_path / "images"
+    images.mkdir()
+    for shard in range(2):
+        fake_download_shard(str(images), shard, ["success"] * 3)
+        raw = (images / f"{shard:05d}.tar").read_bytes()
+        (images / f"{shard:05d}.tar").write_bytes(raw[:len(raw) // 3])  # cut inside a record
+    det = _detector(tmp_path / "det.pt")
+    stats = run_dedup([str(images)], det, str(tmp_path / "dd"), threads=1)
+    assert stats["skipped"].get("truncated_shard") == 2
+    keys = pq.read_table(tmp_path / "dd" / "decisions.parquet").column("key").to_pylist()
+    assert "" not in keys and len(keys) == stats["images"]
+    manifest = shards_stage.run(ShardsConfig(str(images), str(tmp_path / "s"), dedup=str(tmp_path / "dd")))
+    assert manifest["totals"]["samples"] <= 6

@@ -85,7 +85,7 @@ def test_multistream_dump_matches_the_reference(tmp_path, corpus, expected):
     assert wit_queries("--dumps", str(tmp_path / "enwiki-*"), "--pageviews", str(tmp_path / "pageviews"),
                        "--out", str(out), "--parts", "unigram,bigram,title", "--unit-mb", "0.003",
                        *THRESHOLDS) == 0
-    assert sorted(os.listdir(out)) == ["queries.parquet", "queries.png", "queries.txt", "stats.json"]
+    assert sorted(os.listdir(out)) == ["_wit", "queries.parquet", "queries.png", "queries.txt", "stats.json"]
     rows = pq.read_table(out / "queries.parquet").to_pylist()
     assert_wiki_parts(parts_of(rows), expected)
     assert not any(NOISE in r["query"].lower() for r in rows)

@@ -82,7 +82,7 @@ def test_shards_hold_successes_in_key_order_and_load_with_webdataset(images, tmp
         assert table.schema.equals(SHARD_SCHEMA, check_metadata=False)
         assert table.column("key").to_pylist() == [k for k, *_ in samples][int(s["name"]) * 3:int(s["name"]) * 3 + 3]
     assert sorted(os.listdir(out)) == ["00000.parquet", "00000.tar", "00001.parquet", "00001.tar",
-                                       "00002.parquet", "00002.tar", "manifest.json", "sizes.json"]
+                                       "00002.parquet", "00002.tar", "_wit", "manifest.json", "sizes.json"]
 
 
 def test_dedup_decisions_drop_kept_false_and_are_counted(images, tmp_path):
@@ -133,7 +133,7 @@ def test_rerun_is_byte_identical_and_drops_stale_shards(images, tmp_path):
     assert [s["tar_sha256"] for s in m1["shards"]] == [s["tar_sha256"] for s in m2["shards"]]
     m3 = write_shards(folder, out, samples_per_shard=100, progress=False)
     assert [s["name"] for s in m3["shards"]] == ["00000"]
-    assert sorted(os.listdir(out)) == ["00000.parquet", "00000.tar", "manifest.json", "sizes.json"]
+    assert sorted(os.listdir(out)) == ["00000.parquet", "00000.tar", "_wit", "manifest.json", "sizes.json"]
     assert len(read_webdataset(m3)) == 9
 
 
@@ -176,3 +176,42 @@ def test_bad_download_shards_are_one_line_errors_and_leave_no_set(tmp_path, caps
     err = capsys.readouterr().err
     assert "appears twice in shard 00000" in err and err.count("\n") == 1 and "Traceback" not in err
     assert not os.path.exists(f"{out}/manifest.json") and not glob.glob(f"{out}/.wit-work-*")
+
+
+def test_empty_and_unreadable_images_are_dropped_and_counted_without_dedup(tmp_path):
+    folder = str(tmp_path / "images")
+    os.makedirs(folder)
+    fake_download_shard(folder, 0, [S] * 5, bodies={1: b"", 3: b"<html>not an image</html>"})
+    m = write_shards(folder, str(tmp_path / "out"))
+    t = m["totals"]
+    assert (t["samples"], t["bad_image"], t["truncated_tar"]) == (3, 2, 0)
+    keys = [k for k, *_ in read_webdataset(m)]
+    assert keys == ["000000000", "000000002", "000000004"]
+
+
+def test_a_truncated_download_tar_gives_its_whole_images_and_counts_the_rest(tmp_path):
+    folder = str(tmp_path / "images")
+    os.makedirs(folder)
+    fake_download_shard(folder, 0, [S] * 6)
+    raw = open(f"{folder}/00000.tar", "rb").read()
+    with open(f"{folder}/00000.tar", "wb") as fh:
+        fh.write(raw[:len(raw) // 2])
+    m = write_shards(folder, str(tmp_path / "out"))
+    t = m["totals"]
+    assert t["truncated_tar"] == 1 and 0 < t["samples"] < 6
+    assert t["samples"] + t["missing_in_tar"] + t["bad_image"] == 6
+    assert len(read_webdataset(m)) == t["samples"]
+
+
+def test_a_rerun_removes_what_a_killed_run_left(images, tmp_path):
+    folder, _ = images
+    out = tmp_path / "shards"
+    out.mkdir()
+    stale = [out / ".00000.tar.tmp-k3x9a1b2", out / ".manifest.json.tmp-0a1b2c3d", out / ".wit-work-0123456789"]
+    stale[0].write_bytes(b"\0" * 4096)
+    stale[1].write_text("{")
+    (stale[2] / "plans").mkdir(parents=True)
+    mine = out / "notes.txt"     # not ours: kept
+    mine.write_text("keep me")
+    write_shards(folder, str(out), samples_per_shard=4)
+    assert not any(p.exists() for p in stale) and mine.read_text() == "keep me"

@@ -7,6 +7,7 @@ import contextlib
 import glob as _glob
 import json
 import os
+import re
 import tempfile
 import uuid
 from typing import IO, Iterator, Sequence
@@ -143,6 +144,31 @@ def file_info(path: str) -> tuple[int, float | None]:
     return int(info.get("size") or 0), mtime if isinstance(mtime, (int, float)) else None
 
 
+def content_key(path: str, edge: int = 65536) -> str:
+    """A cheap fingerprint of a file's content, for caches keyed by what a file holds rather
+    than by its name: size, modification time (ns), the store's own checksum where it keeps one
+    (GCS md5/crc32c, S3 ETag) and SHA-256 of the first and last ``edge`` bytes."""
+    import hashlib
+    if is_local(path):
+        st = os.stat(_local(path))
+        size, parts = st.st_size, [str(st.st_size), str(st.st_mtime_ns)]
+    else:
+        fs, inner = _remote(path)
+        info = fs.info(inner)
+        size = int(info.get("size") or 0)
+        parts = [str(size)] + [str(info.get(k)) for k in ("mtime", "updated", "LastModified", "md5Hash",
+                                                          "crc32c", "ETag") if info.get(k) is not None]
+    h = hashlib.sha256("|".join(parts).encode())
+    with open_read(path) as fh:
+        h.update(fh.read(edge))
+        if size > 2 * edge:
+            fh.seek(size - edge)
+            h.update(fh.read(edge))
+        elif size > edge:
+            h.update(fh.read())
+    return h.hexdigest()[:32]
+
+
 def glob_files(pattern: str) -> list[str]:
     """Files (not folders) matching a glob, local or remote, sorted; ``**`` crosses folders."""
     if is_local(pattern):
@@ -179,6 +205,35 @@ def match_paths(patterns: list[str], what: str = "input") -> list[str]:
             raise WitError(f"{what} path {pattern!r} matches no files")
         out.extend(files)
     return out
+
+
+# the temporary names atomic_open gives: ".NAME.tmp-XXXXXXXX" (mkstemp's or unique_tmp_suffix's letters)
+TMP_NAME = re.compile(r"\.(?P<name>.+)\.tmp-[A-Za-z0-9_]+")
+
+
+def remove_temporaries(folder: str, names: str = r".+", folders: str | None = None) -> list[str]:
+    """Remove what a killed run left in ``folder``: files named like atomic_open's temporaries of
+    files whose name fully matches the regex ``names``, and the sub-folders whose name fully
+    matches the regex ``folders`` (work folders); only call it while no other run writes there.
+    Returns the removed paths."""
+    fs, root = filesystem(folder.rstrip("/"))
+    removed = []
+    try:
+        entries = fs.ls(root, detail=True)
+    except FileNotFoundError:
+        return removed
+    wanted = re.compile(names)
+    for entry in entries:
+        path = entry["name"]
+        base = path.rstrip("/").rsplit("/", 1)[-1]
+        m = TMP_NAME.fullmatch(base)
+        if entry.get("type") == "file" and m and wanted.fullmatch(m.group("name")):
+            fs.rm(path)
+            removed.append(path)
+        elif entry.get("type") == "directory" and folders and re.fullmatch(folders, base):
+            fs.rm(path, recursive=True)
+            removed.append(path)
+    return removed
 
 
 def unique_tmp_suffix() -> str:

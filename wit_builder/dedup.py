@@ -40,6 +40,7 @@ import numpy as np
 
 
 
+from wit_builder import records
 from wit_builder.core import WitError, atomic_write_json, atomic_write_parquet, expand_shards
 from wit_builder.embeddings import Embeddings, load_embeddings
 from wit_builder.schemas import DECISIONS_SCHEMA
@@ -176,7 +177,7 @@ def decisions_table(e: Embeddings, result: dict):
     nearest_sim[ok_rows] = result["nearest_similarity"]
     has = result["nearest"] >= 0
     nearest_key[ok_rows[has]] = e.key[ok_rows[result["nearest"][has]]]
-    return pa.table({
+    table = pa.table({
         "uid": pa.array(e.uid.tolist(), pa.string()),
         "key": pa.array(e.key.tolist(), pa.string()),
         "cluster_id": pa.array(cluster, pa.int64()),
@@ -189,6 +190,7 @@ def decisions_table(e: Embeddings, result: dict):
         "height": pa.array(np.where(e.height < 0, None, e.height).tolist(), pa.int32()),
         "status": pa.array(e.status.tolist(), pa.string()),
     }, schema=DECISIONS_SCHEMA)
+    return table.filter(pa.array(e.is_sample()))  # a truncated shard's marker row is counted, not a sample
 
 
 def resolve_threshold(threshold: float | None, detector: str) -> float:
@@ -232,8 +234,10 @@ def run_dedup(cfg: DedupConfig, embed: EmbedFn) -> dict:
     if cfg.k < 1:
         raise WitError("--k must be >= 1")
     out, threads, k = cfg.out, cfg.threads, cfg.k
-    paths = expand_shards(list(cfg.shards))
+    paths = records.verify_inputs(expand_shards(list(cfg.shards)), "--shards")
     thr = resolve_threshold(cfg.threshold, cfg.detector)
+    os.makedirs(out, exist_ok=True)
+    records.begin(out, "dedup")
     t0 = time.time()
     files = embed(paths, os.path.join(out, "embeddings"))
     t1 = time.time()
@@ -249,7 +253,7 @@ def run_dedup(cfg: DedupConfig, embed: EmbedFn) -> dict:
     n_ok = int(e.ok.sum())
     sizes = np.bincount(res["labels"]) if n_ok else np.zeros(0, np.int64)
     stats = {
-        "shards": len(paths), "images": int(len(e)), "embedded": n_ok, "skipped": skip_counts(e),
+        "shards": len(paths), "images": int(e.is_sample().sum()), "embedded": n_ok, "skipped": skip_counts(e),
         "threshold": thr, "k": k, "index": res["index"], "edges": res["edges"],
         "clusters": int(len(sizes)), "duplicate_clusters": int((sizes > 1).sum()),
         "largest_cluster": int(sizes.max()) if len(sizes) else 0,
@@ -258,6 +262,8 @@ def run_dedup(cfg: DedupConfig, embed: EmbedFn) -> dict:
         "seconds": {"embed": round(t1 - t0, 3), "cluster": round(t2 - t1, 3)},
     }
     atomic_write_json(os.path.join(out, "stats.json"), stats)
+    records.complete_folder(out, "dedup", inputs=paths, skip=("embeddings/",),
+                            counts={"images": stats["images"], "kept": stats["kept"]})
     return stats
 
 

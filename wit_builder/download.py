@@ -1,7 +1,8 @@
 """Download balanced (url, text) pairs into img2dataset WebDataset shards, safely and resumably.
 
 The engine is img2dataset (its reader, resizer, downloader, WebDataset writer and, locally, its
-``download()`` with the multiprocessing distributor). What this module adds around it:
+``download()``, whose multiprocessing distributor wit replaces with its own shard pool that
+notices a dead worker: :mod:`wit_builder.download_local`). What this module adds around it:
 
 * **Planning.** Every non-empty input parquet (``OUT/balanced/part-*.parquet``) becomes exactly
   one img2dataset shard ``NNNNN`` (inputs in sorted order): ``number_sample_per_shard`` is at
@@ -36,6 +37,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # before img2dataset imp
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from wit_builder import records
 from wit_builder.core import WitError, atomic_write_json, filesystem, is_local, match_paths, open_read
 from wit_builder.download_layout import OOM_SHARD_COUNT, WORK, error_kind, shard_name  # noqa: F401
 from wit_builder.netsafety import (DEFAULT_CONTENT_TYPES, DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS,
@@ -127,6 +129,7 @@ def plan_inputs(pairs: str | list[str]) -> tuple[list[InputShard], list[str], in
     paths = [p for p in paths if p.endswith(".parquet")]
     if not paths:
         raise WitError(f"--pairs {patterns}: no .parquet files found")
+    records.verify_inputs(paths, "--pairs")
     shards: list[InputShard] = []
     extra: list[str] | None = None
     empty = 0

@@ -16,7 +16,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from wit_builder.core import WitError, atomic_write_parquet, exists, open_read
+from wit_builder.core import WitError, atomic_write_parquet, content_key, exists, open_read
 from wit_builder.imageshards import IMAGE_EXTS, BadImage, decode_image, split_name
 from wit_builder.schemas import EMBEDDINGS_SCHEMA
 
@@ -56,8 +56,8 @@ def iter_shard_records(path: str) -> Iterator[dict]:
                         except (UnicodeDecodeError, json.JSONDecodeError):
                             current["meta"] = None
         except (tarfile.TarError, OSError, EOFError):
-            if current is not None and current["image"] is not None:
-                yield finish(current)  # its image arrived whole; the cut hit a later member
+            if current is not None and current["image"] is not None and current["meta"] is not None:
+                yield finish(current)  # its image and metadata arrived whole; the cut hit a later member
             current = None  # a record cut before its image is part of the truncated_shard count
             yield {"key": "", "image": None, "image_ext": None, "meta": None, "error": "truncated_shard"}
     if current is not None:
@@ -133,16 +133,19 @@ def embed_shard_to_file(embedder, shard: str, out_dir: str, batch_size: int = 64
     import pyarrow as pa
 
     path = embedding_path(out_dir, shard)
+    shard_key = content_key(shard)  # the cache holds for this detector and this content of the shard
     if exists(path):
         try:
             meta = pq.read_schema(path).metadata or {}
-            if meta.get(b"detector_fingerprint", b"").decode() == embedder.fingerprint:
+            if (meta.get(b"detector_fingerprint", b"").decode() == embedder.fingerprint
+                    and meta.get(b"shard_content", b"").decode() == shard_key):
                 t = pq.read_table(path, columns=["status"])
                 return {"shard": shard, "reused": True, **_status_counts(t.column("status").to_pylist())}
         except (OSError, pa.ArrowException, UnicodeDecodeError, KeyError):
             pass  # unreadable or from an older layout: re-embed
     table = embed_records(embedder, iter_shard_records(shard), shard, batch_size, progress)
-    table = table.replace_schema_metadata({"detector_fingerprint": embedder.fingerprint, "shard": shard})
+    table = table.replace_schema_metadata({"detector_fingerprint": embedder.fingerprint, "shard": shard,
+                                           "shard_content": shard_key})
     atomic_write_parquet(path, table)
     return {"shard": shard, "reused": False, **_status_counts(table.column("status").to_pylist())}
 
@@ -178,6 +181,10 @@ class Embeddings:
     status: np.ndarray
     vectors: np.ndarray      # float32 (n_ok, dim), rows of the "ok" entries in order
     ok: np.ndarray           # bool mask over all rows
+
+    def is_sample(self) -> np.ndarray:
+        """Rows that are samples: all but the marker row a truncated shard adds (counted only)."""
+        return self.status != "truncated_shard"
 
     def __len__(self) -> int:
         return len(self.key)

@@ -98,7 +98,7 @@ def _eval_set_rows(name: str, ev, train, train_ok_rows: np.ndarray, r: dict) -> 
                      "max_similarity": float(r["eval_max"][j]) if np.isfinite(r["eval_max"][j]) else None,
                      "nearest_train_key": None if t_row is None else train.key[t_row],
                      "nearest_train_uid": None if t_row is None else train.uid[t_row]})
-    for row in np.nonzero(~ev.ok)[0]:
+    for row in np.nonzero(~ev.ok & ev.is_sample())[0]:
         rows.append({"eval_set": name, "id": ev.key[row], "uid": ev.uid[row], "overlap": None,
                      "max_similarity": None, "nearest_train_key": None, "nearest_train_uid": None})
     return rows
@@ -140,7 +140,7 @@ def _write_train_decisions(cfg: OverlapConfig, train, train_ok_rows: np.ndarray,
         "kept": pa.array(kept, pa.bool_()), "nearest_similarity": pa.array(sim, pa.float32()),
         "eval_overlap": pa.array(np.isin(np.arange(n), train_ok_rows[train_overlap]), pa.bool_()),
         "shard": pa.array(train.shard.tolist(), pa.string()), "status": pa.array(train.status.tolist(), pa.string()),
-    })
+    }).filter(pa.array(train.is_sample()))
     atomic_write_parquet(os.path.join(cfg.out, "decisions.parquet"), table)
     with atomic_open(os.path.join(cfg.out, "train_overlapping.txt"), "w") as fh:
         fh.writelines(f"{train.key[i]}\t{train.uid[i]}\n" for i in train_ok_rows[train_overlap])

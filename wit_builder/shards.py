@@ -37,7 +37,8 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from wit_builder.core import WitError, atomic_open, atomic_write_json, filesystem
+from wit_builder import records
+from wit_builder.core import WitError, atomic_open, atomic_write_json, filesystem, remove_temporaries
 from wit_builder.schemas import SHARD_JSON_FIELDS, SHARD_SCHEMA
 
 __all__ = ["ShardsConfig", "start_shards", "count_kept", "assign_output_shards", "write_output_shard",
@@ -67,6 +68,9 @@ def find_image_shards(images: str, allow_incomplete: bool = False) -> list[str]:
                        "re-run the same `wit download` command to finish them (or pass --allow-incomplete)")
     if not done:
         raise WitError(f"--images {images}: no finished download shards (NNNNN.tar + .parquet + _stats.json)")
+    if not allow_incomplete:
+        records.verify_inputs([f"{images.rstrip('/')}/{n}.{ext}" for n in done for ext in ("tar", "parquet")],
+                              "--images")
     return done
 
 
@@ -82,6 +86,8 @@ def read_decisions(dedup: str) -> dict[str, Decision]:
     """key -> decision from ``DEDUP/decisions.parquet`` (``dedup`` is the folder or the file)."""
     path = dedup if dedup.endswith(".parquet") else dedup.rstrip("/") + "/decisions.parquet"
     fs, p = filesystem(path)
+    if fs.exists(p):
+        records.verify_inputs([path], "--dedup")
     try:
         with fs.open(p, "rb") as fh:
             table = pq.read_table(fh, columns=["key", "uid", "kept", "cluster_id", "cluster_size"])
@@ -154,13 +160,7 @@ def _shard_samples(images: str, name: str, decisions: dict[str, Decision] | None
     ok = sorted((r for r in rows if r.get("status") == "success"), key=lambda r: r["key"])
     counts["download_failed"] += len(rows) - len(ok)
     with fs.open(f"{root}/{name}.tar", "rb") as fh, tarfile.open(fileobj=fh, mode="r:") as tar:
-        members = {}
-        for m in tar.getmembers():
-            if m.isfile():
-                base = os.path.basename(m.name)
-                key, _, ext = base.partition(".")
-                if ext in IMAGE_EXTS:
-                    members[key] = (ext, m)
+        members = _image_members(tar, fs.size(f"{root}/{name}.tar"), counts)
         index, last_key = -1, None
         for row in ok:
             key = row["key"]
@@ -182,10 +182,13 @@ def _shard_samples(images: str, name: str, decisions: dict[str, Decision] | None
                     if decision.cluster_id == -1:
                         counts["dropped_undecodable"] += 1
                     continue
+            ext, member = members[key]
+            if not _image_readable(tar, member):
+                counts["bad_image"] += 1
+                continue
             index += 1
             if index < start or (stop is not None and index >= stop):
                 continue
-            ext, member = members[key]
             yield {
                 "key": key, "ext": ext, "image": tar.extractfile(member).read() if with_images else None,
                 "uid": row.get("uid"), "url": row.get("url"), "text": row.get("caption"),
@@ -196,6 +199,55 @@ def _shard_samples(images: str, name: str, decisions: dict[str, Decision] | None
                 "cluster_size": decision.cluster_size if decision else None,
                 "page_url": row.get("page_url"),
             }
+
+
+def _image_members(tar: tarfile.TarFile, tar_size: int, counts: Counter) -> dict:
+    """key -> (extension, member) of the whole image members of a download tar. A tar cut short
+    (a damaged or half-copied file) gives the members before the cut, and counts
+    ``truncated_tar``; the images it lost are then counted as ``missing_in_tar``."""
+    members = {}
+    while True:
+        try:
+            m = tar.next()
+        except (tarfile.TarError, EOFError, OSError):
+            counts["truncated_tar"] += 1
+            break
+        if m is None:
+            break
+        if m.offset_data + m.size > tar_size:
+            counts["truncated_tar"] += 1
+            break
+        if m.isfile():
+            key, _, ext = os.path.basename(m.name).partition(".")
+            if ext in IMAGE_EXTS:
+                members[key] = (ext, m)
+    return members
+
+
+def _image_readable(tar: tarfile.TarFile, member: tarfile.TarInfo, head: int = 65536) -> bool:
+    """A cheap check that an image will decode: not empty, and Pillow reads a valid size from its
+    header (no pixels decoded; the whole file is read only when the header lies beyond ``head``)."""
+    import warnings
+
+    from PIL import Image
+    if member.size == 0:
+        return False
+    fh = tar.extractfile(member)
+    for data in (fh.read(head), None):
+        if data is None:
+            if member.size <= head:
+                return False
+            fh.seek(0)
+            data = fh.read()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with Image.open(io.BytesIO(data)) as im:
+                    width, height = im.size
+            return width > 0 and height > 0
+        except Exception:  # noqa: BLE001 - any failure to read a header means "not an image"
+            continue
+    return False
 
 
 def count_kept(images: str, name: str, decisions: dict[str, Decision] | None) -> dict:
@@ -312,6 +364,8 @@ def finish_shards(cfg: ShardsConfig, shards: list[dict], plans: list[dict], deci
             "download_rows": counts["download_rows"],
             "download_failed": counts["download_failed"],
             "missing_in_tar": counts["missing_in_tar"],
+            "bad_image": counts["bad_image"],
+            "truncated_tar": counts["truncated_tar"],
             "dropped_by_dedup": counts["dropped_by_dedup"] if deduped else None,
             "dropped_undecodable": counts["dropped_undecodable"] if deduped else None,
             "not_in_dedup": counts["not_in_dedup"] if deduped else None,
@@ -322,6 +376,8 @@ def finish_shards(cfg: ShardsConfig, shards: list[dict], plans: list[dict], deci
                    "decisions": decisions},
     }
     atomic_write_json(f"{out}/manifest.json", manifest)
+    records.complete_folder(out, "shards", inputs=[f"{cfg.images.rstrip('/')}/{p['name']}.tar" for p in plans],
+                            counts={"shards": len(shards), "samples": manifest["totals"]["samples"]})
     return manifest
 
 
@@ -339,6 +395,8 @@ def start_shards(cfg: ShardsConfig) -> tuple[list[str], int | None]:
     decisions = len(read_decisions(cfg.dedup)) if cfg.dedup else None   # a broken table fails here
     fs, root = filesystem(cfg.out.rstrip("/"))
     fs.makedirs(root, exist_ok=True)
+    records.begin(cfg.out, "shards")
+    remove_temporaries(cfg.out, r"\d{5}\.(tar|parquet)|sizes\.json|manifest\.json", folders=r"\.wit-work-[0-9a-f]+")
     if fs.exists(f"{root}/manifest.json"):
         fs.rm(f"{root}/manifest.json")
     return names, decisions

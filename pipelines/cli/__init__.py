@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if beam_stage:
             from pipelines.cli.beam_args import beam_from_args
-            args.beam = beam_from_args(args, extra, f"wit {name}")
+            args.beam = beam_from_args(args, extra, f"wit {name}", sub)
         return int(module.run(args) or 0)
     except WitError as exc:
         print(f"wit {name}: error: {exc}", file=sys.stderr)

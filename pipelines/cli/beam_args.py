@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from pipelines.beam_options import BeamOptions
+from pipelines.beam_options import BeamOptions, check_beam_args, check_runner
 from wit_builder.core import WitError
 
 
@@ -20,11 +20,30 @@ def add_beam_arguments(parser: argparse.ArgumentParser, default_runner: str = "D
                    help="DirectRunner only: worker processes (multi-processing when > 1)")
 
 
-def beam_from_args(args: argparse.Namespace, extra: Sequence[str], prog: str) -> BeamOptions:
+def _option_strings(parser: argparse.ArgumentParser) -> list[str]:
+    """Every option string of ``parser`` and of its sub-commands' parsers."""
+    out = []
+    for action in parser._actions:
+        out.extend(action.option_strings)
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                out.extend(_option_strings(sub))
+    return out
+
+
+def beam_from_args(args: argparse.Namespace, extra: Sequence[str], prog: str,
+                   parser: argparse.ArgumentParser | None = None) -> BeamOptions:
     """BeamOptions from ``--runner``, ``--workers`` and the words the stage does not know, which
-    must look like Beam options (``--name`` or ``--name=value``)."""
+    must be options some Beam PipelineOptions class knows (anything else: one line naming the
+    closest option among Beam's and the stage's own, from ``parser``). A misspelt runner is one
+    line too; ``local`` is left to the stage that offers it (`wit download`)."""
+    from pipelines.beam_options import quiet_beam_import_warning
+    quiet_beam_import_warning()
     extra = list(extra)
     if extra and not extra[0].startswith("--"):
         raise WitError(f"unexpected argument {extra[0]!r} (see `{prog} --help`)")
-    return BeamOptions(runner=getattr(args, "runner", "DirectRunner"), workers=getattr(args, "workers", 1),
-                       args=tuple(extra))
+    runner = getattr(args, "runner", "DirectRunner")
+    if not (runner == "local" and parser is not None and parser.get_default("runner") == "local"):
+        check_runner(runner)
+    check_beam_args(extra, _option_strings(parser) if parser is not None else ())
+    return BeamOptions(runner=runner, workers=getattr(args, "workers", 1), args=tuple(extra))

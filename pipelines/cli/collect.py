@@ -26,6 +26,7 @@ def _langs(text: str):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from pipelines.cli.beam_args import add_beam_arguments
+    from pipelines.cli.checks import add_skip_share
     from wit_builder.balance import DEFAULT_CAP
     from wit_builder.textclean import DEFAULT_MAX_CHARS, DEFAULT_MIN_CHARS
     parser.add_argument("--queries", required=True,
@@ -68,6 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="output files in matched/ and balanced/ (unset: the number of input files, at most 1024)")
     c.add_argument("--batch-size", type=int, default=20000, help="pairs per pipeline element")
     c.add_argument("--overwrite", action="store_true", help="replace a finished run with other options in --out")
+    add_skip_share(c, 0.05, "the input (damaged records, empty or unreadable files)")
     add_beam_arguments(parser)
 
 
@@ -104,4 +106,19 @@ def run(args) -> int:
     cfg = config_from_args(args)
     stats = collect.run(cfg, args.beam, overwrite=args.overwrite)
     print_summary(stats, cfg.out)
+    check_outcome(stats, cfg.out, args.warn_skip_share)
     return 0
+
+
+def check_outcome(stats: dict, out: str, warn_share: float) -> None:
+    """Warn when much of the input was damaged; an error when no pair matched."""
+    from pipelines.cli.checks import nothing_usable, top, warn_skipped
+    skipped = stats.get("skipped") or {}
+    n_skipped = int(sum(skipped.values()))
+    warn_skipped("collect", n_skipped, int(stats.get("records_read", 0)) + n_skipped, warn_share,
+                 "input records and files", top(skipped))
+    if not stats.get("matched"):
+        read = (f"{stats.get('files_read', 0):,} files, {stats.get('records_read', 0):,} records, "
+                f"{stats.get('pairs_extracted', 0):,} pairs")
+        raise nothing_usable(f"0 pairs matched a query ({read} read; skipped: {top(skipped)}; "
+                             f"dropped: {top(stats.get('dropped') or {})})", f"{out}/stats.json")

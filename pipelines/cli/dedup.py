@@ -107,6 +107,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--k", type=int, default=16, help="neighbours looked up per image (clusters larger than k+1 are "
                    "still joined through chains of links)")
     _common_embed(r)
+    from pipelines.cli.checks import add_skip_share
+    add_skip_share(r, 0.05, "the images (undecodable, empty or too small)")
 
     o = sub.add_parser("overlap", formatter_class=fmt, help="eval-set contamination report (CLIP section 5)",
                        description="For each evaluation set, find the examples with a near-duplicate in the training "
@@ -126,6 +128,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--train-embeddings", default=None,
                    help="directory with the training shards' embeddings to reuse, e.g. DEDUP/embeddings")
     _common_embed(o)
+
+
+def _check_outcome(stats: dict, out: str, warn_share: float) -> None:
+    """Warn when many images were not embedded; an error when none was."""
+    from pipelines.cli.checks import nothing_usable, top, warn_skipped
+    images, embedded = int(stats.get("images", 0)), int(stats.get("embedded", 0))
+    skipped = stats.get("skipped") or {}
+    warn_skipped("dedup", images - embedded, images, warn_share, "images", top(skipped))
+    if not embedded:
+        raise nothing_usable(f"none of {images:,} images could be decoded and embedded (skipped: {top(skipped)})",
+                             f"{out.rstrip('/')}/stats.json")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -167,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
                                 batch_size=args.batch_size, threads=args.threads)
         stats = dedup.run(cfg, args.beam)
         print(json.dumps(stats, indent=2))
+        _check_outcome(stats, args.out, args.warn_skip_share)
         return 0
     if args.action == "overlap":
         from pipelines import dedup

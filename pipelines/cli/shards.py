@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from pipelines.cli.beam_args import add_beam_arguments
+from pipelines.cli.checks import add_skip_share
 
 BEAM_OPTIONS = True
 DESCRIPTION = (
@@ -22,6 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples-per-shard", type=int, default=10_000, help="samples per output tar")
     parser.add_argument("--allow-incomplete", action="store_true",
                         help="use the finished download shards even if `wit download` has not finished all")
+    add_skip_share(parser, 0.05, "the downloaded images (missing from their tar, empty or unreadable)")
     add_beam_arguments(parser)
 
 
@@ -36,8 +38,15 @@ def run(args) -> int:
     print(f"  download rows {t['download_rows']}, failed downloads skipped {t['download_failed']}")
     if t["missing_in_tar"]:
         print(f"  successful rows whose image is missing from the tar: {t['missing_in_tar']}")
+    if t["bad_image"] or t["truncated_tar"]:
+        print(f"  images skipped as empty or unreadable: {t['bad_image']}; download tars cut short: "
+              f"{t['truncated_tar']}")
     if args.dedup:
         print(f"  dropped by dedup {t['dropped_by_dedup']} (undecodable {t['dropped_undecodable']}), "
               f"not in the decisions (kept) {t['not_in_dedup']}")
     print(f"  OpenCLIP: --train-data '{m['train_data']}' --train-num-samples {t['samples']}")
+    from pipelines.cli.checks import warn_skipped
+    successes = t["download_rows"] - t["download_failed"]
+    warn_skipped("shards", t["missing_in_tar"] + t["bad_image"], successes, args.warn_skip_share,
+                 "downloaded images", f"missing in tar {t['missing_in_tar']}, unreadable {t['bad_image']}")
     return 0
