@@ -179,6 +179,11 @@ def remove_tree(path: str) -> None:
 
 # ---------------------------------------------------------------- stats and plot
 
+def _pageview_file_skip(name: str) -> bool:
+    """A ``pageviews.*`` counter that counts whole files (damaged or empty), not lines."""
+    return name.endswith(("_gzip", "_bz2")) or name in ("empty_file", "read_error")
+
+
 def _nest(counters: dict) -> dict:
     def pick(prefix):
         return {k[len(prefix):]: v for k, v in sorted(counters.items()) if k.startswith(prefix)}
@@ -192,11 +197,11 @@ def _nest(counters: dict) -> dict:
             "pages": pages,
             "bz2_streams": stream,
             "pageview_lines": {k[len("line_"):]: v for k, v in pv.items() if k.startswith("line_")},
-            "pageview_files": {k: v for k, v in pv.items() if k.endswith("_gzip")},
+            "pageview_files": {k: v for k, v in pv.items() if _pageview_file_skip(k)},
             "queries": {"invalid": counters.get("query.invalid", 0)},
         },
         "repaired": {"pages_invalid_utf8": counters.get("repaired.invalid_utf8", 0)},
-        "pageviews": {k: v for k, v in pv.items() if not k.startswith("line_") and not k.endswith("_gzip")},
+        "pageviews": {k: v for k, v in pv.items() if not k.startswith("line_") and not _pageview_file_skip(k)},
     }
 
 

@@ -15,7 +15,7 @@ a time, so one bad page costs only itself. Problems are counted, never fatal:
 
 * ``stream.corrupt_bz2`` (bytes that are not bzip2: the rest of that stream is lost; the next
   stream of a multistream unit is read normally), ``stream.truncated_bz2`` (input ends inside a
-  stream: the pages decoded before the cut are kept);
+  stream: the pages decoded before the cut are kept); each also logged as a warning naming the file;
 * ``page.malformed_xml``, ``page.incomplete`` (a ``<page>`` without ``</page>``),
   ``page.missing_fields`` (no title or ns), ``page.redirect``, ``page.namespace`` (not ns 0);
 * ``repaired.invalid_utf8``: a page with bytes that are not UTF-8 is decoded with U+FFFD in their
@@ -24,6 +24,7 @@ a time, so one bad page costs only itself. Problems are counted, never fatal:
 from __future__ import annotations
 
 import bz2
+import logging
 import re
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -36,6 +37,7 @@ __all__ = ["WorkUnit", "PageRecord", "plan_units", "read_index_offsets", "index_
            "read_unit", "iter_articles", "parse_page", "PageSplitter", "file_size", "check_dump"]
 
 CHUNK = 1 << 20
+log = logging.getLogger(__name__)
 _REDIRECT_TEXT = re.compile(r"\s*#redirect\b", re.IGNORECASE)
 
 
@@ -176,8 +178,9 @@ def parse_page(blob: bytes, counters: Counter) -> PageRecord | None:
                       redirect, text)
 
 
-def _decompress(fh: IO[bytes], counters: Counter, limit: int | None = None) -> Iterator[bytes]:
-    """Decompress consecutive bz2 streams from ``fh`` (at most ``limit`` compressed bytes)."""
+def _decompress(fh: IO[bytes], counters: Counter, limit: int | None = None, path: str = "") -> Iterator[bytes]:
+    """Decompress consecutive bz2 streams from ``fh`` (at most ``limit`` compressed bytes); damage is
+    counted, and logged as a warning naming ``path`` when given."""
     dec, fed = bz2.BZ2Decompressor(), False
     remaining = limit
     while remaining is None or remaining > 0:
@@ -194,12 +197,18 @@ def _decompress(fh: IO[bytes], counters: Counter, limit: int | None = None) -> I
                 out = dec.decompress(data)
             except OSError:
                 counters["stream.corrupt_bz2"] += 1
+                if path:
+                    log.warning("%s: corrupt bz2 data before byte %d; the rest of that bz2 stream is skipped",
+                                path, fh.tell())
                 return
             if out:
                 yield out
             data = dec.unused_data if dec.eof else b""
     if fed and not dec.eof:
         counters["stream.truncated_bz2"] += 1
+        if path:
+            log.warning("%s: truncated: the data ends inside a bz2 stream (at byte %d); the pages decoded "
+                        "before the cut are kept", path, fh.tell())
 
 
 def _raw_chunks(fh: IO[bytes]) -> Iterator[bytes]:
@@ -218,12 +227,12 @@ def read_unit(unit: WorkUnit, counters: Counter) -> Iterator[PageRecord]:
             for start, end in zip(bounds[:-1], bounds[1:]):
                 fh.seek(start)
                 splitter = PageSplitter(counters)  # streams hold whole pages
-                for chunk in _decompress(fh, counters, None if end is None else end - start):
+                for chunk in _decompress(fh, counters, None if end is None else end - start, unit.path):
                     for blob in splitter.feed(chunk):
                         yield from _parsed(blob, counters)
                 splitter.close()
             return
-        chunks = _decompress(fh, counters) if unit.compressed else _raw_chunks(fh)
+        chunks = _decompress(fh, counters, path=unit.path) if unit.compressed else _raw_chunks(fh)
         splitter = PageSplitter(counters)
         for chunk in chunks:
             for blob in splitter.feed(chunk):
@@ -251,9 +260,10 @@ def iter_articles(unit: WorkUnit, counters: Counter) -> Iterator[PageRecord]:
 
 
 def check_dump(path: str, scan_limit: int = 64 << 20) -> None:
-    """Fail early, with a clear error, on a dump that is empty, not a MediaWiki export, or holds no
-    page. Reads only the start of the file: up to its first ``<page>`` (a few KB into a real dump)
-    or ``scan_limit`` decompressed bytes."""
+    """Fail early, with a clear error, on a dump that is empty, cut short before its first page
+    (a truncated bz2 file), not a MediaWiki export, or holds no page. Reads only the start of the
+    file: up to its first ``<page>`` (a few KB into a real dump) or ``scan_limit`` decompressed
+    bytes."""
     if file_size(path) == 0:
         raise WitError(f"dump {path} is empty (0 bytes)")
     counters: Counter = Counter()
@@ -281,6 +291,10 @@ def check_dump(path: str, scan_limit: int = 64 << 20) -> None:
                 return
     if counters["stream.corrupt_bz2"]:
         raise WitError(f"dump {path}: its first bz2 stream cannot be decompressed")
+    if counters["stream.truncated_bz2"]:
+        what = "its first bz2 block is complete" if not head else "its first <page>"
+        raise WitError(f"dump {path} is truncated: the file ({file_size(path):,} bytes) ends before {what} "
+                       f"(an interrupted download? fetch it again)")
     if not head:
         raise WitError(f"dump {path} holds no data after decompression")
     raise WitError(f"dump {path} holds no pages (a MediaWiki export with no <page> element)")

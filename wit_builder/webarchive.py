@@ -17,11 +17,22 @@ _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_\-:.
 _IMG_MARK = b'"IMG@/src"'
 
 
+def _records(raw: IO[bytes], stats: Counter, skips: Counter) -> Iterator:
+    """The file's WARC records (counted in ``records_read``); a file that holds none and no damage
+    either (0 bytes, a compressed file of nothing, blank lines) is counted as ``skipped.empty_file``."""
+    n = 0
+    for rec in iter_records(raw, skips):
+        n += 1
+        stats["records_read"] += 1
+        yield rec
+    if not n and not skips:
+        stats["skipped.empty_file"] += 1
+
+
 def wat_candidates(raw: IO[bytes], opts: SourceOptions, stats: Counter) -> Iterator[tuple]:
     skips = Counter()
     try:
-        for rec in iter_records(raw, skips):
-            stats["records_read"] += 1
+        for rec in _records(raw, stats, skips):
             if rec.type != "metadata":
                 continue
             body = rec.body
@@ -104,8 +115,7 @@ def warc_candidates(raw: IO[bytes], opts: SourceOptions, stats: Counter) -> Iter
     from selectolax.lexbor import LexborHTMLParser
     skips = Counter()
     try:
-        for rec in iter_records(raw, skips):
-            stats["records_read"] += 1
+        for rec in _records(raw, stats, skips):
             if rec.type != "response":
                 continue
             status, headers, payload = split_http(rec.body)
