@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["WORK", "shard_name", "error_kind"]
+__all__ = ["WORK", "shard_name", "error_kind", "one_line_error"]
 
 OOM_SHARD_COUNT = 5  # shard ids have 5 digits: 00000.tar
 WORK = "_wit"   # IMAGES/_wit: plan, policy, logs, partial files, summary
@@ -22,7 +22,11 @@ _KINDS = (
     ("too many bytes", "too_many_bytes"),
     ("decompression bomb", "too_many_pixels"),
     ("image area too large", "too_many_pixels"),
-    ("body took longer", "too_slow"),
+    ("too slow", "too_slow"),            # the request's deadline (--max-seconds) passed
+    ("body took longer", "too_slow"),    # the same, as older runs worded it
+    ("empty body", "empty_body"),
+    ("headers too large", "headers_too_large"),
+    ("incompleteread", "truncated"),     # the connection ended before Content-Length bytes
     ("timed out", "timeout"),
     ("unknown url type", "bad_scheme"),
     ("image decoding error", "decode_error"),
@@ -57,3 +61,16 @@ def error_kind(status: str | None, message: str | None) -> str | None:
         if needle in text:
             return kind
     return "other" if text else "unknown"
+
+
+def one_line_error(message: str | None) -> str | None:
+    """``message`` on one line; OpenCV's multi-line assertion text (img2dataset's resizer hands it
+    on as is) becomes a short sentence."""
+    if not message:
+        return message
+    text = message.strip()
+    if text.startswith("OpenCV("):
+        if "!buf.empty()" in text:
+            return "empty body: 0 bytes, nothing to decode"
+        text = "image decoding error (OpenCV: " + text.split(" error: ", 1)[-1].strip() + ")"
+    return re.sub(r"\s*[\r\n]+\s*", " ", text)

@@ -1,17 +1,23 @@
-"""`wit download`'s local runner: img2dataset's own multiprocessing distributor, with a progress bar
-fed by the workers, img2dataset's output sent to a log, and one run per output folder at a time."""
+"""`wit download`'s local runner: img2dataset's ``download()`` on our own pool of spawned worker
+processes (a worker that dies is noticed, its shard retried a bounded number of times, then
+reported), with a progress bar fed by the workers, img2dataset's output sent to a log, and one
+run per output folder at a time."""
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
+import signal
 import sys
 import threading
+from collections import Counter, deque
+from multiprocessing.connection import wait
 
 from wit_builder.core import WitError, is_local, read_json_or_none
 from wit_builder.download import InputShard, Plan, img2dataset_kwargs, shard_name
 from wit_builder.download_layout import WORK
 
-__all__ = ["run_local", "run_lock"]
+__all__ = ["run_local", "run_lock", "ShardPool"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -88,23 +94,175 @@ def _redirect_fds(log_path: str):
 
 
 @contextlib.contextmanager
-def _wit_classes_bound():
-    """Make img2dataset's ``download()`` use our writer and logger-process classes.
+def _wit_classes_bound(distributor):
+    """Make img2dataset's ``download()`` use our writer and logger-process classes and our
+    process pool (``distributor``) in place of its multiprocessing distributor.
 
-    ``download()`` looks ``WebDatasetSampleWriter`` and ``LoggerProcess`` up by name in
-    ``img2dataset.main`` when it runs; the classes travel to the spawned processes by reference
-    (module and name), not by value.
+    ``download()`` looks ``WebDatasetSampleWriter``, ``LoggerProcess`` and
+    ``multiprocessing_distributor`` up by name in ``img2dataset.main`` when it runs; the classes
+    travel to the spawned processes by reference (module and name), not by value.
     """
     import img2dataset  # noqa: F401 - the package binds the name `main` to a function
 
     from wit_builder.download_worker import WitLoggerProcess, WitShardWriter
     i2d_main = sys.modules["img2dataset.main"]
-    originals = i2d_main.WebDatasetSampleWriter, i2d_main.LoggerProcess
-    i2d_main.WebDatasetSampleWriter, i2d_main.LoggerProcess = WitShardWriter, WitLoggerProcess
+    names = ("WebDatasetSampleWriter", "LoggerProcess", "multiprocessing_distributor")
+    originals = [getattr(i2d_main, name) for name in names]
+    for name, value in zip(names, (WitShardWriter, WitLoggerProcess, distributor)):
+        setattr(i2d_main, name, value)
     try:
         yield
     finally:
-        i2d_main.WebDatasetSampleWriter, i2d_main.LoggerProcess = originals
+        for name, value in zip(names, originals):
+            setattr(i2d_main, name, value)
+
+
+# --------------------------------------------------------------------------------------------
+# the process pool (in place of img2dataset's multiprocessing distributor)
+# --------------------------------------------------------------------------------------------
+TASKS_PER_WORKER = 5  # img2dataset's maxtasksperchild: a fresh process now and then bounds leaks
+
+
+def _shard_worker(downloader, conn) -> None:
+    """A worker process: download each shard the parent sends, answer img2dataset's (ok, row)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C reaches the whole group; the parent ends us
+    for _ in range(TASKS_PER_WORKER):
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):  # the parent is gone
+            return
+        if task is None:
+            return
+        conn.send(downloader(task))
+
+
+class _Worker:
+    """One spawned worker process and the pipe to it; ``task`` is the shard it holds."""
+
+    def __init__(self, ctx, downloader):
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_shard_worker, args=(downloader, child), daemon=True,
+                                name="wit-download-worker")
+        self.proc.start()
+        child.close()
+        self.task = None
+        self.served = 0
+
+    def assign(self, task) -> bool:
+        self.task = task
+        try:
+            self.conn.send(task)
+        except OSError:  # it died while idle: the caller sees it as a death with this task
+            return False
+        return True
+
+    def result(self):
+        """``("done", (ok, row))``, ``("dead", why)`` or None while the shard is running."""
+        if self.conn.poll():
+            try:
+                answer = self.conn.recv()
+            except (EOFError, OSError):
+                return "dead", self.death()
+            self.task, self.served = None, self.served + 1
+            return "done", answer
+        if not self.proc.is_alive():
+            return "dead", self.death()
+        return None
+
+    def death(self) -> str:
+        self.proc.join(5)
+        code = self.proc.exitcode
+        if code is not None and code < 0:
+            name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
+            why = f"its worker process was killed by {name}"
+            return why + (" (the out-of-memory killer, or kill -9)" if -code == signal.SIGKILL else "")
+        return f"its worker process exited with code {code} in the middle of it"
+
+    def stop(self, kill: bool) -> None:
+        if not kill:
+            with contextlib.suppress(OSError):
+                self.conn.send(None)
+            self.proc.join(10)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join()
+        self.conn.close()
+
+
+class ShardPool:
+    """img2dataset's distributor interface (``(processes_count, downloader, reader, subjob_size,
+    max_shard_retry)``) on our own spawned worker processes, so that a worker that dies (kill -9,
+    the out-of-memory killer) is noticed at once: img2dataset's ``Pool.imap_unordered`` waits
+    forever for the result of a dead worker. A shard whose worker died, or that failed, is tried
+    again up to ``max_shard_retry`` times; shards still lost to a dead worker end up in ``dead``
+    (shard id -> what happened), which :func:`run_local` reports."""
+
+    def __init__(self, out: str):
+        self.out = out
+        self.dead: dict[int, str] = {}
+
+    def __call__(self, processes_count, downloader, reader, _subjob_size, max_shard_retry):
+        ctx = multiprocessing.get_context("spawn")
+        tasks, again, tries = iter(reader), deque(), Counter()
+        idle: list[_Worker] = []
+        busy: list[_Worker] = []
+
+        def lost(task, why: str, died: bool):
+            shard = task[0]
+            tries[shard] += 1
+            if tries[shard] <= max_shard_retry:
+                print(f"wit: shard {shard_name(shard)}: {why}; trying again ({tries[shard]}/{max_shard_retry})",
+                      flush=True)
+                again.append(task)
+            elif died:
+                self.dead[shard] = f"{why}, on try {tries[shard]} of {max_shard_retry + 1}"
+            else:
+                print(f"wit: shard {shard_name(shard)}: {why} after {tries[shard]} tries; "
+                      "re-run the same command to retry it", flush=True)
+
+        clean = False
+        try:
+            while True:
+                while len(busy) < max(1, processes_count):
+                    task = again.popleft() if again else next(tasks, None)
+                    if task is None:
+                        break
+                    while idle and not idle[-1].proc.is_alive():
+                        idle.pop().stop(kill=True)
+                    worker = idle.pop() if idle else _Worker(ctx, downloader)
+                    worker.assign(task)
+                    busy.append(worker)
+                if not busy:
+                    clean = True
+                    break
+                wait([w.conn for w in busy] + [w.proc.sentinel for w in busy])
+                for worker in list(busy):
+                    task, answer = worker.task, worker.result()
+                    if answer is None:
+                        continue
+                    busy.remove(worker)
+                    if answer[0] == "dead":
+                        _remove_partials(self.out, worker.proc.pid)
+                        lost(task, answer[1], died=True)
+                        worker.stop(kill=True)
+                        continue
+                    if not answer[1][0]:
+                        lost(task, "img2dataset could not download it (see _wit/img2dataset.log)", died=False)
+                    if worker.served >= TASKS_PER_WORKER:
+                        worker.stop(kill=False)
+                    else:
+                        idle.append(worker)
+        finally:
+            for worker in idle + busy:
+                worker.stop(kill=not clean)
+
+
+def _remove_partials(out: str, pid: int) -> None:
+    """Drop the private files a dead worker left half-written (``_wit/partial/*.PID-*``)."""
+    import glob
+    import shutil
+    for path in glob.glob(os.path.join(out, WORK, "partial", f"*.{pid}-*")):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -167,8 +325,9 @@ def _stage_inputs(out: str, shards: list[InputShard]) -> str:
 
 
 def run_local(plan: Plan, quiet: bool, progress: bool) -> None:
-    """Download ``plan``'s remaining shards with img2dataset's own multiprocessing distributor."""
-    import signal
+    """Download ``plan``'s remaining shards with img2dataset's ``download()`` on a
+    :class:`ShardPool`; a shard lost to dead workers every try ends in a :class:`WitError`
+    (after the other shards finished)."""
     if threading.current_thread() is not threading.main_thread():
         raise WitError("the local runner must be called from the main thread (img2dataset installs a "
                        "SIGINT handler); call it from the main thread or use runner='DirectRunner'")
@@ -178,8 +337,9 @@ def run_local(plan: Plan, quiet: bool, progress: bool) -> None:
     previous_sigint = signal.getsignal(signal.SIGINT)
     log_path = os.path.join(plan.out, WORK, "img2dataset.log")
     redirect = _redirect_fds(log_path) if quiet else contextlib.nullcontext(sys.stderr)
+    pool = ShardPool(plan.out)
     try:
-        with redirect as stream, _wit_classes_bound():
+        with redirect as stream, _wit_classes_bound(pool):
             bar = _Progress(plan.out, plan.shards, plan.done, stream) if progress else contextlib.nullcontext()
             with bar:
                 img2dataset.download(url_list=stage, output_folder=plan.out, **kwargs)
@@ -187,3 +347,7 @@ def run_local(plan: Plan, quiet: bool, progress: bool) -> None:
         raise KeyboardInterrupt from None
     finally:
         signal.signal(signal.SIGINT, previous_sigint)
+    if pool.dead:
+        lost = "; ".join(f"shard {shard_name(i)}: {why}" for i, why in sorted(pool.dead.items()))
+        raise WitError(f"{lost}. Finished shards are kept: re-run the same command to resume "
+                       "(fewer --processes or --threads if memory ran out)")

@@ -20,7 +20,7 @@ from img2dataset.writer import WebDatasetSampleWriter
 
 from wit_builder.core import filesystem
 from wit_builder.core import is_local
-from wit_builder.download_layout import WORK, error_kind
+from wit_builder.download_layout import WORK, error_kind, one_line_error
 from wit_builder.netsafety import NetPolicy, install_guard
 
 __all__ = ["WitShardWriter", "WitLoggerProcess"]
@@ -124,6 +124,7 @@ class WitShardWriter(WebDatasetSampleWriter):
         self._last = 0.0
 
     def write(self, img_str, key, caption, meta):
+        meta["error_message"] = one_line_error(meta.get("error_message"))
         meta["error_kind"] = error_kind(meta.get("status"), meta.get("error_message"))
         super().write(img_str, key, caption, meta)
         self._count += 1

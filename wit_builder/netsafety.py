@@ -18,10 +18,13 @@ one built by :func:`build_opener` that:
   connection through the same code, so a redirect to a private address is refused too (and a
   redirect's body is never read: a 3xx with an endless body costs nothing);
 * rewrites the User-Agent, refuses disallowed Content-Types and bodies larger than
-  ``max_bytes`` (by Content-Length and while reading), enforces a total time per response, and
-  reads the image header (Pillow, no decoding) to refuse images with more than ``max_pixels``
-  pixels before anything decodes them (decompression bombs). Pillow itself refuses headers
-  above twice ``PIL.Image.MAX_IMAGE_PIXELS``, so that is the effective ceiling of ``max_pixels``.
+  ``max_bytes`` (by Content-Length and while reading), gives every request a wall-clock
+  deadline (``max_seconds`` from the request's start to the body's end, headers and redirect
+  hops included: a watchdog shuts the sockets down, so a trickling server cannot hold a
+  download), refuses an empty body, and reads the image header (Pillow, no decoding) to refuse
+  images with more than ``max_pixels`` pixels before anything decodes them (decompression
+  bombs). Pillow itself refuses headers above twice ``PIL.Image.MAX_IMAGE_PIXELS``, so that is
+  the effective ceiling of ``max_pixels``.
 
 ``NetPolicy.resolve`` is a static host -> IP table consulted before DNS, like curl's
 ``--resolve``: the tests use it to make a name resolve to a private address without any DNS
@@ -36,6 +39,7 @@ code. ``allowed_endpoints`` lists exact ``IP:PORT`` pairs that are exempt from t
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
 import ipaddress
 import json
@@ -46,7 +50,8 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from typing import Iterator
 
-from wit_builder.netlimits import LimitExceeded, LimitsProcessor, check_image_header  # noqa: F401 (re-exported)
+from wit_builder.netlimits import (Deadline, DeadlineOpener, LimitExceeded, LimitsProcessor,  # noqa: F401
+                                   check_image_header, deadline_connect)
 
 __all__ = ["NetPolicy", "SSRFBlocked", "LimitExceeded", "block_reason", "build_opener",
            "install_guard", "guarded", "guarded_create_connection", "check_image_header", "DEFAULT_USER_AGENT",
@@ -133,7 +138,7 @@ class NetPolicy:
     content_types: list[str] = field(default_factory=lambda: list(DEFAULT_CONTENT_TYPES))
     allow_missing_content_type: bool = True
     user_agent: str = DEFAULT_USER_AGENT
-    max_seconds: float | None = 60.0                             # total per response body
+    max_seconds: float | None = 60.0                             # per request, redirects and body included
 
     def __post_init__(self):
         for ep in self.allowed_endpoints:
@@ -245,12 +250,17 @@ def guarded_create_connection(policy: NetPolicy):
 def _connection_factory(cls, policy: NetPolicy):
     connect = guarded_create_connection(policy)
 
-    def factory(host, **kwargs):
+    def factory(host, *, deadline: Deadline | None = None, **kwargs):
         conn = cls(host, **kwargs)
-        conn._create_connection = connect
+        conn._create_connection = connect if deadline is None else deadline_connect(connect, deadline)
         return conn
 
     return factory
+
+
+def _request_factory(factory, req):
+    """``factory`` for this request's connection: bound to the request's deadline, if any."""
+    return functools.partial(factory, deadline=getattr(req, "_wit_deadline", None))
 
 
 class _GuardedHTTPHandler(urllib.request.HTTPHandler):
@@ -259,7 +269,7 @@ class _GuardedHTTPHandler(urllib.request.HTTPHandler):
         self._factory = _connection_factory(http.client.HTTPConnection, policy)
 
     def http_open(self, req):
-        return self.do_open(self._factory, req)
+        return self.do_open(_request_factory(self._factory, req), req)
 
 
 class _GuardedHTTPSHandler(urllib.request.HTTPSHandler):
@@ -271,7 +281,7 @@ class _GuardedHTTPSHandler(urllib.request.HTTPSHandler):
         # TLS (SNI, certificate check) uses the URL's host name; the socket under it comes from
         # the guarded connect. check_hostname only exists before Python 3.12.
         extra = {"check_hostname": self._check_hostname} if hasattr(self, "_check_hostname") else {}
-        return self.do_open(self._factory, req, context=self._context, **extra)
+        return self.do_open(_request_factory(self._factory, req), req, context=self._context, **extra)
 
 
 class _RedirectHandler(urllib.request.HTTPRedirectHandler):
@@ -288,10 +298,16 @@ class _RedirectHandler(urllib.request.HTTPRedirectHandler):
 
     http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
 
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None:  # the next hop runs on the first request's deadline
+            new._wit_chain_deadline = getattr(req, "_wit_deadline", None)
+        return new
+
 
 def build_opener(policy: NetPolicy) -> urllib.request.OpenerDirector:
     """An opener with only http/https, no proxies, the SSRF guard and the limits."""
-    opener = urllib.request.OpenerDirector()
+    opener = DeadlineOpener(policy.max_seconds)
     for handler in (urllib.request.ProxyHandler({}), urllib.request.UnknownHandler(),
                     _GuardedHTTPHandler(policy), _GuardedHTTPSHandler(policy),
                     urllib.request.HTTPDefaultErrorHandler(), _RedirectHandler(),

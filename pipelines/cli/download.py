@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pipelines.cli.checks import add_skip_share
 from wit_builder.core import WitError
 
 DESCRIPTION = (
@@ -50,6 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--encode-quality", type=int, default=d.encode_quality,
                    help="JPEG/WebP quality 0-100 (PNG: compression 0-9)")
 
+    add_skip_share(g, 0.5, "the images (failed downloads; the web loses many)")
     g = parser.add_argument_group("speed")
     g.add_argument("--processes", type=int, default=d.processes,
                    help="download processes (local runner; 0 = one per CPU core)")
@@ -87,7 +89,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="accepted Content-Type values, comma-separated; type/* wildcards; a response "
                         "without Content-Type is accepted")
     g.add_argument("--max-seconds", type=float, default=d.max_seconds,
-                   help="longest time to read one response body (slow-drip servers)")
+                   help="wall-clock deadline of one image request: connect, headers, every redirect and "
+                        "the body (a server that trickles bytes fails as too_slow)")
 
     g = parser.add_argument_group("runner")
     g.add_argument("--runner", default="local",
@@ -127,4 +130,16 @@ def run(args) -> int:
         raise WitError(f"unknown option(s) {list(args.beam.args)} (Beam options need a Beam --runner)")
     summary = download.run(DownloadConfig(args.pairs, args.out, opts), args.beam, quiet=not args.verbose)
     print(format_summary(summary))
+    check_outcome(summary, args.out, args.warn_skip_share)
     return 1 if summary.get("incomplete_shards") else 0
+
+
+def check_outcome(summary: dict, out: str, warn_share: float) -> None:
+    """Warn when many downloads failed; an error when none succeeded."""
+    from pipelines.cli.checks import nothing_usable, top, warn_skipped
+    total, ok = int(summary.get("samples", 0)), int(summary.get("success", 0))
+    errors = summary.get("by_error_kind") or {}
+    warn_skipped("download", total - ok, total, warn_share, "images", "failed: " + top(errors))
+    if total and not ok:
+        raise nothing_usable(f"0 of {total:,} images downloaded (failed: {top(errors)})",
+                             f"{out.rstrip('/')}/_wit/summary.json")
