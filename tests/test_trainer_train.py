@@ -145,14 +145,34 @@ def _losses(out):
                 if r["type"] == "train"]
 
 
-@pytest.mark.parametrize("accum", [1, 2])
-def test_resume_reproduces_the_uninterrupted_run(data, tmp_path, accum):
-    kw = {"accum_freq": accum, "batch_size": 8 // accum, "max_steps": 8}
+def _assert_identical(a, b, where="checkpoint"):
+    """``a`` and ``b`` equal bit for bit: every tensor (dtype, shape, values) and every value."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, where
+        assert torch.equal(a.view(torch.uint8) if a.dim() else a, b.view(torch.uint8)
+                           if b.dim() else b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), where
+        for k in a:
+            _assert_identical(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_identical(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+# (accum, batch size, stop): 12 steps an epoch, stopped mid-epoch; 6 steps an epoch, stopped
+# mid-epoch 0 and resumed across the epoch boundary (a new DataLoader iterator on each side)
+@pytest.mark.parametrize("accum,batch,stop", [(1, 8, 5), (2, 4, 5), (1, 16, 4)])
+def test_resume_reproduces_the_uninterrupted_run(data, tmp_path, accum, batch, stop):
+    kw = {"accum_freq": accum, "batch_size": batch, "max_steps": 8}
     full = train(_cfg(data, tmp_path / "full", **kw))
     assert full["step"] == 8 and full["done"]
-    part = train(_cfg(data, tmp_path / "part", stop_at_step=5, **kw))
-    assert part["step"] == 5 and not part["done"]
-    # the interrupted run logged step 5 and checkpointed there; resume continues to step 8
+    part = train(_cfg(data, tmp_path / "part", stop_at_step=stop, **kw))
+    assert part["step"] == stop and not part["done"]
+    # the interrupted run logged its last step and checkpointed there; resume continues to 8
     rest = train(_cfg(data, tmp_path / "part", resume="latest", **kw))
     assert rest["step"] == 8
     a, b = _losses(tmp_path / "full"), _losses(tmp_path / "part")
@@ -160,9 +180,12 @@ def test_resume_reproduces_the_uninterrupted_run(data, tmp_path, accum):
     assert a == b  # exactly equal losses and learning rates, step by step
     ca = torch.load(tmp_path / "full/checkpoints/latest.pt", weights_only=True)
     cb = torch.load(tmp_path / "part/checkpoints/latest.pt", weights_only=True)
-    for k in ca["model"]:
-        assert torch.equal(ca["model"][k], cb["model"][k]), k
-    assert ca["data"] == cb["data"]
+    # the whole checkpoint is bit-identical: weights, optimizer, scaler, position, and every
+    # RNG state (torch's included); only the recorded flags differ (--resume, --stop-at-step)
+    assert set(ca) == set(cb)
+    _assert_identical({k: v for k, v in ca.items() if k != "args"},
+                      {k: v for k, v in cb.items() if k != "args"})
+    assert ca["data"] == cb["data"] and ca["epoch"] == (1 if batch == 16 else 0)
 
 
 # --- end to end -------------------------------------------------------------------------------

@@ -25,6 +25,8 @@ def check_config(cfg: TrainConfig) -> None:
         raise WitError(f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
     if cfg.batch_size < 1 or cfg.accum_freq < 1 or cfg.epochs < 1:
         raise WitError("--batch-size, --accum-freq and --epochs must be >= 1")
+    if not 0 <= cfg.warn_skip_share <= 1:
+        raise WitError(f"--warn-skip-share must be between 0 and 1, got {cfg.warn_skip_share}")
 
 
 def init_distributed(device_pref: str):

@@ -6,18 +6,25 @@ atomically; the oldest ``step-*.pt`` beyond ``keep`` are removed) holds what
 RNG states (:func:`rng_state`), data position, model config, tokenizer merges and the config.
 The run log (``OUT/log.jsonl``) has one JSON record per line; on resume the records written
 after the checkpoint's step are dropped (:func:`truncate_log`) since they will be redone.
+A re-run first removes the temporaries a killed run left (:func:`remove_stale_temporaries`).
 """
 from __future__ import annotations
 
 import json
 import os
 import random
+import re
 import shutil
 
 from wit_builder.core import WitError, atomic_open
 
 __all__ = ["find_resume", "load_training_checkpoint", "restore", "save_checkpoint", "rng_state",
-           "set_rng_state", "read_log", "truncate_log"]
+           "set_rng_state", "read_log", "truncate_log", "remove_stale_temporaries"]
+
+# the temporaries wit_builder.core.atomic_open makes (".NAME.tmp-XXXXXXXX") for the files a run
+# writes: step and latest checkpoints (in OUT/checkpoints), the log, summary and curves (in OUT)
+_CKPT_TMP = re.compile(r"\.(latest|step-\d{8})\.pt\.tmp-[A-Za-z0-9_]+")
+_OUT_TMP = re.compile(r"\.(log\.jsonl|summary\.json|curves\.png)\.tmp-[A-Za-z0-9_]+")
 
 
 def rng_state() -> dict:
@@ -99,6 +106,26 @@ def save_checkpoint(ckpt_dir: str, step: int, state: dict, keep: int) -> str:
         for name in old[:-keep]:
             os.unlink(os.path.join(ckpt_dir, name))
     return path
+
+
+def remove_stale_temporaries(out: str, ckpt_dir: str) -> list[str]:
+    """Remove what a killed run left half-written in ``out`` and ``ckpt_dir`` (only the
+    temporary names its own atomic writes use; nothing else); returns the removed paths."""
+    removed = []
+    for directory, pattern in ((ckpt_dir, _CKPT_TMP), (out, _OUT_TMP)):
+        try:
+            names = os.listdir(directory)
+        except FileNotFoundError:
+            continue
+        for name in sorted(names):
+            path = os.path.join(directory, name)
+            if pattern.fullmatch(name) and os.path.isfile(path) and not os.path.islink(path):
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    continue
+                removed.append(path)
+    return removed
 
 
 def read_log(path: str) -> list[dict]:

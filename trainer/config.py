@@ -39,6 +39,7 @@ class TrainConfig:
     shuffle_buffer: int = 1000
     resampled: bool = False
     train_num_samples: int | None = None  # epoch size (default: sizes.json)
+    warn_skip_share: float = 0.1          # warn when a pass skips more than this share of samples
     resume: str | None = None             # 'latest' or a checkpoint path
     save_every: int = 1000                # steps; also at the end (or at stop_at_step)
     keep_checkpoints: int = 3             # step-*.pt files kept (0 = all)

@@ -19,6 +19,8 @@ workers than shards is fine: the extra workers yield nothing.
 Bad samples (unreadable tar members, truncated tars, images PIL cannot decode, missing image or
 caption) are skipped and counted by reason in ``loader.skipped`` (a ``Counter``, summed over the
 workers as their batches and end-of-stream reports arrive); they never crash or stall a worker.
+A resampled draw ends once it has read every shard whole without one usable sample (rather than
+drawing bad shards forever), so such data yields no batch and the trainer says why.
 
 Determinism and resuming: the batch sequence is a pure function of ``(urls, seed, epoch,
 rank, world_size, workers, batch_size, shuffle_buffer)``: shard order, the shuffle buffer and
@@ -45,6 +47,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Iterator
 
+from wit_builder import records
 from wit_builder.core import WitError, expand_shards
 
 from trainer.transforms import image_transform
@@ -169,16 +172,41 @@ def _make_dataset_class():
     return WdsStream
 
 
-def _raw_samples(shards, cfg: LoaderConfig, logical: int, workers: int, skipped: Counter):
+class _AllBadGuard:
+    """Ends a resampled (endless) draw when it can never yield anything: every distinct shard
+    has been read whole, and every sample read up to then was decoded, none of them usable.
+    The draw never changes otherwise (it only stops), so the batch sequence stays the same."""
+
+    def __init__(self, shards):
+        self.unread, self.read, self.decoded, self.good = set(shards), 0, 0, False
+        self.all_read_at: int | None = None   # samples read when the last shard was done
+
+    def may_draw(self) -> bool:
+        if self.good:
+            return True
+        if not self.unread and self.all_read_at is None:
+            self.all_read_at = self.read
+        return self.all_read_at is None or self.decoded < self.all_read_at
+
+    def counted(self, shard, samples):
+        self.unread.discard(shard)
+        for sample in samples:
+            self.read += 1
+            yield sample
+
+
+def _raw_samples(shards, cfg: LoaderConfig, logical: int, workers: int, skipped: Counter,
+                 guard: _AllBadGuard):
     """This worker's raw samples: its share of the epoch's shuffled shards, or (resampled) an
-    endless seeded draw of shards."""
+    endless seeded draw of shards (ended by ``guard`` if none of them has a usable sample)."""
     if cfg.resampled:
         rng_shards = random.Random(_seed("resample", cfg.seed, cfg.epoch, cfg.rank, logical))
 
-        def shard_iter():
-            while True:
-                yield rng_shards.choice(shards)
-        return iter_samples_lazy(shard_iter(), skipped)
+        def samples():
+            while guard.may_draw():
+                shard = rng_shards.choice(shards)
+                yield from guard.counted(shard, iter_samples([shard], skipped))
+        return samples()
     order = list(shards)
     random.Random(_seed("shards", cfg.seed, cfg.epoch)).shuffle(order)
     mine = order[cfg.rank::cfg.world_size][logical::workers]
@@ -214,7 +242,8 @@ def _worker_stream(shards, tokenizer, cfg: LoaderConfig, physical: int, workers:
         my_max = max_batches // workers + (1 if logical < max_batches % workers else 0)
     skipped: Counter = Counter()
     transform = image_transform(cfg.image_size, train=True)
-    raw = _raw_samples(shards, cfg, logical, workers, skipped)
+    guard = _AllBadGuard(shards)
+    raw = _raw_samples(shards, cfg, logical, workers, skipped, guard)
 
     def crop_rng(sample):
         return random.Random(_seed("crop", cfg.seed, cfg.epoch, sample.get("__key__", "")))
@@ -228,6 +257,7 @@ def _worker_stream(shards, tokenizer, cfg: LoaderConfig, physical: int, workers:
     limit = my_max if my_max is not None else float("inf")
     if limit > my_skip:
         for s in stream:
+            guard.decoded += 1
             if batch_index < my_skip:
                 # fast-forward: decode only (no crop) to know which samples are good, so batch
                 # boundaries fall exactly where an uninterrupted pass put them
@@ -235,6 +265,7 @@ def _worker_stream(shards, tokenizer, cfg: LoaderConfig, physical: int, workers:
                     decode_sample(s, None)
                 except ValueError:
                     continue
+                guard.good = True
                 count += 1
                 if count == batch_size:
                     batch_index, count = batch_index + 1, 0
@@ -244,6 +275,7 @@ def _worker_stream(shards, tokenizer, cfg: LoaderConfig, physical: int, workers:
             except ValueError as exc:
                 skipped[str(exc)] += 1
                 continue
+            guard.good = True
             images.append(img)
             captions.append(cap)
             if len(images) == batch_size:
@@ -255,11 +287,6 @@ def _worker_stream(shards, tokenizer, cfg: LoaderConfig, physical: int, workers:
                 if batch_index >= limit:
                     break
     yield {"images": None, "tokens": None, "skipped": dict(skipped), "worker": logical}
-
-
-def iter_samples_lazy(shard_iter, skipped: Counter) -> Iterator[dict]:
-    for shard in shard_iter:
-        yield from iter_samples([shard], skipped)
 
 
 class WebDatasetLoader:
@@ -300,9 +327,15 @@ class WebDatasetLoader:
             items = _worker_stream(self.shards, self.tokenizer, self._pass(), 0, 1)
         else:
             ds = _make_dataset_class()(self)
+            # the DataLoader draws its workers' base seed from ``generator`` on every iter();
+            # a generator of its own (seeded by the pass) keeps it off torch's global RNG, which
+            # a resumed run would otherwise see drawn once more than the uninterrupted run did
+            generator = torch.Generator()
+            generator.manual_seed(_seed("workers", self.config.seed, self.epoch,
+                                        self.config.rank) >> 1)
             items = iter(torch.utils.data.DataLoader(
                 ds, batch_size=None, num_workers=self.config.workers, persistent_workers=False,
-                prefetch_factor=2))
+                prefetch_factor=2, generator=generator))
         self.skip_batches = 0  # one-shot: the next pass starts at the beginning of its epoch
         for item in items:
             self.skipped.update(item["skipped"])
@@ -323,6 +356,8 @@ def make_train_loader(urls: str, tokenizer, config: LoaderConfig):
     missing = [s for s in shards if "://" not in s and not os.path.exists(s)]
     if missing:
         raise WitError(f"{len(missing)} shard(s) not found, e.g. {missing[0]}")
+    # shards of a killed or another `wit shards` run are refused (wit_builder/records.py)
+    records.verify_inputs(sorted({s for s in shards if not s.startswith("pipe:")}), "--train-data")
     c = config
     if c.batch_size < 1 or c.workers < 0 or c.world_size < 1 or not 0 <= c.rank < c.world_size:
         raise WitError(f"bad loader settings: batch_size={c.batch_size} workers={c.workers} "

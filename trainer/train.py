@@ -11,6 +11,10 @@ One optimisation step, read top to bottom in :func:`train`:
    to <= ln 100;
 4. log, evaluate, checkpoint.
 
+Bad samples are skipped and counted (:mod:`trainer.data`); a pass over the data that skips more
+than ``warn_skip_share`` of what it read logs a warning, and an epoch without one usable step
+(every image undecodable, say) is an error (:mod:`trainer.skips`), never a silent 0-step run.
+
 Distributed: launched by torchrun (``WORLD_SIZE``/``RANK``/``LOCAL_RANK`` in the environment),
 one process per device, DDP over gloo (CPU) or NCCL (CUDA); see :mod:`trainer.loss` for the
 all-gather and sharded similarity.
@@ -39,10 +43,11 @@ from wit_builder.core import atomic_write_json
 
 from trainer.build import (StepPlan, build_model, build_optimizer, check_config, load_tokenizer,
                            plan_steps, seed_everything, setup_device, wrap_model)
-from trainer.checkpoint import (find_resume, load_training_checkpoint, restore, rng_state,
-                                save_checkpoint, truncate_log)
+from trainer.checkpoint import (find_resume, load_training_checkpoint, remove_stale_temporaries,
+                                restore, rng_state, save_checkpoint, truncate_log)
 from trainer.config import PRECISIONS, TrainConfig
 from trainer.curves import plot_curves
+from trainer.skips import SkipWatch, no_usable_data
 from trainer.step import forward_backward, lr_at, param_groups
 
 __all__ = ["TrainConfig", "train", "forward_backward", "param_groups", "lr_at",
@@ -140,6 +145,8 @@ def _setup(cfg: TrainConfig) -> tuple[_Run, _Position]:
 
     # resume? then the tokenizer, model config and states come from the checkpoint
     resume_path = find_resume(cfg.resume, cfg.out, ckpt_dir)
+    if rank == 0:  # what a killed run left half-written (this run writes those files anew)
+        remove_stale_temporaries(cfg.out, ckpt_dir)
     ckpt = load_training_checkpoint(resume_path) if resume_path else None
     tokenizer = load_tokenizer(cfg, ckpt)
     seed_everything(cfg.seed)
@@ -183,18 +190,28 @@ def train(cfg: TrainConfig) -> dict:
     run.model.train()
     progress.window_t = time.perf_counter()
     progress.last_plot = time.perf_counter()
+    skips = SkipWatch(loader, cfg.batch_size, cfg.warn_skip_share, run.rank, run.world)
     while pos.step < plan.stop_at and pos.epoch < cfg.epochs:
         loader.set_epoch(pos.epoch, skip_batches=pos.batches)
         data = iter(loader)
+        skips.start()
+        pass_epoch = pos.epoch
         while pos.step < plan.stop_at:
             # 1. the micro-batches of this step (all ranks agree whether there is a full set)
-            batches = _next_batches(run, data)
-            if batches is None:
+            batches, full = _next_batches(run, data)
+            if not full:
+                if pos.batches == 0:  # a whole epoch without one step: nothing to train on
+                    bar.close()
+                    if run.log_fh is not None:
+                        run.log_fh.close()
+                    raise no_usable_data(len(loader.shards), skips.skipped(), len(batches),
+                                         cfg.accum_freq, run.rank, run.world)
                 # a rank ran out of data before steps_per_epoch (uneven shards): next epoch.
                 # A checkpoint taken earlier in this epoch resumes to the same point.
                 pos.next_epoch()
                 break
             pos.batches += cfg.accum_freq
+            skips.took(cfg.accum_freq)
             batches = [(i.to(run.device, non_blocking=True), t.to(run.device, non_blocking=True))
                        for i, t in batches]
             # 2. loss and gradients of the global batch
@@ -219,15 +236,16 @@ def train(cfg: TrainConfig) -> dict:
                 _checkpoint(run, pos, progress)
             if end_of_epoch:
                 break
+        skips.finish(pass_epoch)  # a warning if this pass skipped too much
     bar.close()
     if run.log_fh is not None:
         run.log_fh.close()
     return _finish(run, pos, progress)
 
 
-def _next_batches(run: _Run, data) -> list | None:
-    """The next ``accum_freq`` ``(images, tokens)`` micro-batches from ``data``, or None when
-    this rank or another has run out of them."""
+def _next_batches(run: _Run, data) -> tuple[list, bool]:
+    """The next ``accum_freq`` ``(images, tokens)`` micro-batches from ``data``, and whether
+    they are a full set on every rank (False: this rank or another has run out of them)."""
     import torch
     import torch.distributed as dist
     batches = []
@@ -241,7 +259,7 @@ def _next_batches(run: _Run, data) -> list | None:
         flag = torch.tensor([int(have)], dtype=torch.int32, device=run.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
         have = bool(flag.item())
-    return batches if have else None
+    return batches, have
 
 
 def _optimizer_step(run: _Run, step: int) -> float:

@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 
+from pipelines.cli.checks import add_skip_share
 from trainer.train import PRECISIONS, TrainConfig
 
 DESCRIPTION = (
@@ -92,6 +93,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     help="draw shards with replacement (exactly epoch-size samples per epoch)")
     dg.add_argument("--train-num-samples", type=int, default=None,
                     help="samples per epoch (default: the sum of the shards in sizes.json)")
+    add_skip_share(dg, d.warn_skip_share,
+                   "the samples of a pass over the data (undecodable images, unreadable tar "
+                   "members, missing captions; none usable at all is an error)")
     k = parser.add_argument_group("checkpoints and logs")
     k.add_argument("--resume", default=None,
                    help="'latest' (RUN/checkpoints/latest.pt; starts fresh if there is none) "
@@ -129,7 +133,8 @@ def config_from_args(args) -> TrainConfig:
         image_size=args.image_size, context_length=args.context_length, workers=args.workers,
         threads=args.threads,
         seed=args.seed, shuffle_buffer=args.shuffle_buffer, resampled=args.resampled,
-        train_num_samples=args.train_num_samples, resume=args.resume,
+        train_num_samples=args.train_num_samples, warn_skip_share=args.warn_skip_share,
+        resume=args.resume,
         save_every=args.save_every, keep_checkpoints=args.keep_checkpoints,
         log_every=args.log_every, eval_every=args.eval_every, zeroshot_dir=args.zeroshot_dir,
         zeroshot_classes=args.zeroshot_classes, zeroshot_templates=args.zeroshot_templates,
@@ -137,9 +142,28 @@ def config_from_args(args) -> TrainConfig:
         device=args.device, progress=not args.no_progress)
 
 
+class _LineFormatter:
+    """``wit train: warning: MESSAGE`` (the other stages' form)."""
+
+    def format(self, record) -> str:
+        return f"wit train: {record.levelname.lower()}: {record.getMessage()}"
+
+
 def run(args) -> int:
+    import logging
+    import sys
+
     from trainer.train import train
-    summary = train(config_from_args(args))
+    # the trainer's warnings (e.g. too many skipped samples) as one "wit train: warning:" line
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(_LineFormatter())
+    logger = logging.getLogger("trainer")
+    logger.addHandler(handler)
+    try:
+        summary = train(config_from_args(args))
+    finally:
+        logger.removeHandler(handler)
     if int(os.environ.get("RANK", "0")) == 0:
         keys = ("step", "total_steps", "epoch", "final_loss", "samples_per_s", "checkpoint",
                 "eval", "skipped")
