@@ -33,11 +33,13 @@ from pipelines.balance import COUNTS, BalanceMatched, BalanceTarget, MergeStats,
 from pipelines.beam_options import BeamOptions, run_pipeline
 from wit_builder.collect import CollectConfig, shard_name
 from wit_builder import records
-from wit_builder.core import WitError, atomic_write_parquet, file_info, finished_run, read_json_or_none
+from wit_builder.core import (WitError, atomic_write_parquet, file_info, finished_run, read_json_or_none,
+                              remove_temporaries)
 
 __all__ = ["Collect", "MatchPairs", "MergeStats", "run"]
 
 STATS = "stats"
+SPILL = ".wit-work-spill"   # OUT/.wit-work-spill: shuffled tables on local runners, removed after the run
 
 
 def _emit_stats(counter: Counter):
@@ -118,10 +120,14 @@ class IdentifyLanguage(beam.DoFn):
 
 
 class ToShards(beam.DoFn):
-    """Batches -> (shard, Arrow table), buffered per bundle so small shards are not tiny elements."""
+    """Batches -> (shard, Arrow table), buffered per bundle so small shards are not tiny elements.
 
-    def __init__(self, num_shards: int, flush_rows: int = 200_000):
-        self.num_shards, self.flush_rows = num_shards, flush_rows
+    With ``spill_dir`` (local runners) each buffered table is written to a file there and only
+    its path is shuffled: the DirectRunner holds everything that goes through a GroupByKey in
+    memory, so without it a run's memory grows with its whole matched output."""
+
+    def __init__(self, num_shards: int, flush_rows: int = 100_000, spill_dir: str | None = None):
+        self.num_shards, self.flush_rows, self.spill_dir = num_shards, flush_rows, spill_dir
 
     def start_bundle(self):
         self.buffer: dict[int, list] = {}
@@ -139,9 +145,17 @@ class ToShards(beam.DoFn):
             yield from self._flush()
 
     def _flush(self):
+        import uuid
+
         import pyarrow as pa
         for k, parts in sorted(self.buffer.items()):
-            yield (k, pa.concat_tables(parts))
+            table = pa.concat_tables(parts)
+            if self.spill_dir is None:
+                yield (k, table)
+                continue
+            path = f"{self.spill_dir}/{k:05d}-{uuid.uuid4().hex}.parquet"
+            atomic_write_parquet(path, table)
+            yield (k, path)
         self.buffer, self.rows = {}, 0
 
     def finish_bundle(self):
@@ -159,8 +173,10 @@ class DedupAndWrite(beam.DoFn):
         import pyarrow as pa
         from wit_builder.balance import count_queries
         from wit_builder.collect import MATCHED_SCHEMA, dedup_table
+        import pyarrow.parquet as pq
         k, tables = item
-        parts = [t for t in tables if t is not None]
+        # spilled parts come back from Parquet with its list field name: cast to the schema's
+        parts = [pq.read_table(t).cast(MATCHED_SCHEMA) if isinstance(t, str) else t for t in tables if t is not None]
         table = pa.concat_tables(parts) if parts else MATCHED_SCHEMA.empty_table()
         table, dupes = dedup_table(table)
         path = f"{self.out}/matched/{shard_name(k, self.num_shards)}"
@@ -178,9 +194,9 @@ class MatchPairs(beam.PTransform):
     Returns ``{"shards": (k, path), "counts": dense counts per query id (one element),
     "stats": Counters from every step}``."""
 
-    def __init__(self, cfg: CollectConfig):
+    def __init__(self, cfg: CollectConfig, spill_dir: str | None = None):
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.spill_dir = cfg, spill_dir
 
     def expand(self, files):
         cfg, m = self.cfg, self.cfg.num_shards
@@ -191,7 +207,7 @@ class MatchPairs(beam.PTransform):
             MatchQueries(cfg.queries, cfg.case_insensitive)).with_outputs(STATS, main="out")
         lng = mat.out | "IdentifyLanguage" >> beam.ParDo(
             IdentifyLanguage(cfg.lang_detector, cfg.balance.seed, cfg.langs, cfg.min_lang_prob)).with_outputs(STATS, main="out")
-        shd = lng.out | "ToShards" >> beam.ParDo(ToShards(m)).with_outputs(STATS, main="out")
+        shd = lng.out | "ToShards" >> beam.ParDo(ToShards(m, spill_dir=self.spill_dir)).with_outputs(STATS, main="out")
         every = files.pipeline | "AllShardIds" >> beam.Create([(k, None) for k in range(m)])
         grouped = (shd.out, every) | "WithEmptyShards" >> beam.Flatten() | "GroupByShard" >> beam.GroupByKey()
         written = grouped | "DedupAndWrite" >> beam.ParDo(DedupAndWrite(cfg.out, m)).with_outputs(
@@ -206,15 +222,15 @@ class Collect(beam.PTransform):
     """(path, format) pairs -> OUT/matched/, OUT/balanced/, OUT/counts.parquet, OUT/balance.png
     and OUT/stats.json; returns the summary written to stats.json (one element)."""
 
-    def __init__(self, cfg: CollectConfig, header: dict):
+    def __init__(self, cfg: CollectConfig, header: dict, spill_dir: str | None = None):
         super().__init__()
-        self.cfg, self.header = cfg, header
+        self.cfg, self.header, self.spill_dir = cfg, header, spill_dir
 
     def expand(self, files):
         cfg = self.cfg
         target = BalanceTarget(cfg.out, cfg.num_shards, cfg.balance, self.header["queries"]["count"], cfg.queries,
                                self.header)
-        return files | "MatchPairs" >> MatchPairs(cfg) | "Balance" >> BalanceMatched(target)
+        return files | "MatchPairs" >> MatchPairs(cfg, self.spill_dir) | "Balance" >> BalanceMatched(target)
 
 
 def _config_json(cfg: CollectConfig, sizes: dict) -> dict:
@@ -233,10 +249,12 @@ def _size(path: str) -> int | None:
         return None
 
 
-def run(cfg: CollectConfig, beam_options: BeamOptions = BeamOptions(), *, overwrite: bool = False) -> dict:
+def run(cfg: CollectConfig, beam_options: BeamOptions = BeamOptions(), *, overwrite: bool = False,
+        spill: bool | None = None) -> dict:
     """``wit collect`` for ``cfg`` (see :func:`wit_builder.collect.make_config`); returns the stats
     written to ``OUT/stats.json``. A finished run of the same configuration is not redone; one of
-    another configuration is an error unless ``overwrite``."""
+    another configuration is an error unless ``overwrite``. ``spill``: shuffle file names instead
+    of tables (see ``ToShards``); None = on local runners, whose shuffle is held in memory."""
     from wit_builder.collect import load_queries
     from wit_builder.langid import make_detector
     records.verify_inputs([cfg.queries], "--queries")
@@ -248,6 +266,7 @@ def run(cfg: CollectConfig, beam_options: BeamOptions = BeamOptions(), *, overwr
     if prev is not None:
         return prev
     records.begin(cfg.out, "collect")
+    remove_temporaries(cfg.out, folders=SPILL)  # a killed run's
     remove_stale_parts(f"{cfg.out}/matched", cfg.num_shards)
     remove_stale_parts(f"{cfg.out}/balanced", cfg.num_shards)
     by_format = Counter(f for _, f in cfg.inputs)
@@ -259,8 +278,12 @@ def run(cfg: CollectConfig, beam_options: BeamOptions = BeamOptions(), *, overwr
         "queries": {"path": cfg.queries, "count": len(queries)},
         "num_shards": cfg.num_shards,
     }
-    run_pipeline(lambda p: p | "Inputs" >> beam.Create(list(cfg.inputs)) | "Collect" >> Collect(cfg, header),
-                 beam_options)
+    spill_dir = f"{cfg.out.rstrip('/')}/{SPILL}" if (beam_options.is_local if spill is None else spill) else None
+    try:
+        run_pipeline(lambda p: p | "Inputs" >> beam.Create(list(cfg.inputs)) | "Collect" >> Collect(cfg, header, spill_dir),
+                     beam_options)
+    finally:
+        remove_temporaries(cfg.out, folders=SPILL)
     stats = read_json_or_none(f"{cfg.out}/stats.json")
     if stats is None:
         raise WitError(f"the pipeline finished but {cfg.out}/stats.json is missing")

@@ -227,6 +227,9 @@ def shard_ids(uids: pa.Array, num_shards: int) -> np.ndarray:
 
 
 def split_by_shard(table: pa.Table, num_shards: int) -> Iterator[tuple[int, pa.Table]]:
+    """(shard, its rows) for every shard with rows. Each part is a compact copy, not a slice:
+    a pickled Arrow slice carries its parent's whole buffers (a shuffle of M slices of one batch
+    would hold the batch M times)."""
     if table.num_rows == 0:
         return
     shard = shard_ids(table.column("uid").combine_chunks(), num_shards)
@@ -235,9 +238,8 @@ def split_by_shard(table: pa.Table, num_shards: int) -> Iterator[tuple[int, pa.T
     bounds = np.flatnonzero(np.diff(sorted_shards)) + 1
     starts = np.concatenate([[0], bounds])
     ends = np.concatenate([bounds, [len(order)]])
-    taken = table.take(pa.array(order))
     for s, e in zip(starts, ends):
-        yield int(sorted_shards[s]), taken.slice(int(s), int(e - s))
+        yield int(sorted_shards[s]), table.take(pa.array(order[s:e]))
 
 
 def dedup_table(table: pa.Table) -> tuple[pa.Table, int]:

@@ -145,15 +145,14 @@ def cluster_vectors(vectors: np.ndarray, threshold: float, k: int = 16, exact_be
                 "nearest": z, "sizes": z, "index": {"index": "none", "n": 0}, "edges": 0}
     index, info = build_index(vectors, exact_below, nprobe)
     sims, ids = search(index, vectors, k + 1)
-    rows = np.repeat(np.arange(n), sims.shape[1]).reshape(n, -1)
-    not_self = (ids != rows) & (ids >= 0)
+    not_self = (ids != np.arange(n)[:, None]) & (ids >= 0)   # broadcast: no (n, k+1) row-id array
     masked = np.where(not_self, sims, -np.inf)
     best = masked.argmax(axis=1)
     nearest_sim = masked[np.arange(n), best].astype(np.float32)
     nearest = np.where(np.isfinite(nearest_sim), ids[np.arange(n), best], -1)
     nearest_sim[~np.isfinite(nearest_sim)] = np.nan
     edge = not_self & (sims >= threshold)
-    labels = connected_components(n, rows[edge], ids[edge])
+    labels = connected_components(n, np.nonzero(edge)[0], ids[edge])
     sizes = np.bincount(labels)
     kept = pick_kept(labels, np.zeros(n) if pixels is None else pixels)
     return {"labels": labels, "kept": kept, "nearest_similarity": nearest_sim, "nearest": nearest,

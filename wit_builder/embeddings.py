@@ -191,32 +191,53 @@ class Embeddings:
 
 
 def load_embeddings(files: Sequence[str]) -> Embeddings:
-    """Concatenate embedding files and sort rows by (key, shard, uid) (deterministic order)."""
+    """Concatenate embedding files and sort rows by (key, shard, uid) (deterministic order).
+
+    Memory: the vectors once (4 bytes x dim per image) plus a few hundred bytes of keys per image,
+    and one file's embedding column at a time (they are read file by file into one array)."""
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    tables = [pq.read_table(f) for f in files]
-    if not tables:
+    files = list(files)
+    if not files:
         raise WitError("no embeddings to load")
-    t = pa.concat_tables(tables)
-    key = np.array(t.column("key").to_pylist(), dtype=object)
-    uid = np.array(t.column("uid").to_pylist(), dtype=object)
-    shard = np.array(t.column("shard").to_pylist(), dtype=object)
-    order = sorted(range(len(key)), key=lambda i: (key[i], shard[i], uid[i]))
-    order = np.array(order, dtype=np.int64)
-    status = np.array(t.column("status").to_pylist(), dtype=object)[order]
+    # pass 1: everything but the vectors (a few hundred bytes per image), sorted in Arrow
+    meta_cols = ["key", "uid", "shard", "width", "height", "status"]
+    meta = pa.concat_tables([pq.read_table(f, columns=meta_cols) for f in files])
+    order = pc.sort_indices(meta, sort_keys=[("key", "ascending"), ("shard", "ascending"),
+                                             ("uid", "ascending")]).to_numpy().astype(np.int64)
+    meta = meta.take(pa.array(order))
+    key = np.array(meta.column("key").to_pylist(), dtype=object)
+    uid = np.array(meta.column("uid").to_pylist(), dtype=object)
+    shard = np.array(meta.column("shard").to_pylist(), dtype=object)
+    status = np.array(meta.column("status").to_pylist(), dtype=object)
+    width = np.array(meta.column("width").fill_null(-1).to_numpy(), dtype=np.int64)
+    height = np.array(meta.column("height").fill_null(-1).to_numpy(), dtype=np.int64)
     ok = status == "ok"
-    width = t.column("width").to_numpy(zero_copy_only=False)
-    height = t.column("height").to_numpy(zero_copy_only=False)
-    width = np.where(np.isnan(width.astype(float)), -1, width).astype(np.int64)[order]
-    height = np.where(np.isnan(height.astype(float)), -1, height).astype(np.int64)[order]
-    emb_col = t.column("embedding").combine_chunks()
-    taken = emb_col.take(pa.array(order[ok]))
-    flat = taken.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
-    dim = len(flat) // max(1, len(taken))
-    if len(taken) and dim * len(taken) != len(flat):
-        raise WitError(f"embedding files {list(files)[:3]} mix embedding sizes")
-    vectors = flat.reshape(len(taken), dim)
-    return Embeddings(key[order], uid[order], shard[order], width, height, status, vectors, ok)
+    del meta
+    # pass 2: one file's vectors at a time, straight into their sorted rows of one array
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))           # input row -> sorted row
+    ok_slot = np.cumsum(ok) - 1                    # sorted row -> row of `vectors`
+    vectors, start = None, 0
+    for f in files:
+        col = pq.read_table(f, columns=["embedding"]).column("embedding").combine_chunks()
+        rows = np.arange(start, start + len(col))
+        start += len(col)
+        valid = ok[rank[rows]]
+        if not valid.any():
+            continue
+        taken = col.filter(pa.array(valid))
+        flat = taken.flatten().to_numpy(zero_copy_only=False)
+        dim = len(flat) // len(taken)
+        if dim * len(taken) != len(flat) or (vectors is not None and vectors.shape[1] != dim):
+            raise WitError(f"embedding files {files[:3]} mix embedding sizes")
+        if vectors is None:
+            vectors = np.empty((int(ok.sum()), dim), np.float32)
+        vectors[ok_slot[rank[rows[valid]]]] = flat.reshape(len(taken), dim)
+    if vectors is None:
+        vectors = np.zeros((0, 0), np.float32)
+    return Embeddings(key, uid, shard, width, height, status, vectors, ok)
 
 
