@@ -22,8 +22,8 @@ from wit_builder import records
 from wit_builder.balance import BalanceConfig
 from wit_builder.collect import shard_name
 from wit_builder.schemas import COUNTS_SCHEMA
-from wit_builder.core import (WitError, atomic_write_json, atomic_write_parquet, exists, finished_run, glob_files,
-                              open_read, read_json_or_none, remove)
+from wit_builder.core import (WitError, atomic_write_json, atomic_write_parquet, content_key, exists, finished_run,
+                              glob_files, open_read, read_json_or_none, remove)
 
 __all__ = ["RebalanceConfig", "Rebalance", "CountMatched", "BalanceMatched", "BalanceTarget", "SumCounts",
            "MergeStats", "run", "remove_stale_parts"]
@@ -292,7 +292,9 @@ def run(cfg: RebalanceConfig, beam_options: BeamOptions = BeamOptions(), *, over
     if os.path.abspath(matched) == os.path.abspath(out):
         raise WitError("--out must differ from --matched (balance writes its own counts.parquet and stats.json)")
     config = {"matched": matched, "per_query_cap": int(cfg.balance.per_query_cap), "seed": int(cfg.balance.seed),
-              "queries": cfg.queries, "matched_files": sorted(p for _, p, _ in shards)}
+              "queries": cfg.queries,
+              # by content: a re-collected matched/ under the same names is another input
+              "matched_files": sorted([p, content_key(p)] for _, p, _ in shards)}
     prev = finished_run(out, {"stage": "balance", "config": config}, overwrite=overwrite)
     if prev is not None:
         return prev

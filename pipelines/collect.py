@@ -235,18 +235,19 @@ class Collect(beam.PTransform):
 
 def _config_json(cfg: CollectConfig, sizes: dict) -> dict:
     d = asdict(cfg)
-    d["inputs"] = [[p, f, sizes.get(p)] for p, f in cfg.inputs]
+    d["inputs"] = [[p, f, *sizes.get(p, (None, None))] for p, f in cfg.inputs]
     d["langs"] = list(cfg.langs) if cfg.langs is not None else None
     d.update(d.pop("balance"))          # per_query_cap and seed at the top, as stats.json always had them
     d.pop("out")
     return json.loads(json.dumps(d))
 
 
-def _size(path: str) -> int | None:
+def _size(path: str) -> tuple:
+    """(bytes, modified) of an input: one rewritten under the same name is another input."""
     try:
-        return file_info(path)[0]
+        return tuple(file_info(path))
     except (OSError, ValueError):
-        return None
+        return None, None
 
 
 def run(cfg: CollectConfig, beam_options: BeamOptions = BeamOptions(), *, overwrite: bool = False,
@@ -273,7 +274,7 @@ def run(cfg: CollectConfig, beam_options: BeamOptions = BeamOptions(), *, overwr
     header = {
         "stage": "collect",
         "config": config,
-        "inputs": {"files": len(cfg.inputs), "bytes": int(sum(v or 0 for v in sizes.values())),
+        "inputs": {"files": len(cfg.inputs), "bytes": int(sum(v[0] or 0 for v in sizes.values())),
                    "by_format": dict(sorted(by_format.items()))},
         "queries": {"path": cfg.queries, "count": len(queries)},
         "num_shards": cfg.num_shards,

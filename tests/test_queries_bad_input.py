@@ -96,7 +96,7 @@ def test_a_cut_dump_is_read_up_to_the_cut_and_named_in_a_warning(tmp_path, caplo
     assert [r.getMessage() for r in caplog.records if path in r.getMessage() and "truncated" in r.getMessage()]
 
 
-def test_queries_run_with_overflowing_and_empty_pageviews(tmp_path):
+def test_queries_run_with_overflowing_and_empty_pageviews(tmp_path, capsys):
     """End to end: a count past int64, two hours whose sum passes int64, and a 0-byte hour. Before,
     the pipeline ran to the end and writing queries.parquet raised OverflowError."""
     pages = [Page("Alpha", "alpha words here"), Page("Beta", "beta words here"), Page("Gamma", "gamma words")]
@@ -117,3 +117,6 @@ def test_queries_run_with_overflowing_and_empty_pageviews(tmp_path):
     assert stats["skipped"]["pageview_lines"] == {"unparseable": 1}
     assert stats["skipped"]["pageview_files"] == {"empty_file": 1}
     assert stats["pageviews"]["files"] == 3
+    err = capsys.readouterr().err   # more than --warn-skip-share (5%) of the lines and of the files
+    assert "wit queries: warning: 1 of 5 pageview lines skipped (20.0%" in err
+    assert "wit queries: warning: 1 of 3 pageview files skipped (33.3%" in err

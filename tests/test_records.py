@@ -119,3 +119,38 @@ def test_train_refuses_shards_of_an_unfinished_shards_run(tmp_path, capsys):
                      "--epochs", "1", "--no-progress"])
     assert code == 2
     assert "unfinished `wit shards` run" in capsys.readouterr().err
+
+
+def test_a_rewritten_input_under_the_same_name_is_not_taken_for_the_old_one(tmp_path, capsys):
+    import time
+
+    from wit_builder.download import DownloadOptions, prepare
+    # collect: a table whose text changed but not its size -> not "already complete"
+    write_queries(tmp_path / "q.parquet")
+    table = tmp_path / "in" / "pairs.csv"
+    table.parent.mkdir()
+    table.write_text("url,caption\nhttps://a.test/1.jpg,a red car in the city\n")
+    args = ["collect", "--queries", str(tmp_path / "q.parquet"), "--input", str(table), "--out", str(tmp_path / "c"),
+            "--langs", "all"]
+    assert cli.main(args) == 0
+    time.sleep(0.01)
+    table.write_text("url,caption\nhttps://a.test/2.jpg,a red car in the town\n")
+    assert cli.main(args) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    # balance: matched/ re-collected under the same names -> balanced again, not "already complete"
+    assert cli.main(args + ["--overwrite"]) == 0
+    bal = ["balance", "--matched", str(tmp_path / "c"), "--per-query-cap", "3", "--out", str(tmp_path / "b")]
+    assert cli.main(bal) == 0
+    table.write_text("url,caption\nhttps://a.test/3.jpg,a red car in the street\n")
+    assert cli.main(args + ["--overwrite"]) == 0
+    capsys.readouterr()
+    assert cli.main(bal) == 2
+    assert "other inputs or options" in capsys.readouterr().err
+    # download: an input parquet rewritten with as many rows -> the old shards are not reused
+    pairs = tmp_path / "pairs"
+    pairs.mkdir()
+    write_balanced(str(pairs / "part-00000-of-00001.parquet"), ["http://a.test/1.jpg"])
+    prepare(str(pairs), str(tmp_path / "img"), DownloadOptions())
+    write_balanced(str(pairs / "part-00000-of-00001.parquet"), ["http://a.test/2.jpg"])
+    with pytest.raises(WitError, match="holds a download with other inputs"):
+        prepare(str(pairs), str(tmp_path / "img"), DownloadOptions())

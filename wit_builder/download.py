@@ -38,7 +38,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from wit_builder import records
-from wit_builder.core import WitError, atomic_write_json, filesystem, is_local, match_paths, open_read
+from wit_builder.core import (WitError, atomic_write_json, content_key, filesystem, is_local, match_paths,
+                              open_read)
 from wit_builder.download_layout import OOM_SHARD_COUNT, WORK, error_kind, shard_name  # noqa: F401
 from wit_builder.netsafety import (DEFAULT_CONTENT_TYPES, DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS,
                                    DEFAULT_USER_AGENT, NetPolicy)
@@ -325,7 +326,8 @@ def prepare(pairs, out: str, opts: DownloadOptions) -> Plan:
     opts.validate()
     out = absolute_path(out)
     shards, extra, per_shard, empty = plan_inputs(pairs)
-    plan = {"inputs": [[s.path, s.rows] for s in shards], "additional_columns": extra,
+    # an input rewritten under the same name (and row count) is another input: its content key
+    plan = {"inputs": [[s.path, s.rows, content_key(s.path)] for s in shards], "additional_columns": extra,
             "number_sample_per_shard": per_shard, "oom_shard_count": OOM_SHARD_COUNT,
             "image_size": opts.image_size, "resize_mode": opts.resize_mode,
             "resize_only_if_bigger": opts.resize_only_if_bigger, "encode_format": opts.encode_format}

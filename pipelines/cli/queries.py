@@ -75,6 +75,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     help="compressed MB per work unit when a multistream index splits a dump")
     sc.add_argument("--no-index", dest="use_index", action="store_false", default=argparse.SUPPRESS,
                     help="read multistream dumps whole (one work unit per file) even when their index is there")
+    from pipelines.cli.checks import add_skip_share
+    add_skip_share(parser, 0.05, "the pageview lines or files (unparseable, empty, corrupt)")
     add_beam_arguments(parser)
 
 
@@ -96,4 +98,17 @@ def run(args: argparse.Namespace) -> int:
               f"({describe(stats)}); --overwrite rebuilds")
     else:
         print(f"wit queries: wrote {args.out}: {describe(stats)}")
+    _warn_skips(stats, args.warn_skip_share)
     return 0
+
+
+def _warn_skips(stats: dict, limit: float) -> None:
+    """A warning when many pageview lines or files could not be read."""
+    from pipelines.cli.checks import top, warn_skipped
+    skipped = stats.get("skipped") or {}
+    lines = skipped.get("pageview_lines") or {}
+    read = int((stats.get("pageviews") or {}).get("lines", 0))
+    warn_skipped("queries", int(sum(lines.values())), read, limit, "pageview lines", top(lines))
+    files = skipped.get("pageview_files") or {}
+    total = int((stats.get("pageviews") or {}).get("files", 0)) or len(stats.get("inputs", {}).get("pageviews") or [])
+    warn_skipped("queries", int(sum(files.values())), total, limit, "pageview files", top(files))
