@@ -298,7 +298,7 @@ def run(cfg: RebalanceConfig, beam_options: BeamOptions = BeamOptions(), *, over
     prev = finished_run(out, {"stage": "balance", "config": config}, overwrite=overwrite)
     if prev is not None:
         return prev
-    records.begin(out, "balance")
+    records.begin(out, "balance", ("balanced",))
     remove_stale_parts(f"{out}/balanced", num_shards)
     header = {"stage": "balance", "config": config, "source_stats": f"{matched}/stats.json",
               "queries": {"count": num_queries}, "num_shards": num_shards}

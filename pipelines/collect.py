@@ -266,7 +266,7 @@ def run(cfg: CollectConfig, beam_options: BeamOptions = BeamOptions(), *, overwr
     prev = finished_run(cfg.out, {"stage": "collect", "config": config}, overwrite=overwrite)
     if prev is not None:
         return prev
-    records.begin(cfg.out, "collect")
+    records.begin(cfg.out, "collect", ("matched", "balanced"))
     remove_temporaries(cfg.out, folders=SPILL)  # a killed run's
     remove_stale_parts(f"{cfg.out}/matched", cfg.num_shards)
     remove_stale_parts(f"{cfg.out}/balanced", cfg.num_shards)

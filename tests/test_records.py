@@ -154,3 +154,15 @@ def test_a_rewritten_input_under_the_same_name_is_not_taken_for_the_old_one(tmp_
     write_balanced(str(pairs / "part-00000-of-00001.parquet"), ["http://a.test/2.jpg"])
     with pytest.raises(WitError, match="holds a download with other inputs"):
         prepare(str(pairs), str(tmp_path / "img"), DownloadOptions())
+
+
+def test_begin_removes_what_a_killed_run_left(tmp_path):
+    out = tmp_path / "dd"
+    (out / "embeddings").mkdir(parents=True)
+    (out / "other").mkdir()
+    stale = [out / ".stats.json.tmp-ho6tenp9", out / "embeddings" / ".00000-1a2b3c4d.parquet.tmp-x_y1z2w3"]
+    kept = [out / "other" / ".notes.txt.tmp-abcdefgh", out / "decisions.parquet", out / ".hidden"]
+    for p in stale + kept:
+        p.write_bytes(b"x")
+    records.begin(str(out), "dedup", ("embeddings",))
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)

@@ -98,16 +98,17 @@ def test_too_few_batches_for_one_step_is_an_error(data, tmp_path):
 # --- too much skipped -------------------------------------------------------------------------
 def test_a_pass_skipping_more_than_the_share_warns(data, tmp_path, capsys):
     assert main(_args(data, "mixed", tmp_path / "a", "--workers", "0")) == 0
-    err = capsys.readouterr().err.splitlines()
+    # (only our lines: another library's warning under a loaded machine is not this test's subject)
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("wit train:")]
     # each epoch: 8 of 32 samples undecodable, 24 trained on (6 batches of 4)
     assert err == [f"wit train: warning: epoch {e}: 8 of 32 samples skipped (25.0%, above "
                    "--warn-skip-share 0.1): 8 images skipped as undecodable" for e in (0, 1)]
     assert main(_args(data, "mixed", tmp_path / "b", "--workers", "2",
                       "--warn-skip-share", "0.25")) == 0
-    assert capsys.readouterr().err == ""
+    assert "wit train: warning" not in capsys.readouterr().err
     assert main(_args(data, "good", tmp_path / "c", "--workers", "0",
                       "--warn-skip-share", "0")) == 0
-    assert capsys.readouterr().err == ""
+    assert "wit train: warning" not in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(_args(data, "good", tmp_path / "d", "--warn-skip-share", "1.5"))
     assert "--warn-skip-share: 1.5 is not between 0 and 1" in capsys.readouterr().err

@@ -236,7 +236,7 @@ def run_dedup(cfg: DedupConfig, embed: EmbedFn) -> dict:
     paths = records.verify_inputs(expand_shards(list(cfg.shards)), "--shards")
     thr = resolve_threshold(cfg.threshold, cfg.detector)
     os.makedirs(out, exist_ok=True)
-    records.begin(out, "dedup")
+    records.begin(out, "dedup", ("embeddings",))
     t0 = time.time()
     files = embed(paths, os.path.join(out, "embeddings"))
     t1 = time.time()

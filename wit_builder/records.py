@@ -21,7 +21,8 @@ from __future__ import annotations
 import os
 import time
 
-from wit_builder.core import WitError, atomic_write_json, exists, file_info, read_json_or_none, remove
+from wit_builder.core import (WitError, atomic_write_json, exists, file_info, read_json_or_none, remove,
+                              remove_temporaries)
 
 __all__ = ["RECORD", "RUNNING", "begin", "complete", "complete_folder", "read_record", "verify_inputs",
            "file_entries"]
@@ -31,10 +32,13 @@ RUNNING = "_wit/running.json"
 _MAX_LISTED_INPUTS = 10_000
 
 
-def begin(out: str, stage: str) -> None:
-    """Mark ``out`` as being written by ``stage``: the old completion record goes first."""
+def begin(out: str, stage: str, subfolders: tuple[str, ...] = ()) -> None:
+    """Mark ``out`` as being written by ``stage``: the old completion record goes first, then the
+    temporaries a killed run left in ``out`` and its ``subfolders`` (atomic_open's names)."""
     out = out.rstrip("/")
     remove([f"{out}/{RECORD}"])
+    for folder in (out, *(f"{out}/{sub}" for sub in subfolders)):
+        remove_temporaries(folder)
     atomic_write_json(f"{out}/{RUNNING}", {"stage": stage, "started": time.time(), "pid": os.getpid()})
 
 
