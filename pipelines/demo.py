@@ -312,7 +312,16 @@ def zeroshot_result(bundle, request, metrics: dict, heldout_set: dict | None) ->
 def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
     """Run (or resume) the demo; returns ``DIR/demo.json``'s content."""
     # Beam warns at import about optional GCP clients; the stages' own output is what matters
-    logging.getLogger().setLevel(logging.ERROR)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        return _run_demo(cfg, log)
+    finally:
+        root.setLevel(level)  # the caller's logging as it was
+
+
+def _run_demo(cfg: DemoConfig, log: Callable[[str], None]) -> dict:
     run = DemoRun(cfg)
     os.makedirs(run.path(MARKERS), exist_ok=True)
     started, cpu0 = time.time(), cpu_seconds()

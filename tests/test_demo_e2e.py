@@ -214,7 +214,10 @@ def test_reduced_demo_end_to_end(tmp_path):
     out = str(tmp_path / "demo")
     lines: list[str] = []
     t0 = time.time()
+    import logging
+    level = logging.getLogger().level
     state = run_demo(DemoConfig(out=out, **SMALL), log=lines.append)
+    assert logging.getLogger().level == level   # the demo quiets logging while it runs, not after
     first = time.time() - t0
     assert len(lines) == len(STAGES)
     for i, (stage, line) in enumerate(zip(STAGES, lines), 1):

@@ -160,10 +160,13 @@ def run(args) -> int:
     handler.setFormatter(_LineFormatter())
     logger = logging.getLogger("trainer")
     logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # not muted by a root level set higher elsewhere in the process
     try:
         summary = train(config_from_args(args))
     finally:
         logger.removeHandler(handler)
+        logger.setLevel(level)
     if int(os.environ.get("RANK", "0")) == 0:
         keys = ("step", "total_steps", "epoch", "final_loss", "samples_per_s", "checkpoint",
                 "eval", "skipped")
