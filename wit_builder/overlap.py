@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from wit_builder import records
 from wit_builder.core import WitError, atomic_write_json, atomic_write_parquet, exists, expand_shards, is_local
 from wit_builder.dedup import EmbedFn, resolve_threshold, skip_counts, build_index, search
 from wit_builder.embeddings import embed_records, iter_image_files, load_embeddings
@@ -163,7 +164,8 @@ def run_overlap(cfg: OverlapConfig, embed: EmbedFn) -> dict:
         raise WitError(f"--eval set names must be unique, got {names}; use NAME=PATH")
     if not sets:
         raise WitError("give at least one --eval")
-    train_files = embed(expand_shards(list(cfg.shards)), cfg.train_embeddings or os.path.join(out, "embeddings", "_train"))
+    train_shards = records.verify_inputs(expand_shards(list(cfg.shards)), "--shards")
+    train_files = embed(train_shards, cfg.train_embeddings or os.path.join(out, "embeddings", "_train"))
     train = load_embeddings(train_files)
     summary = {"threshold": thr, "train_images": int(len(train)), "train_embedded": int(train.ok.sum()),
                "train_skipped": skip_counts(train), "sets": {}}
