@@ -13,18 +13,17 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import shutil
 
-from wit_builder.core import WitError, atomic_open
+from wit_builder.core import WitError, atomic_open, remove_temporaries
 
 __all__ = ["find_resume", "load_training_checkpoint", "restore", "save_checkpoint", "rng_state",
            "set_rng_state", "read_log", "truncate_log", "remove_stale_temporaries"]
 
-# the temporaries wit_builder.core.atomic_open makes (".NAME.tmp-XXXXXXXX") for the files a run
-# writes: step and latest checkpoints (in OUT/checkpoints), the log, summary and curves (in OUT)
-_CKPT_TMP = re.compile(r"\.(latest|step-\d{8})\.pt\.tmp-[A-Za-z0-9_]+")
-_OUT_TMP = re.compile(r"\.(log\.jsonl|summary\.json|curves\.png)\.tmp-[A-Za-z0-9_]+")
+# the files a run writes (atomic_open leaves ".NAME.tmp-XXXXXXXX" of them when killed): step and
+# latest checkpoints (in OUT/checkpoints), the log, summary and curves (in OUT)
+_CKPT_NAMES = r"(latest|step-\d{8})\.pt"
+_OUT_NAMES = r"(log\.jsonl|summary\.json|curves\.png)"
 
 
 def rng_state() -> dict:
@@ -111,21 +110,7 @@ def save_checkpoint(ckpt_dir: str, step: int, state: dict, keep: int) -> str:
 def remove_stale_temporaries(out: str, ckpt_dir: str) -> list[str]:
     """Remove what a killed run left half-written in ``out`` and ``ckpt_dir`` (only the
     temporary names its own atomic writes use; nothing else); returns the removed paths."""
-    removed = []
-    for directory, pattern in ((ckpt_dir, _CKPT_TMP), (out, _OUT_TMP)):
-        try:
-            names = os.listdir(directory)
-        except FileNotFoundError:
-            continue
-        for name in sorted(names):
-            path = os.path.join(directory, name)
-            if pattern.fullmatch(name) and os.path.isfile(path) and not os.path.islink(path):
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    continue
-                removed.append(path)
-    return removed
+    return remove_temporaries(ckpt_dir, _CKPT_NAMES) + remove_temporaries(out, _OUT_NAMES)
 
 
 def read_log(path: str) -> list[dict]:

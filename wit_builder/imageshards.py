@@ -56,11 +56,14 @@ class ImageRef:
     key: str
     offset: int
     size: int
+    ext: str = ""
 
 
 def index_shard(path: str) -> tuple[list[ImageRef], int]:
     """Image members of one tar with their data offsets (headers only; no decoding). Returns
-    (refs, 1 if the tar is truncated/unreadable past some point else 0)."""
+    (refs, 1 if the tar is truncated/unreadable past some point else 0). A tar cut short gives
+    the members whose data lie wholly before the cut (tarfile itself ends quietly at a cut that
+    falls inside the last member's data)."""
     refs: list[ImageRef] = []
     broken = 0
     with open_read(path) as fh:
@@ -71,10 +74,12 @@ def index_shard(path: str) -> tuple[list[ImageRef], int]:
                         continue
                     key, ext = split_name(m.name)
                     if ext in IMAGE_EXTS:
-                        refs.append(ImageRef(path, key, m.offset_data, m.size))
+                        refs.append(ImageRef(path, key, m.offset_data, m.size, ext))
         except (tarfile.TarError, OSError, EOFError):
             broken = 1
-    return refs, broken
+        end = fh.seek(0, os.SEEK_END)
+    whole = [r for r in refs if r.offset + r.size <= end]
+    return whole, 1 if broken or len(whole) < len(refs) else 0
 
 
 def is_holdout(key: str, fraction: float) -> bool:

@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 
 from wit_builder import records
 from wit_builder.core import WitError, atomic_open, atomic_write_json, filesystem, remove_temporaries
+from wit_builder.imageshards import ImageRef, index_shard
 from wit_builder.schemas import SHARD_JSON_FIELDS, SHARD_SCHEMA
 
 __all__ = ["ShardsConfig", "start_shards", "count_kept", "assign_output_shards", "write_output_shard",
@@ -159,8 +160,11 @@ def _shard_samples(images: str, name: str, decisions: dict[str, Decision] | None
     counts["download_rows"] += len(rows)
     ok = sorted((r for r in rows if r.get("status") == "success"), key=lambda r: r["key"])
     counts["download_failed"] += len(rows) - len(ok)
-    with fs.open(f"{root}/{name}.tar", "rb") as fh, tarfile.open(fileobj=fh, mode="r:") as tar:
-        members = _image_members(tar, fs.size(f"{root}/{name}.tar"), counts)
+    refs, broken = index_shard(f"{images.rstrip('/')}/{name}.tar")
+    # a tar cut short gives its whole images; the ones it lost count as missing_in_tar
+    counts["truncated_tar"] += broken
+    members = {r.key: r for r in refs if r.ext in IMAGE_EXTS}
+    with fs.open(f"{root}/{name}.tar", "rb") as fh:
         index, last_key = -1, None
         for row in ok:
             key = row["key"]
@@ -182,15 +186,15 @@ def _shard_samples(images: str, name: str, decisions: dict[str, Decision] | None
                     if decision.cluster_id == -1:
                         counts["dropped_undecodable"] += 1
                     continue
-            ext, member = members[key]
-            if not _image_readable(tar, member):
+            ref = members[key]
+            if not _image_readable(fh, ref):
                 counts["bad_image"] += 1
                 continue
             index += 1
             if index < start or (stop is not None and index >= stop):
                 continue
             yield {
-                "key": key, "ext": ext, "image": tar.extractfile(member).read() if with_images else None,
+                "key": key, "ext": ref.ext, "image": _read(fh, ref) if with_images else None,
                 "uid": row.get("uid"), "url": row.get("url"), "text": row.get("caption"),
                 "query_ids": row.get("query_ids"), "sha256": row.get("sha256"),
                 "width": row.get("width"), "height": row.get("height"),
@@ -201,44 +205,24 @@ def _shard_samples(images: str, name: str, decisions: dict[str, Decision] | None
             }
 
 
-def _image_members(tar: tarfile.TarFile, tar_size: int, counts: Counter) -> dict:
-    """key -> (extension, member) of the whole image members of a download tar. A tar cut short
-    (a damaged or half-copied file) gives the members before the cut, and counts
-    ``truncated_tar``; the images it lost are then counted as ``missing_in_tar``."""
-    members = {}
-    while True:
-        try:
-            m = tar.next()
-        except (tarfile.TarError, EOFError, OSError):
-            counts["truncated_tar"] += 1
-            break
-        if m is None:
-            break
-        if m.offset_data + m.size > tar_size:
-            counts["truncated_tar"] += 1
-            break
-        if m.isfile():
-            key, _, ext = os.path.basename(m.name).partition(".")
-            if ext in IMAGE_EXTS:
-                members[key] = (ext, m)
-    return members
+def _read(fh, ref: ImageRef, limit: int | None = None) -> bytes:
+    fh.seek(ref.offset)
+    return fh.read(ref.size if limit is None else min(limit, ref.size))
 
 
-def _image_readable(tar: tarfile.TarFile, member: tarfile.TarInfo, head: int = 65536) -> bool:
+def _image_readable(fh, ref: ImageRef, head: int = 65536) -> bool:
     """A cheap check that an image will decode: not empty, and Pillow reads a valid size from its
     header (no pixels decoded; the whole file is read only when the header lies beyond ``head``)."""
     import warnings
 
     from PIL import Image
-    if member.size == 0:
+    if ref.size == 0:
         return False
-    fh = tar.extractfile(member)
-    for data in (fh.read(head), None):
+    for data in (_read(fh, ref, head), None):
         if data is None:
-            if member.size <= head:
+            if ref.size <= head:
                 return False
-            fh.seek(0)
-            data = fh.read()
+            data = _read(fh, ref)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
