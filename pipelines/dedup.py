@@ -1,5 +1,5 @@
-"""``wit dedup run`` / ``overlap``: the embedding as a Beam pipeline (``EmbedShards``), then the
-library's neighbour search, clustering and keep rule on the launching machine.
+"""``wit dedup run`` / ``overlap``: the embedding as a Beam pipeline (``EmbedShards``); for ``run``
+the neighbour search, clustering and keep rule are Beam pipelines too (``pipelines/dedup_cells.py``).
 
 One element per shard: ``EmbedShardDoFn`` loads the detector once per DoFn instance in
 ``setup`` (not per element or bundle), streams the shard's tar, decodes and resizes each image,
@@ -80,9 +80,11 @@ def _embedder(cfg, beam_options: BeamOptions):
 
 
 def run(cfg: DedupConfig, beam_options: BeamOptions = BeamOptions()) -> dict:
-    """``wit dedup run``: embedding on Beam, then neighbours, clusters and the keep rule
+    """``wit dedup run``: embedding, neighbours, clusters and the keep rule, all on Beam
     (:func:`wit_builder.dedup.run_dedup`); returns the stats written to OUT/stats.json."""
-    return run_dedup(cfg, _embedder(cfg, beam_options))
+    from pipelines.dedup_cells import cluster_files
+    return run_dedup(cfg, _embedder(cfg, beam_options),
+                     lambda files, out, params: cluster_files(list(files), out, params, beam_options))
 
 
 def run_overlap(cfg: OverlapConfig, beam_options: BeamOptions = BeamOptions()) -> dict:

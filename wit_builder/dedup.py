@@ -8,23 +8,23 @@ Stages of ``wit dedup run``:
    height, status, embedding); a re-run reuses files made by the same detector weights, so an
    interrupted run resumes per shard. Undecodable images are kept as rows with ``status`` set to
    the skip reason and no embedding (counted, never a crash).
-2. **Neighbours** with faiss on the L2-normalised embeddings (inner product = cosine similarity):
-   an exact ``IndexFlatIP`` below ``exact_below`` images (default 100,000), otherwise an
-   ``IndexIVFFlat`` (inner product) with ``nlist = clamp(sqrt(n), 16, 65536)`` lists, trained
-   on a fixed-seed sample of ``min(n, 64 * nlist)`` vectors, searched with ``nprobe`` lists
-   (default 32). Each image asks for its ``k`` nearest (default 16).
-3. **Clusters**: an edge joins two images whose similarity is >= the threshold (the calibrated
-   one stored in the detector, or ``threshold=``); clusters are the connected components
-   (union-find), so duplication is transitive: A~B and B~C put A, B and C in one cluster even if
-   A and C are not similar enough themselves. Rows are first sorted by (key, shard, uid), the
-   union keeps the smaller row index as root, and cluster ids are numbered by each cluster's first
-   row: the output does not depend on shard or worker order.
-4. **Keep rule**: per cluster keep the image with the most pixels (original width x height), then
-   the smallest key (then shard, then uid). All others get ``kept = False``.
+2. **Neighbours and clusters** on Beam, spread over the workers (:mod:`wit_builder.dedup_cells`
+   explains it; ``pipelines/dedup_cells.py`` wires it): a coarse quantizer trained on a bounded
+   sample, each image searched exactly (one GEMM per slice) in its nearest cell and in the
+   nearby ones, big cells split into blocks; below ``exact_below`` images there is one cell, so the
+   search is exact over all pairs. An edge joins two images whose similarity is >= the threshold
+   (the calibrated one stored in the detector, or ``threshold=``), at most ``k`` per image; the
+   edges (never O(images)) are joined into connected components.
+3. **Keep rule with a chain guard**: per component keep the image with the most pixels (original
+   width x height), then the smallest key, then the smallest row id; another member is dropped as
+   its duplicate only if its own similarity to that kept image is >= the threshold. A member that
+   is only chained to it (A~B, B~C, C not ~ A) stays, as a cluster of its own (``chained`` in
+   stats.json). The result does not depend on worker count or input order.
 
-``OUT/decisions.parquet``: uid, key, cluster_id (int64), cluster_size (int32), kept (bool),
-nearest_similarity (float32: cosine similarity to the most similar *other* image, NaN when there
-is none), plus shard, nearest_key, width, height, status. Rows whose image could not be decoded
+``OUT/decisions.parquet``: uid, key, cluster_id (int64: the row id of the cluster's kept image),
+cluster_size (int32: the kept image and its dropped duplicates), kept (bool), nearest_similarity
+(float32: cosine similarity to the most similar *other* image among those searched: exact below
+``exact_below`` images, else within the probed cells; NaN when there is none), plus shard, nearest_key, width, height, status. Rows whose image could not be decoded
 have status = the reason, cluster_id = -1, cluster_size = 0 and kept = False (so `wit shards`
 drops them too).
 """
@@ -41,9 +41,8 @@ import numpy as np
 
 
 from wit_builder import records
-from wit_builder.core import WitError, atomic_write_json, atomic_write_parquet, expand_shards
+from wit_builder.core import WitError, atomic_write_json, expand_shards
 from wit_builder.embeddings import Embeddings, load_embeddings
-from wit_builder.schemas import DECISIONS_SCHEMA
 
 
 # --- neighbours and clusters ----------------------------------------------------------------------
@@ -159,39 +158,6 @@ def cluster_vectors(vectors: np.ndarray, threshold: float, k: int = 16, exact_be
             "sizes": sizes[labels], "index": info, "edges": int(edge.sum())}
 
 
-def decisions_table(e: Embeddings, result: dict):
-    """The contract's decisions.parquet table (plus a few explanatory columns)."""
-    import pyarrow as pa
-
-    n = len(e)
-    ok_rows = np.nonzero(e.ok)[0]
-    cluster = np.full(n, -1, np.int64)
-    size = np.zeros(n, np.int32)
-    kept = np.zeros(n, bool)
-    nearest_sim = np.full(n, np.nan, np.float32)
-    nearest_key = np.full(n, None, dtype=object)
-    cluster[ok_rows] = result["labels"]
-    size[ok_rows] = result["sizes"]
-    kept[ok_rows] = result["kept"]
-    nearest_sim[ok_rows] = result["nearest_similarity"]
-    has = result["nearest"] >= 0
-    nearest_key[ok_rows[has]] = e.key[ok_rows[result["nearest"][has]]]
-    table = pa.table({
-        "uid": pa.array(e.uid.tolist(), pa.string()),
-        "key": pa.array(e.key.tolist(), pa.string()),
-        "cluster_id": pa.array(cluster, pa.int64()),
-        "cluster_size": pa.array(size, pa.int32()),
-        "kept": pa.array(kept, pa.bool_()),
-        "nearest_similarity": pa.array(nearest_sim, pa.float32()),
-        "nearest_key": pa.array(nearest_key.tolist(), pa.string()),
-        "shard": pa.array(e.shard.tolist(), pa.string()),
-        "width": pa.array(np.where(e.width < 0, None, e.width).tolist(), pa.int32()),
-        "height": pa.array(np.where(e.height < 0, None, e.height).tolist(), pa.int32()),
-        "status": pa.array(e.status.tolist(), pa.string()),
-    }, schema=DECISIONS_SCHEMA)
-    return table.filter(pa.array(e.is_sample()))  # a truncated shard's marker row is counted, not a sample
-
-
 def resolve_threshold(threshold: float | None, detector: str) -> float:
     if threshold is not None:
         return float(threshold)
@@ -217,22 +183,53 @@ class DedupConfig:
     out: str
     threshold: float | None = None      # None: the detector's calibrated threshold
     k: int = 16
-    exact_below: int = 100_000
-    nprobe: int = 32
+    exact_below: int = 100_000          # below this many images: one cell, exact search of all pairs
+    nprobe: int = 32                    # (wit dedup overlap's IVF index)
     batch_size: int = 64
     threads: int | None = None
+    cell_size: int = 2048
+    probes: int = 3
+    margin: float = 0.1
+    max_block: int = 8192
+
+    def cell_params(self, threshold: float):
+        from wit_builder.dedup_cells import CellParams
+        return CellParams(threshold=threshold, k=self.k, exact_below=self.exact_below, cell_size=self.cell_size,
+                          probes=self.probes, margin=self.margin, max_block=self.max_block)
 
 
 # embed(shard paths, embeddings folder) -> one embeddings file per shard (the Beam step)
 EmbedFn = Callable[[Sequence[str], str], list]
+# cluster(embedding files, output folder, CellParams) -> stats; writes OUT/decisions.parquet (Beam)
+ClusterFn = Callable[[Sequence[str], str, object], dict]
 
 
-def run_dedup(cfg: DedupConfig, embed: EmbedFn) -> dict:
-    """``wit dedup run``: embed (with ``embed``), neighbours, clusters, keep rule; writes
-    OUT/decisions.parquet and OUT/stats.json; returns the stats."""
+def count_statuses(files: Sequence[str]) -> tuple[int, dict]:
+    """(images, {status: count}) over embedding files, one file's status column at a time
+    (a truncated shard's marker row is not an image)."""
+    import pyarrow.parquet as pq
+
+    images, counts = 0, {}
+    for f in files:
+        for status in pq.read_table(f, columns=["status"]).column("status").to_pylist():
+            if status == "truncated_shard":
+                counts[status] = counts.get(status, 0) + 1
+                continue
+            images += 1
+            counts[status] = counts.get(status, 0) + 1
+    return images, counts
+
+
+def run_dedup(cfg: DedupConfig, embed: EmbedFn, cluster: ClusterFn) -> dict:
+    """``wit dedup run``: embed (with ``embed``), then neighbours, clusters and the keep rule (with
+    ``cluster``: :mod:`wit_builder.dedup_cells` on Beam); writes OUT/decisions.parquet and
+    OUT/stats.json; returns the stats."""
     if cfg.k < 1:
         raise WitError("--k must be >= 1")
-    out, threads, k = cfg.out, cfg.threads, cfg.k
+    for name in ("cell_size", "probes", "max_block"):
+        if getattr(cfg, name) < 1:
+            raise WitError(f"--{name.replace('_', '-')} must be >= 1")
+    out = cfg.out
     paths = records.verify_inputs(expand_shards(list(cfg.shards)), "--shards")
     thr = resolve_threshold(cfg.threshold, cfg.detector)
     os.makedirs(out, exist_ok=True)
@@ -240,29 +237,26 @@ def run_dedup(cfg: DedupConfig, embed: EmbedFn) -> dict:
     t0 = time.time()
     files = embed(paths, os.path.join(out, "embeddings"))
     t1 = time.time()
-    e = load_embeddings(files)
-    if threads:
+    if cfg.threads:
         import faiss
-        faiss.omp_set_num_threads(int(threads))
-    pixels = (np.maximum(e.width, 0) * np.maximum(e.height, 0))[e.ok]
-    res = cluster_vectors(e.vectors, thr, k=k, exact_below=cfg.exact_below, nprobe=cfg.nprobe, pixels=pixels)
+        faiss.omp_set_num_threads(int(cfg.threads))
+    images, statuses = count_statuses(files)
+    n_ok = statuses.get("ok", 0)
+    search = cluster(files, out, cfg.cell_params(thr))
     t2 = time.time()
-    table = decisions_table(e, res)
-    atomic_write_parquet(os.path.join(out, "decisions.parquet"), table)
-    n_ok = int(e.ok.sum())
-    sizes = np.bincount(res["labels"]) if n_ok else np.zeros(0, np.int64)
+    kept = n_ok - search["dropped_duplicates"]
     stats = {
-        "shards": len(paths), "images": int(e.is_sample().sum()), "embedded": n_ok, "skipped": skip_counts(e),
-        "threshold": thr, "k": k, "index": res["index"], "edges": res["edges"],
-        "clusters": int(len(sizes)), "duplicate_clusters": int((sizes > 1).sum()),
-        "largest_cluster": int(sizes.max()) if len(sizes) else 0,
-        "kept": int(res["kept"].sum()), "dropped_duplicates": int(n_ok - res["kept"].sum()),
-        "keep_rule": "most pixels (original width x height), then smallest key, shard, uid",
-        "seconds": {"embed": round(t1 - t0, 3), "cluster": round(t2 - t1, 3)},
+        "shards": len(paths), "images": images, "embedded": n_ok,
+        "skipped": {s: c for s, c in statuses.items() if s != "ok"},
+        "threshold": thr, "k": cfg.k, "search": {key: v for key, v in search.items() if key != "seconds"},
+        "edges": search["edges"], "clusters": kept, "duplicate_clusters": search["duplicate_clusters"],
+        "largest_cluster": search["largest_cluster"] if n_ok else 0, "chained": search["chained"],
+        "kept": kept, "dropped_duplicates": search["dropped_duplicates"],
+        "keep_rule": "most pixels (original width x height), then smallest key, then row; a member of a linked "
+                     "group is dropped only when similar to the kept image itself (chain guard)",
+        "seconds": {"embed": round(t1 - t0, 3), "cluster": round(t2 - t1, 3), **search["seconds"]},
     }
     atomic_write_json(os.path.join(out, "stats.json"), stats)
     records.complete_folder(out, "dedup", inputs=paths, skip=("embeddings/",),
                             counts={"images": stats["images"], "kept": stats["kept"]})
     return stats
-
-

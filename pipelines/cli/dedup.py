@@ -37,8 +37,9 @@ def _common_embed(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="images per model call when embedding")
     p.add_argument("--threads", type=int, default=None, help="torch/faiss threads per worker (None: torch's choice)")
     p.add_argument("--exact-below", type=int, default=100_000,
-                   help="use an exact faiss IndexFlatIP below this many images, IndexIVFFlat at or above it")
-    p.add_argument("--nprobe", type=int, default=32, help="IVF lists searched per query (IVF index only)")
+                   help="below this many images the search is exact over all pairs; at or above it, "
+                   "approximate (run: cells; overlap: a faiss IndexIVFFlat)")
+    p.add_argument("--nprobe", type=int, default=32, help="IVF lists searched per query (overlap's IVF index only)")
     p.add_argument("--threshold", type=float, default=None,
                    help="cosine similarity at/above which two images are near-duplicates "
                         "(None: the calibrated threshold stored in the detector file)")
@@ -97,16 +98,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     c.add_argument("--device", default="auto", help="torch device (see `wit dedup train --help`)")
 
     r = sub.add_parser("run", formatter_class=fmt, help="deduplicate shards: embed, neighbours, clusters, keep rule",
-                       description="Embed every image (Beam), link pairs with similarity >= threshold (faiss k-NN), "
-                       "group linked images into clusters (connected components) and keep one per cluster: the "
-                       "one with the most pixels, then the smallest key. Writes OUT/decisions.parquet, "
-                       "OUT/stats.json and OUT/embeddings/ (reused on re-runs).")
+                       description="Embed every image, then search near-duplicates spread over the workers (Beam): "
+                       "a coarse quantizer trained on a bounded sample puts each image in its nearest cell and "
+                       "probes it in the nearby ones, each cell is searched exactly (big cells split into blocks); "
+                       "below --exact-below images one cell holds all (exact search). Pairs with similarity >= "
+                       "threshold are linked; in each linked group the image with the most pixels (then the "
+                       "smallest key) is kept and the members similar to it are dropped (a member only chained to "
+                       "it is kept). Writes OUT/decisions.parquet, OUT/stats.json and OUT/embeddings/ (reused on "
+                       "re-runs).")
     r.add_argument("--shards", nargs="+", action="extend", required=True, help=SHARDS_HELP)
     r.add_argument("--detector", required=True, help="calibrated detector file")
     r.add_argument("--out", required=True, help="output directory")
-    r.add_argument("--k", type=int, default=16, help="neighbours looked up per image (clusters larger than k+1 are "
-                   "still joined through chains of links)")
+    r.add_argument("--k", type=int, default=16, help="links kept per image (bigger groups are still joined through "
+                   "chains of links and their members checked against the kept image)")
     _common_embed(r)
+    r.add_argument("--cell-size", type=int, default=2048, help="target images per search cell (at or above "
+                   "--exact-below images)")
+    r.add_argument("--probes", type=int, default=3, help="cells each image is searched in: its own and up to "
+                   "PROBES-1 nearby ones")
+    r.add_argument("--margin", type=float, default=0.1, help="a nearby cell is probed when its centroid's cosine "
+                   "similarity is within MARGIN of the image's own cell's")
+    r.add_argument("--max-block", type=int, default=8192, help="a cell estimated above this many images is split "
+                   "into blocks searched pairwise (bounds each worker's memory)")
     from pipelines.cli.checks import add_skip_share
     add_skip_share(r, 0.05, "the images (undecodable, empty or too small)")
 
@@ -177,7 +190,8 @@ def run(args: argparse.Namespace) -> int:
         from pipelines import dedup
         cfg = dedup.DedupConfig(shards=tuple(args.shards), detector=args.detector, out=args.out,
                                 threshold=args.threshold, k=args.k, exact_below=args.exact_below, nprobe=args.nprobe,
-                                batch_size=args.batch_size, threads=args.threads)
+                                batch_size=args.batch_size, threads=args.threads, cell_size=args.cell_size,
+                                probes=args.probes, margin=args.margin, max_block=args.max_block)
         stats = dedup.run(cfg, args.beam)
         print(json.dumps(stats, indent=2))
         _check_outcome(stats, args.out, args.warn_skip_share)

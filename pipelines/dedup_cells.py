@@ -1,0 +1,337 @@
+"""The neighbour search and clustering of ``wit dedup run`` on Beam (library:
+:mod:`wit_builder.dedup_cells`, which the module text explains).
+
+Four short pipelines over the embedding files, with the launcher holding only bounded things in
+between (the sample, the centroids, the edge list: pairs at or above the threshold)::
+
+    files -> SampleRows          -> WORK/sample.npz              (bottom-k sample + row count)
+    launcher: train the quantizer -> WORK/quantizer.pkl
+    files -> SearchCells         -> WORK/best/<file>.parquet, WORK/edges/<file>.parquet
+    launcher: components + representatives from the edges
+    files -> CheckRepresentatives -> WORK/check/*.parquet        (only when some member's similarity
+                                                                  to its representative is unknown)
+    files -> WriteDecisions      -> WORK/decisions/<file>.parquet
+    launcher: the parts -> OUT/decisions.parquet (streamed, one part at a time)
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import time
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.metrics import Metrics
+
+from pipelines.beam_options import BeamOptions, run_pipeline
+from wit_builder import dedup_cells as dc
+from wit_builder.core import atomic_open, atomic_write_parquet, exists, filesystem, glob_files, open_read
+from wit_builder.schemas import DECISIONS_SCHEMA
+
+WORK = ".wit-work-cells"
+
+
+def _write_npz(path: str, **arrays) -> None:
+    with atomic_open(path) as fh:
+        np.savez(fh, **arrays)
+
+
+def _load_npz(path: str) -> dict:
+    with open_read(path) as fh:
+        z = np.load(fh)
+        return {name: z[name] for name in z.files}
+
+
+def _load_pickle(path: str):
+    with open_read(path) as fh:
+        return pickle.load(fh)
+
+
+def _work_folder(work: str) -> None:
+    """An empty work folder (local or remote): what a killed run left is removed first."""
+    fs, inner = filesystem(work)
+    if fs.exists(inner):
+        fs.rm(inner, recursive=True)
+    for sub in ("best", "edges", "check", "decisions"):
+        fs.makedirs(f"{inner}/{sub}", exist_ok=True)
+
+
+def _remove_folder(work: str) -> None:
+    fs, inner = filesystem(work)
+    if fs.exists(inner):
+        fs.rm(inner, recursive=True)
+
+
+class _SampleFile(beam.DoFn):
+    def __init__(self, size: int):
+        self.size = size
+
+    def process(self, item):
+        index, path = item
+        rows = dc.read_rows(path, index)
+        h = dc.key_hashes(rows.keys)
+        yield len(rows), dc.bottom(h, rows.ids, rows.vectors, self.size)
+
+
+class _MergeSamples(beam.CombineFn):
+    def __init__(self, size: int):
+        self.size = size
+
+    def create_accumulator(self):
+        return 0, None
+
+    def add_input(self, acc, item):
+        return self.merge_accumulators([acc, item])
+
+    def merge_accumulators(self, accs):
+        accs = list(accs)
+        return sum(a[0] for a in accs), dc.merge_bottom([a[1] for a in accs], self.size)
+
+    def extract_output(self, acc):
+        return acc
+
+
+class SampleRows(beam.PTransform):
+    """(file index, path) -> one (rows, (hashes, ids, vectors)) with the bottom ``size`` rows by key hash."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def expand(self, files):
+        return (files | "Sample" >> beam.ParDo(_SampleFile(self.size))
+                | "Merge" >> beam.CombineGlobally(_MergeSamples(self.size)))
+
+
+class _AssignFile(beam.DoFn):
+    def __init__(self, quantizer_path: str):
+        self.quantizer_path = quantizer_path
+
+    def setup(self):
+        self.q = _load_pickle(self.quantizer_path)
+
+    def process(self, item):
+        index, path = item
+        rows = dc.read_rows(path, index)
+        for group, piece in dc.group_pieces(self.q, rows, dc.key_hashes(rows.keys)):
+            Metrics.counter("wit.dedup", "rows_sent").inc(len(piece[0]))
+            yield group, piece
+
+
+class _SearchGroup(beam.DoFn):
+    def __init__(self, threshold: float, k: int):
+        self.threshold, self.k = threshold, k
+
+    def process(self, item):
+        (cell, i, j), pieces = item
+        answers = dc.search_group(list(pieces), self.threshold, self.k, same_block=(i == j))
+        Metrics.counter("wit.dedup", "groups").inc()
+        for f in dc.answer_files(answers):
+            yield f, dc.answers_for_file(answers, f)
+
+
+class _WriteAnswers(beam.DoFn):
+    def __init__(self, work: str, k: int):
+        self.work, self.k = work, k
+
+    def process(self, item):
+        f, parts = item
+        a = dc.merge_answers(list(parts), self.k)
+        atomic_write_parquet(os.path.join(self.work, "best", f"{f:06d}.parquet"), dc.best_table(a))
+        atomic_write_parquet(os.path.join(self.work, "edges", f"{f:06d}.parquet"), dc.edges_table(a))
+        Metrics.counter("wit.dedup", "edges").inc(len(a.edge_q))
+        yield f
+
+
+class SearchCells(beam.PTransform):
+    """(file index, path) -> per file, WORK/best and WORK/edges parquet (see the module text)."""
+
+    def __init__(self, quantizer_path: str, work: str, threshold: float, k: int):
+        super().__init__()
+        self.quantizer_path, self.work, self.threshold, self.k = quantizer_path, work, threshold, k
+
+    def expand(self, files):
+        return (files
+                | "Spread" >> beam.Reshuffle()
+                | "Assign" >> beam.ParDo(_AssignFile(self.quantizer_path))
+                | "ByGroup" >> beam.GroupByKey()
+                | "Search" >> beam.ParDo(_SearchGroup(self.threshold, self.k))
+                | "ByFile" >> beam.GroupByKey()
+                | "Write" >> beam.ParDo(_WriteAnswers(self.work, self.k)))
+
+
+class _EmitForCheck(beam.DoFn):
+    """Rows whose similarity to their representative is unknown, and those representatives."""
+
+    def __init__(self, check_path: str, chunk: int):
+        self.check_path, self.chunk = check_path, chunk
+
+    def setup(self):
+        z = _load_npz(self.check_path)
+        self.ids, self.reps = z["ids"], z["reps"]
+        rep_ids, counts = np.unique(self.reps, return_counts=True)
+        self.rep_ids = rep_ids
+        self.rep_chunks = -(-counts // self.chunk)
+
+    def process(self, item):
+        index, path = item
+        rows = dc.read_rows(path, index)
+        if not len(rows):
+            return
+        found = np.isin(rows.ids, self.ids)
+        for r in np.nonzero(found)[0]:
+            rep = int(self.reps[np.searchsorted(self.ids, rows.ids[r])])
+            chunks = int(self.rep_chunks[np.searchsorted(self.rep_ids, rep)])
+            yield (rep, int(rows.ids[r]) % chunks), ("m", int(rows.ids[r]), rows.vectors[r])
+        is_rep = np.isin(rows.ids, self.rep_ids)
+        for r in np.nonzero(is_rep)[0]:
+            rep = int(rows.ids[r])
+            for c in range(int(self.rep_chunks[np.searchsorted(self.rep_ids, rep)])):
+                yield (rep, c), ("r", rep, rows.vectors[r])
+
+
+class _Check(beam.DoFn):
+    def __init__(self, work: str):
+        self.work = work
+
+    def process(self, item):
+        (rep, chunk), members = item
+        members = list(members)
+        rv = [v for kind, _, v in members if kind == "r"]
+        ids = np.array([i for kind, i, _ in members if kind == "m"], np.int64)
+        if not len(ids):
+            return
+        vec = np.stack([v for kind, _, v in members if kind == "m"])
+        sims = vec @ rv[0] if rv else np.full(len(ids), -np.inf, np.float32)
+        atomic_write_parquet(os.path.join(self.work, "check", f"{rep}-{chunk}.parquet"),
+                             pa.table({"id": ids, "sim": sims.astype(np.float32)}))
+        yield len(ids)
+
+
+class CheckRepresentatives(beam.PTransform):
+    """Similarity of each listed member to its representative, exactly, from the vectors."""
+
+    def __init__(self, check_path: str, work: str, chunk: int = 8192):
+        super().__init__()
+        self.check_path, self.work, self.chunk = check_path, work, chunk
+
+    def expand(self, files):
+        return (files | "Emit" >> beam.ParDo(_EmitForCheck(self.check_path, self.chunk))
+                | "ByRepresentative" >> beam.GroupByKey()
+                | "Check" >> beam.ParDo(_Check(self.work)))
+
+
+class _Decide(beam.DoFn):
+    def __init__(self, clusters_path: str, work: str):
+        self.clusters_path, self.work = clusters_path, work
+
+    def setup(self):
+        self.clusters = _load_pickle(self.clusters_path)
+
+    def process(self, item):
+        index, path = item
+        best_path = os.path.join(self.work, "best", f"{index:06d}.parquet")
+        best = _read_parquet(best_path) if exists(best_path) else None
+        table = dc.file_decisions(path, index, best, self.clusters)
+        atomic_write_parquet(os.path.join(self.work, "decisions", f"{index:06d}.parquet"), table)
+        yield index
+
+
+class WriteDecisions(beam.PTransform):
+    def __init__(self, clusters_path: str, work: str):
+        super().__init__()
+        self.clusters_path, self.work = clusters_path, work
+
+    def expand(self, files):
+        return (files | "Spread" >> beam.Reshuffle()
+                | "Decide" >> beam.ParDo(_Decide(self.clusters_path, self.work)))
+
+
+def _read_parquet(path: str) -> pa.Table:
+    with open_read(path) as fh:
+        return pq.read_table(fh)
+
+
+def _read_folder(folder: str) -> pa.Table | None:
+    """All parquet files of a work folder (sorted by name: the same table whatever wrote them when)."""
+    tables = [_read_parquet(f) for f in glob_files(folder + "/*.parquet")
+              if not os.path.basename(f).startswith(".")]
+    return pa.concat_tables(tables) if tables else None
+
+
+def cluster_files(files: list[str], out: str, params: dc.CellParams,
+                  beam_options: BeamOptions = BeamOptions(), *, keep_work: bool = False) -> dict:
+    """Embedding files -> OUT/decisions.parquet through the four pipelines; returns stats.
+    ``keep_work``: leave OUT/.wit-work-cells (edges, answers) for inspection (benchmarks)."""
+    work = os.path.join(out, WORK)
+    _work_folder(work)
+    files = sorted(files)               # row ids (and so ties) do not depend on the order given
+    indexed = list(enumerate(files))
+    t0 = time.time()
+    n_meta = 0
+    for f in files:
+        with open_read(f) as fh:
+            n_meta += pq.ParquetFile(fh).metadata.num_rows
+    size = dc.sample_size(n_meta, params)
+
+    def sample(p):
+        (p | "Files" >> beam.Create(indexed) | "SampleRows" >> SampleRows(size)
+         | "Save" >> beam.Map(lambda acc: _write_npz(os.path.join(work, "sample.npz"), n=np.int64(acc[0]),
+                                                     vectors=acc[1][2] if acc[1] else np.zeros((0, 1), np.float32))))
+    run_pipeline(sample, beam_options)
+    z = _load_npz(os.path.join(work, "sample.npz"))
+    n = int(z["n"])
+    q = dc.train_quantizer(z["vectors"], n, params)
+    qpath = os.path.join(work, "quantizer.pkl")
+    with atomic_open(qpath) as fh:
+        pickle.dump(q, fh)
+    t1 = time.time()
+    run_pipeline(lambda p: (p | "Files" >> beam.Create(indexed)
+                            | "SearchCells" >> SearchCells(qpath, work, params.threshold, params.k)), beam_options)
+    t2 = time.time()
+    edges = _read_folder(os.path.join(work, "edges"))
+    clusters, unknown, reps = dc.link_clusters(edges, params.threshold) if edges is not None else \
+        dc.link_clusters(dc.edges_table(dc.merge_answers([], params.k)), params.threshold)
+    checked_ids = checked_sims = None
+    if len(unknown):
+        cpath = os.path.join(work, "check.npz")
+        _write_npz(cpath, ids=unknown, reps=reps)
+        run_pipeline(lambda p: (p | "Files" >> beam.Create(indexed)
+                                | "CheckRepresentatives" >> CheckRepresentatives(cpath, work, params.max_block)),
+                     beam_options)
+        checked = _read_folder(os.path.join(work, "check"))
+        checked_ids = checked.column("id").to_numpy()
+        checked_sims = checked.column("sim").to_numpy()
+        order = np.argsort(checked_ids)
+        checked_ids, checked_sims = checked_ids[order], checked_sims[order]
+    clusters = dc.finish_clusters(clusters, params.threshold, checked_ids, checked_sims)
+    cl_path = os.path.join(work, "clusters.pkl")
+    with atomic_open(cl_path) as fh:
+        pickle.dump(clusters, fh)
+    t3 = time.time()
+    run_pipeline(lambda p: (p | "Files" >> beam.Create(indexed)
+                            | "WriteDecisions" >> WriteDecisions(cl_path, work)), beam_options)
+    path = os.path.join(out, "decisions.parquet")
+    with atomic_open(path) as fh:
+        with pq.ParquetWriter(fh, DECISIONS_SCHEMA) as writer:
+            for index in range(len(files)):
+                writer.write_table(_read_parquet(os.path.join(work, "decisions", f"{index:06d}.parquet")))
+    t4 = time.time()
+    if not keep_work:
+        _remove_folder(work)
+    comp_sizes = np.unique(clusters.component, return_counts=True)[1] if len(clusters.ids) else np.zeros(0, np.int64)
+    cl_sizes = np.unique(clusters.cluster, return_counts=True)[1] if len(clusters.ids) else np.zeros(0, np.int64)
+    return {
+        "n": n, "cells": q.cells, "split_cells": int((q.blocks > 1).sum()), "probes": params.probes,
+        "margin": params.margin, "cell_size": params.cell_size, "sample": int(len(z["vectors"])),
+        "edges": int(edges.num_rows) if edges is not None else 0,
+        "duplicated_images": int(len(clusters.ids)), "components": int(len(comp_sizes)),
+        "largest_component": int(comp_sizes.max()) if len(comp_sizes) else 0,
+        "duplicate_clusters": int((cl_sizes > 1).sum()), "largest_cluster": int(cl_sizes.max()) if len(cl_sizes) else 1,
+        "chained": clusters.chained, "checked_against_representative": int(len(unknown)),
+        "dropped_duplicates": int((~clusters.kept).sum()),
+        "seconds": {"sample_and_quantizer": round(t1 - t0, 3), "search": round(t2 - t1, 3),
+                    "clusters": round(t3 - t2, 3), "decisions": round(t4 - t3, 3)},
+    }

@@ -1,0 +1,145 @@
+"""``wit dedup run``'s neighbour search and clustering on Beam (wit_builder/dedup_cells.py,
+pipelines/dedup_cells.py): equal to the exact single-process search on small inputs, the same
+for any worker count and input order, big cells split, chains guarded."""
+import collections
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.beam_options import BeamOptions
+from pipelines.dedup_cells import cluster_files
+from wit_builder import dedup_cells as dc
+from wit_builder.dedup import cluster_vectors
+from wit_builder.sim.embedsets import planted_embeddings, write_embedding_files
+
+THR = 0.9
+
+
+def _run(tmp, name, vectors, params, workers=1, rows_per_file=1000, pixels=None, reverse=False):
+    files = write_embedding_files(str(tmp / name / "emb"), vectors, rows_per_file, pixels=pixels)
+    out = str(tmp / name)
+    stats = cluster_files(files[::-1] if reverse else files, out, params, BeamOptions(workers=workers))
+    t = pq.read_table(os.path.join(out, "decisions.parquet"))
+    assert not os.path.exists(os.path.join(out, ".wit-work-cells"))  # the work folder is removed
+    return t, stats
+
+
+def _by_row(t, n):
+    """Arrays indexed by the original row (keys are zero-padded row numbers)."""
+    rows = np.array([int(k) for k in t.column("key").to_pylist()])
+    assert sorted(rows.tolist()) == list(range(n))  # every image once
+    out = {}
+    for c in ("cluster_id", "cluster_size", "kept", "nearest_similarity", "nearest_key"):
+        col = np.array(t.column(c).to_pylist(), dtype=object if c == "nearest_key" else None)
+        a = np.empty(n, dtype=col.dtype)
+        a[rows] = col
+        out[c] = a
+    return out
+
+
+def _same_partition(a, b) -> bool:
+    pairs = set(zip(a.tolist(), b.tolist()))
+    return len(pairs) == len(set(a.tolist())) == len(set(b.tolist()))
+
+
+def test_equals_exact_search_below_exact_below(tmp_path):
+    v, _ = planted_embeddings(3000, 64, dup_share=0.15, seed=3, copy_noise=0.1)  # no chains
+    t, stats = _run(tmp_path, "cells", v, dc.CellParams(threshold=THR, exact_below=10_000))
+    exact = cluster_vectors(v, THR, k=16, exact_below=10**9)
+    got = _by_row(t, len(v))
+    assert stats["cells"] == 1 and stats["chained"] == 0 and stats["dropped_duplicates"] > 300
+    assert _same_partition(got["cluster_id"], exact["labels"])
+    assert (got["kept"] == exact["kept"]).all()
+    assert (got["cluster_size"] == exact["sizes"]).all()
+    np.testing.assert_allclose(got["nearest_similarity"], exact["nearest_similarity"], atol=1e-5)
+    assert (got["nearest_key"] == np.array([f"{i:012d}" for i in exact["nearest"]], object)).mean() > 0.999
+
+
+def test_many_cells_find_the_planted_duplicates(tmp_path):
+    v, group = planted_embeddings(12_000, 64, dup_share=0.1, seed=4)
+    t, stats = _run(tmp_path, "cells", v, dc.CellParams(threshold=THR, exact_below=1000, cell_size=600))
+    exact = cluster_vectors(v, THR, k=16, exact_below=10**9)
+    got = _by_row(t, len(v))
+    assert stats["cells"] == 20
+    # recall of the exact search's duplicate links: the same images dropped
+    dropped_exact, dropped = ~exact["kept"], ~got["kept"]
+    assert (dropped & dropped_exact).sum() >= 0.99 * dropped_exact.sum()
+    assert (dropped & ~dropped_exact).sum() == 0
+
+
+def test_same_decisions_for_any_worker_count_and_input_order(tmp_path):
+    v, _ = planted_embeddings(4000, 32, dup_share=0.2, seed=5)
+    params = dc.CellParams(threshold=THR, exact_below=500, cell_size=500, max_block=400)
+    t1, s1 = _run(tmp_path, "one", v, params, workers=1)
+    t2, s2 = _run(tmp_path, "two", v, params, workers=2, reverse=True)
+    assert s1["split_cells"] > 0
+    cols = ["key", "cluster_id", "cluster_size", "kept", "nearest_key"]
+    assert t1.select(cols).to_pylist() == t2.select(cols).to_pylist()
+    np.testing.assert_array_equal(t1.column("nearest_similarity").to_numpy(), t2.column("nearest_similarity").to_numpy())
+
+
+def test_a_cell_bigger_than_the_limit_is_split_with_the_same_result(tmp_path):
+    v, _ = planted_embeddings(3000, 32, dup_share=0.2, seed=6)
+    whole, s_whole = _run(tmp_path, "whole", v, dc.CellParams(threshold=THR, exact_below=10**6))
+    split, s_split = _run(tmp_path, "split", v, dc.CellParams(threshold=THR, exact_below=10**6, max_block=250))
+    assert s_whole["split_cells"] == 0 and s_split["split_cells"] == 1
+    cols = ["key", "cluster_id", "cluster_size", "kept", "nearest_key"]
+    assert whole.select(cols).to_pylist() == split.select(cols).to_pylist()
+
+
+def test_no_search_group_holds_more_than_two_blocks():
+    v, _ = planted_embeddings(6000, 32, seed=7)
+    p = dc.CellParams(threshold=THR, exact_below=100, cell_size=3000, max_block=500)
+    keys = np.array([f"{i:012d}" for i in range(len(v))], object)
+    h = dc.key_hashes(keys)
+    q = dc.train_quantizer(dc.bottom(h, np.arange(len(v)), v, 2000)[2], len(v), p)
+    assert q.blocks.max() > 1
+    sizes = collections.Counter()
+    for f, s in enumerate(range(0, len(v), 1000)):
+        rows = dc.FileRows(dc.row_ids(f, np.arange(1000)), keys[s:s + 1000], np.full(1000, 1), v[s:s + 1000])
+        for group, piece in dc.group_pieces(q, rows, h[s:s + 1000]):
+            sizes[group] += len(piece[0])
+    # each block is estimated at <= max_block rows: a group holds two blocks (and sampling noise)
+    assert max(sizes.values()) <= 2 * 1.5 * p.max_block
+
+
+def _arc(n, step_cos, dim=8):
+    """Unit vectors along a great circle, consecutive ones at cosine step_cos."""
+    theta = np.arccos(step_cos) * np.arange(n)
+    v = np.zeros((n, dim), np.float32)
+    v[:, 0], v[:, 1] = np.cos(theta), np.sin(theta)
+    return v
+
+
+def test_a_chain_of_near_duplicates_is_not_collapsed(tmp_path):
+    # A ~ B ~ C ~ D (cos 0.95 between neighbours), A and C at cos 0.805: only B is A's duplicate
+    v = _arc(4, 0.95)
+    pixels = np.array([400 * 400, 100, 100, 100])          # A is the kept image
+    t, stats = _run(tmp_path, "chain", v, dc.CellParams(threshold=THR), pixels=pixels)
+    got = _by_row(t, 4)
+    assert got["kept"].tolist() == [True, False, True, True]
+    assert got["cluster_size"].tolist() == [2, 2, 1, 1]
+    assert got["cluster_id"][0] == got["cluster_id"][1] != got["cluster_id"][2]
+    assert stats["chained"] == 2 and stats["components"] == 1 and stats["largest_component"] == 4
+    # the exact single-process search (transitive) would have dropped three of the four
+    assert cluster_vectors(v, THR)["kept"].sum() == 1
+
+
+def test_members_without_a_link_to_the_kept_image_are_checked_against_it(tmp_path):
+    # 30 copies of one image, k = 4 links each: most have no direct link to the kept one, yet all
+    # are similar to it, so all but one are dropped
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal(16)
+    v = (base + 0.01 * rng.standard_normal((30, 16))).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    t, stats = _run(tmp_path, "copies", v, dc.CellParams(threshold=THR, k=4))
+    got = _by_row(t, 30)
+    assert got["kept"].sum() == 1 and (got["cluster_size"] == 30).all()
+    assert stats["checked_against_representative"] > 0 and stats["chained"] == 0
+
+
+def test_no_embedded_rows(tmp_path):
+    t, stats = _run(tmp_path, "empty", np.zeros((0, 8), np.float32), dc.CellParams(threshold=THR))
+    assert t.num_rows == 0 and stats["dropped_duplicates"] == 0
