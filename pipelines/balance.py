@@ -1,9 +1,17 @@
-"""Beam pipeline behind ``wit balance``, and the balancing half that ``wit collect`` shares.
+"""Beam pipelines behind ``wit balance``, and the balancing half that ``wit collect`` shares.
 
 ``Rebalance`` = ``CountMatched`` (matched files -> counts per query) then ``BalanceMatched``::
 
     BalanceMatched: BalanceShards (counts as a side input; OUT/balanced/part-k-of-M) -> KeptCounts
       -> MergeStats -> WriteSummary (OUT/counts.parquet, OUT/balance.png, then OUT/stats.json)
+
+``RebalancePool`` (``wit balance --pool IMAGES [--dedup DEDUP]``) re-balances what survived
+download and dedup, one element per download shard::
+
+    ReadPool (IMAGES/NNNNN.parquet + the dedup decisions, loaded once per worker: each row's loss
+      or "survivor") -> SurvivorCounts, PoolCounts (SumCounts) -> DrawShards (survivor counts as a
+      side input) -> WriteDecisions (OUT/decisions.parquet, sorted by key), KeptCounts, MergeStats
+      -> WritePoolSummary (OUT/counts.parquet, OUT/balance.png, then OUT/stats.json)
 
 The per-query cap and the seed travel as one :class:`wit_builder.balance.BalanceConfig`; its
 ``keep_prob`` is the one place the rule ``min(1, t / count)`` is computed.
@@ -26,7 +34,7 @@ from wit_builder.core import (WitError, atomic_write_json, atomic_write_parquet,
                               glob_files, open_read, read_json_or_none, remove)
 
 __all__ = ["RebalanceConfig", "Rebalance", "CountMatched", "BalanceMatched", "BalanceTarget", "SumCounts",
-           "MergeStats", "run", "remove_stale_parts"]
+           "MergeStats", "run", "remove_stale_parts", "PoolConfig", "PoolTarget", "RebalancePool", "run_pool"]
 
 COUNTS = "counts"
 
@@ -300,6 +308,7 @@ def run(cfg: RebalanceConfig, beam_options: BeamOptions = BeamOptions(), *, over
         return prev
     records.begin(out, "balance", ("balanced",))
     remove_stale_parts(f"{out}/balanced", num_shards)
+    remove([f"{out}/decisions.parquet"])   # a --pool run's, replaced with --overwrite
     header = {"stage": "balance", "config": config, "source_stats": f"{matched}/stats.json",
               "queries": {"count": num_queries}, "num_shards": num_shards}
     items = sorted((k, path) for k, path, _ in shards)
@@ -310,5 +319,190 @@ def run(cfg: RebalanceConfig, beam_options: BeamOptions = BeamOptions(), *, over
     if stats is None:
         raise WitError(f"the pipeline finished but {out}/stats.json is missing")
     records.complete_folder(out, "balance", inputs=[p for _, p, _ in shards],
+                            counts={k: v for k, v in stats.items() if type(v) in (int, float)})
+    return stats
+
+
+# --- `wit balance --pool IMAGES [--dedup DEDUP]`: re-balance the final pool -------------------------
+
+POOL_STATS = "stats"
+
+
+def _sparse(counts: np.ndarray) -> tuple:
+    ids = np.flatnonzero(counts)
+    return ids, counts[ids]
+
+
+class ReadPoolShard(beam.DoFn):
+    """Download shard name -> (name, its rows of the decisions, outcome "survivor" or the loss)."""
+
+    def __init__(self, target: "PoolTarget"):
+        self.t = target
+        self.decisions = None
+
+    def setup(self):
+        from wit_builder.balance import read_dedup_decisions
+        self.decisions = read_dedup_decisions(self.t.dedup) if self.t.dedup else None
+
+    def process(self, name: str):
+        from wit_builder.balance import pool_shard, read_pool_shard
+        rows = read_pool_shard(self.t.images, name)
+        yield name, pool_shard(rows, f"{self.t.images}/{name}.tar", self.decisions, self.t.not_in_dedup)
+
+
+class DrawShard(beam.DoFn):
+    """(name, rows) + survivor counts -> (name, decided rows); kept counts and stats tagged."""
+
+    def __init__(self, balance: BalanceConfig):
+        self.balance = balance
+
+    def process(self, item, counts):
+        from wit_builder.balance import count_queries, draw_pool
+        name, table = item
+        table, stats = draw_pool(table, self.balance.keep_prob(counts), self.balance.seed)
+        kept = table.filter(table.column("kept"))
+        yield beam.pvalue.TaggedOutput(COUNTS, _sparse(count_queries(kept.column("query_ids"))))
+        yield beam.pvalue.TaggedOutput(POOL_STATS, Counter(stats))
+        yield name, table
+
+
+class WriteDecisions(beam.DoFn):
+    """All shards' decided rows -> OUT/decisions.parquet (sorted by key); yields its row count."""
+
+    def __init__(self, out: str):
+        self.out = out
+
+    def process(self, items):
+        from wit_builder.balance import combine_pool_decisions
+        table = combine_pool_decisions([t for _, t in sorted(items, key=lambda kv: kv[0])])
+        atomic_write_parquet(f"{self.out}/decisions.parquet", table)
+        yield table.num_rows
+
+
+class WritePoolSummary(beam.DoFn):
+    """counts.parquet, balance.png, then stats.json (after decisions.parquet: ``written``)."""
+
+    def __init__(self, target: "PoolTarget"):
+        self.t = target
+
+    def process(self, _, stats, pooled, survivors, kept, written):
+        from wit_builder.balance import plot_balance, pool_counts_table, pool_summary
+        t = self.t
+        ids = np.flatnonzero(pooled)
+        names = _query_names(t.names_from, ids) if t.names_from else None
+        atomic_write_parquet(f"{t.out}/counts.parquet",
+                             pool_counts_table(pooled, survivors, kept, t.balance.per_query_cap, names))
+        size = max(len(survivors), len(kept))
+        c, k = np.zeros(size, np.int64), np.zeros(size, np.int64)
+        c[:len(survivors)] = survivors
+        k[:len(kept)] = kept
+        plot_balance(c, k, t.balance.per_query_cap, f"{t.out}/balance.png", before="surviving",
+                     title="final pool: per-query samples before/after re-balancing")
+        summary = pool_summary({**(t.header or {}), "decisions": int(written)}, stats, pooled, survivors, kept,
+                               t.balance)
+        atomic_write_json(f"{t.out}/stats.json", summary)
+        yield summary
+
+
+@dataclass(frozen=True)
+class PoolTarget:
+    """What ``RebalancePool`` reads and where it writes."""
+    images: str              # `wit download` output folder
+    out: str
+    balance: BalanceConfig
+    dedup: str | None = None           # `wit dedup run` folder or its decisions.parquet
+    not_in_dedup: str = "drop"         # "drop" or "keep" (wit_builder.balance.NOT_IN_DEDUP)
+    names_from: str | None = None      # queries file or counts.parquet for query strings
+    header: dict | None = None         # fixed part of stats.json
+
+
+class RebalancePool(beam.PTransform):
+    """Download shard names (``00000``...) -> OUT/decisions.parquet (every download row: ``kept``
+    = survived download and dedup and passes the pool's balance draw), counts.parquet,
+    balance.png and stats.json; returns the summary written to stats.json (one element)."""
+
+    def __init__(self, target: PoolTarget):
+        super().__init__()
+        self.t = target
+
+    def expand(self, names):
+        t = self.t
+        rows = names | "SpreadShards" >> beam.Reshuffle() | "ReadPool" >> beam.ParDo(ReadPoolShard(t))
+        survivors = (rows | "SurvivorIds" >> beam.Map(lambda kv: _sparse(_survivor_counts(kv[1])))
+                     | "SurvivorCounts" >> beam.CombineGlobally(SumCounts()))
+        pooled = (rows | "PoolIds" >> beam.Map(lambda kv: _sparse(_pooled_counts(kv[1])))
+                  | "PoolCounts" >> beam.CombineGlobally(SumCounts()))
+        drawn = (rows | "DrawShards" >> beam.ParDo(DrawShard(t.balance), beam.pvalue.AsSingleton(survivors))
+                 .with_outputs(COUNTS, POOL_STATS, main="decisions"))
+        kept = drawn[COUNTS] | "KeptCounts" >> beam.CombineGlobally(SumCounts())
+        stats = drawn[POOL_STATS] | "MergeStats" >> beam.CombineGlobally(MergeStats())
+        written = (drawn.decisions | "AllShards" >> beam.combiners.ToList()
+                   | "WriteDecisions" >> beam.ParDo(WriteDecisions(t.out)))
+        side = beam.pvalue.AsSingleton
+        return (names.pipeline | "Once" >> beam.Create([None])
+                | "WritePoolSummary" >> beam.ParDo(WritePoolSummary(t), side(stats), side(pooled), side(survivors),
+                                                   side(kept), side(written)))
+
+
+def _survivor_counts(table):
+    from wit_builder.balance import survivor_counts
+    return survivor_counts(table)
+
+
+def _pooled_counts(table):
+    from wit_builder.balance import count_queries
+    return count_queries(table.column("query_ids"))
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """Everything that determines the output of ``wit balance --pool``."""
+    images: str                  # a `wit download` output folder
+    out: str
+    balance: BalanceConfig
+    dedup: str | None = None     # a `wit dedup run` (or `dedup overlap --drop-overlapping`) folder or decisions file
+    not_in_dedup: str = "drop"
+    queries: str | None = None   # query names from here (a queries file or a collect run's counts.parquet)
+
+
+def run_pool(cfg: PoolConfig, beam_options: BeamOptions = BeamOptions(), *, overwrite: bool = False) -> dict:
+    """``wit balance --pool``: re-balance the samples of ``cfg.images`` that survived download
+    (and dedup) into ``cfg.out``; returns the stats written to ``OUT/stats.json``."""
+    from wit_builder.balance import NOT_IN_DEDUP, read_dedup_decisions
+    from wit_builder.shards import find_image_shards
+    images, out = cfg.images.rstrip("/"), cfg.out.rstrip("/")
+    if cfg.not_in_dedup not in NOT_IN_DEDUP:
+        raise WitError(f"--not-in-dedup must be one of {', '.join(NOT_IN_DEDUP)}, not {cfg.not_in_dedup!r}")
+    dedup_path = None
+    if cfg.dedup:
+        dedup_path = cfg.dedup if cfg.dedup.endswith(".parquet") else cfg.dedup.rstrip("/") + "/decisions.parquet"
+    for what, folder in (("--pool", images), ("--dedup", dedup_path and os.path.dirname(dedup_path))):
+        if folder and os.path.abspath(folder) == os.path.abspath(out):
+            raise WitError(f"--out must differ from {what} (balance writes its own decisions.parquet and stats.json)")
+    names = find_image_shards(images)           # finished download shards; refuses an unfinished run
+    parquets = [f"{images}/{n}.parquet" for n in names]
+    if dedup_path:
+        read_dedup_decisions(cfg.dedup)           # a missing or broken table fails here, in one line
+    if cfg.queries and not exists(cfg.queries):
+        raise WitError(f"--queries {cfg.queries} not found")
+    inputs = parquets + ([dedup_path] if dedup_path else [])
+    config = {"mode": "pool", "pool": images, "dedup": dedup_path, "not_in_dedup": cfg.not_in_dedup,
+              "per_query_cap": int(cfg.balance.per_query_cap), "seed": int(cfg.balance.seed), "queries": cfg.queries,
+              # by content: a re-downloaded shard or a re-run dedup under the same names is another input
+              "input_files": sorted([p, content_key(p)] for p in inputs)}
+    prev = finished_run(out, {"stage": "balance", "config": config}, overwrite=overwrite,
+                        needs=(records.RECORD, "decisions.parquet"))
+    if prev is not None:
+        return prev
+    records.begin(out, "balance", ("balanced",))
+    remove_stale_parts(f"{out}/balanced", 0)   # a --matched run's, replaced with --overwrite
+    header = {"stage": "balance", "mode": "pool", "config": config, "download_shards": len(names)}
+    target = PoolTarget(images, out, cfg.balance, dedup_path, cfg.not_in_dedup, cfg.queries, header)
+    run_pipeline(lambda p: p | "DownloadShards" >> beam.Create(names) | "RebalancePool" >> RebalancePool(target),
+                 beam_options)
+    stats = read_json_or_none(f"{out}/stats.json")
+    if stats is None:
+        raise WitError(f"the pipeline finished but {out}/stats.json is missing")
+    records.complete_folder(out, "balance", inputs=inputs,
                             counts={k: v for k, v in stats.items() if type(v) in (int, float)})
     return stats
