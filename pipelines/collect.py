@@ -3,9 +3,11 @@
 
     MatchPairs: (path, format) -> Reshuffle -> ExtractCandidates (one file per element, batches of
       candidates) -> CleanTexts -> MatchQueries (automaton built once per worker in setup)
-      -> IdentifyLanguage (only matched texts; model loaded in setup) -> ToShards (Arrow tables
-      keyed by hash(uid) mod M, buffered per bundle) -> GroupByKey -> DedupAndWrite (exact
-      (url, text) dedup per shard; OUT/matched/part-k-of-M) -> MatchCounts: CombineGlobally(SumCounts),
+      -> IdentifyLanguage (only matched texts; model loaded in setup) -> ToShards (rows keyed by
+      hash(uid) mod M, buffered per bundle up to a bound, then sorted and deduplicated per shard:
+      sorted runs) -> GroupByKey -> MergeAndWrite (exact (url, text) dedup per shard, merged in uid
+      ranges of at most max_rows_in_memory rows; OUT/matched/part-k-of-M, fixed-size row groups)
+      -> MatchCounts: CombineGlobally(SumCounts),
       a CombineFn, so partial sums are computed before the shuffle (combiner lifting)
     BalanceMatched: BalanceShards (counts as a side input; OUT/balanced/part-k-of-M) -> KeptCounts
       -> MergeStats -> WriteSummary (OUT/counts.parquet, OUT/balance.png, then OUT/stats.json)
@@ -33,13 +35,13 @@ from pipelines.balance import COUNTS, BalanceMatched, BalanceTarget, MergeStats,
 from pipelines.beam_options import BeamOptions, run_pipeline
 from wit_builder.collect import CollectConfig, shard_name
 from wit_builder import records
-from wit_builder.core import (WitError, atomic_write_parquet, file_info, finished_run, read_json_or_none,
+from wit_builder.core import (WitError, file_info, finished_run, read_json_or_none,
                               remove_temporaries)
 
 __all__ = ["Collect", "MatchPairs", "MergeStats", "run"]
 
 STATS = "stats"
-SPILL = ".wit-work-spill"   # OUT/.wit-work-spill: shuffled tables on local runners, removed after the run
+SPILL = ".wit-work-spill"   # OUT/.wit-work-spill: shuffled runs on local runners, removed after the run
 
 
 def _emit_stats(counter: Counter):
@@ -120,71 +122,80 @@ class IdentifyLanguage(beam.DoFn):
 
 
 class ToShards(beam.DoFn):
-    """Batches -> (shard, Arrow table), buffered per bundle so small shards are not tiny elements.
+    """Batches -> (shard, sorted run): per bundle, rows are buffered by shard up to ``flush_rows``,
+    then sorted by (shard, uid) and deduplicated in one go (each shard's rows: a sorted run the
+    writer can merge in ranges).
 
-    With ``spill_dir`` (local runners) each buffered table is written to a file there and only
-    its path is shuffled: the DirectRunner holds everything that goes through a GroupByKey in
-    memory, so without it a run's memory grows with its whole matched output."""
+    With ``spill_dir`` (local runners) a flush is written to one Arrow IPC file there (sorted by
+    shard, then uid) and only (shard, SpillRef: file, first row, rows) is shuffled: the DirectRunner holds everything that
+    goes through a GroupByKey in memory, so without it a run's memory grows with its whole matched
+    output."""
 
     def __init__(self, num_shards: int, flush_rows: int = 100_000, spill_dir: str | None = None):
         self.num_shards, self.flush_rows, self.spill_dir = num_shards, flush_rows, spill_dir
 
     def start_bundle(self):
-        self.buffer: dict[int, list] = {}
+        self.buffer: list = []
         self.rows = 0
 
     def process(self, batch):
-        from wit_builder.collect import batch_to_table, split_by_shard
+        from wit_builder.collect import batch_to_table
         stats = Counter()
         table = batch_to_table(batch, stats)
-        for k, part in split_by_shard(table, self.num_shards):
-            self.buffer.setdefault(k, []).append(part)
+        self.buffer.append(table)
         self.rows += table.num_rows
-        yield _emit_stats(stats)
         if self.rows >= self.flush_rows:
-            yield from self._flush()
+            yield from self._flush(stats)
+        yield _emit_stats(stats)
 
-    def _flush(self):
+    def _flush(self, stats: Counter) -> list:
         import uuid
 
+        import numpy as np
         import pyarrow as pa
-        for k, parts in sorted(self.buffer.items()):
-            table = pa.concat_tables(parts)
-            if self.spill_dir is None:
-                yield (k, table)
-                continue
-            path = f"{self.spill_dir}/{k:05d}-{uuid.uuid4().hex}.parquet"
-            atomic_write_parquet(path, table)
-            yield (k, path)
-        self.buffer, self.rows = {}, 0
+        from wit_builder.collect import SpillRef, sort_runs, write_spill
+        table, ranges, dupes = sort_runs(self.buffer, self.num_shards)
+        stats["dropped.duplicate"] += dupes
+        self.buffer, self.rows = [], 0
+        if not ranges:
+            return []
+        if self.spill_dir is None:     # compact copies: a pickled slice would carry the whole buffer
+            return [(k, table.take(pa.array(np.arange(a, b)))) for k, a, b in ranges]
+        path = f"{self.spill_dir}/{uuid.uuid4().hex}.arrow"
+        write_spill(path, table)
+        return [(k, SpillRef(path, a, b - a)) for k, a, b in ranges]
 
     def finish_bundle(self):
-        for kv in self._flush():
+        stats = Counter()
+        for kv in self._flush(stats):
             yield GlobalWindows.windowed_value(kv)
+        if stats:
+            tagged = _emit_stats(stats)
+            yield beam.pvalue.TaggedOutput(tagged.tag, GlobalWindows.windowed_value(tagged.value))
 
 
-class DedupAndWrite(beam.DoFn):
-    """All rows of one shard -> exact dedup -> OUT/matched/part-k-of-M.parquet."""
+class MergeAndWrite(beam.DoFn):
+    """One shard's sorted runs -> exact dedup -> OUT/matched/part-k-of-M.parquet, merged in uid
+    ranges of at most ``max_rows`` rows (``wit_builder.collect.write_shard``)."""
 
-    def __init__(self, out: str, num_shards: int):
-        self.out, self.num_shards = out, num_shards
+    def __init__(self, out: str, num_shards: int, max_rows: int, row_group_rows: int):
+        self.out, self.num_shards, self.max_rows, self.row_group_rows = out, num_shards, max_rows, row_group_rows
 
     def process(self, item):
-        import pyarrow as pa
-        from wit_builder.balance import count_queries
-        from wit_builder.collect import MATCHED_SCHEMA, dedup_table
-        import pyarrow.parquet as pq
-        k, tables = item
-        # spilled parts come back from Parquet with its list field name: cast to the schema's
-        parts = [pq.read_table(t).cast(MATCHED_SCHEMA) if isinstance(t, str) else t for t in tables if t is not None]
-        table = pa.concat_tables(parts) if parts else MATCHED_SCHEMA.empty_table()
-        table, dupes = dedup_table(table)
-        path = f"{self.out}/matched/{shard_name(k, self.num_shards)}"
-        atomic_write_parquet(path, table)
-        counts = count_queries(table.column("query_ids"))
-        ids = np.flatnonzero(counts)
-        yield beam.pvalue.TaggedOutput(COUNTS, (ids, counts[ids]))
-        yield _emit_stats(Counter({"dropped.duplicate": dupes}))
+        from wit_builder.collect import ShardRuns, write_shard
+        k, values = item
+        runs = ShardRuns(self.max_rows)
+        try:
+            for v in values:
+                runs.add(v)
+            path = f"{self.out}/matched/{shard_name(k, self.num_shards)}"
+            res = write_shard(runs, path, max_rows=self.max_rows, row_group_rows=self.row_group_rows)
+        finally:
+            runs.close()
+        Metrics.distribution("wit.collect", "shard_rows_held").update(res.peak_rows)
+        ids = np.flatnonzero(res.counts)
+        yield beam.pvalue.TaggedOutput(COUNTS, (ids, res.counts[ids]))
+        yield _emit_stats(Counter({"dropped.duplicate": res.duplicates}))
         yield (k, path)
 
 
@@ -207,11 +218,12 @@ class MatchPairs(beam.PTransform):
             MatchQueries(cfg.queries, cfg.case_insensitive)).with_outputs(STATS, main="out")
         lng = mat.out | "IdentifyLanguage" >> beam.ParDo(
             IdentifyLanguage(cfg.lang_detector, cfg.balance.seed, cfg.langs, cfg.min_lang_prob)).with_outputs(STATS, main="out")
-        shd = lng.out | "ToShards" >> beam.ParDo(ToShards(m, spill_dir=self.spill_dir)).with_outputs(STATS, main="out")
+        shd = lng.out | "ToShards" >> beam.ParDo(ToShards(m, min(100_000, cfg.max_rows_in_memory), self.spill_dir)
+                                                 ).with_outputs(STATS, main="out")
         every = files.pipeline | "AllShardIds" >> beam.Create([(k, None) for k in range(m)])
         grouped = (shd.out, every) | "WithEmptyShards" >> beam.Flatten() | "GroupByShard" >> beam.GroupByKey()
-        written = grouped | "DedupAndWrite" >> beam.ParDo(DedupAndWrite(cfg.out, m)).with_outputs(
-            COUNTS, STATS, main="out")
+        written = grouped | "MergeAndWrite" >> beam.ParDo(
+            MergeAndWrite(cfg.out, m, cfg.max_rows_in_memory, cfg.row_group_rows)).with_outputs(COUNTS, STATS, main="out")
         counts = written[COUNTS] | "MatchCounts" >> beam.CombineGlobally(SumCounts())
         stats = ((ext[STATS], cln[STATS], mat[STATS], lng[STATS], shd[STATS], written[STATS])
                  | "StepStats" >> beam.Flatten())
@@ -239,6 +251,9 @@ def _config_json(cfg: CollectConfig, sizes: dict) -> dict:
     d["langs"] = list(cfg.langs) if cfg.langs is not None else None
     d.update(d.pop("balance"))          # per_query_cap and seed at the top, as stats.json always had them
     d.pop("out")
+    d.pop("max_rows_in_memory")        # memory, not output
+    if d["row_group_rows"] == CollectConfig.row_group_rows:
+        d.pop("row_group_rows")        # so runs finished before the option existed still resume
     return json.loads(json.dumps(d))
 
 

@@ -5,8 +5,9 @@ parallel lists. Each step drops what fails and counts it in a ``Counter`` under
 ``dropped.<reason>``:
 
 ``extract_batches`` (sources) -> ``clean_batch`` (textclean) -> ``match_batch`` (matcher: ``no_match``)
--> ``identify_batch`` (langid: ``language``) -> ``batch_to_table`` (uid) -> shards -> ``dedup_table``
-(``duplicate``).
+-> ``identify_batch`` (langid: ``language``) -> ``batch_to_table`` (uid) -> ``split_by_shard`` ->
+``dedup_table`` per part (a sorted run; ``duplicate``) -> ``write_shard`` (merges a shard's runs in
+uid ranges of at most ``max_rows_in_memory`` rows; ``duplicate``).
 
 So ``pairs_extracted == sum(dropped.*) + matched`` for a whole run. Time spent per step is added
 under ``seconds.<step>`` (process CPU time; nothing else in the stats depends on timing).
@@ -14,10 +15,13 @@ under ``seconds.<step>`` (process CPU time; nothing else in the stats depends on
 from __future__ import annotations
 
 import hashlib
+import math
+import os
 import time
+from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -30,8 +34,12 @@ from wit_builder.textclean import TextCleaner
 
 __all__ = ["CollectConfig", "make_config", "shard_name", "Batch", "MATCHED_SCHEMA", "BALANCED_SCHEMA", "extract_batches", "clean_batch", "match_batch",
            "identify_batch", "batch_to_table", "shard_ids", "split_by_shard", "dedup_table", "compute_uid",
-           "csr_take", "load_queries", "query_ids_csr"]
+           "csr_take", "load_queries", "query_ids_csr", "default_num_shards", "SpillRef", "sort_runs", "write_spill",
+           "ShardRuns", "write_shard", "ShardWritten", "INPUT_BYTES_PER_SHARD"]
 
+# default shard count: one shard per input file, and at least one per this many input bytes (by
+# format: a WAT/WARC byte holds far fewer pairs than a table's), so a shard stays ~one WAT's pairs
+INPUT_BYTES_PER_SHARD = {"wat": 512 << 20, "warc": 4 << 30, "table": 64 << 20}
 
 
 def shard_name(k: int, m: int) -> str:
@@ -53,6 +61,8 @@ class CollectConfig:
     max_chars: int = 1000
     num_shards: int = 1
     batch_size: int = 20000
+    row_group_rows: int = 100_000         # rows per row group of matched/ (fixed, so files are deterministic)
+    max_rows_in_memory: int = 1_000_000   # most rows a worker buffers, sorts or deduplicates at once
     source: SourceOptions = field(default_factory=SourceOptions)
     balance: BalanceConfig = field(default_factory=BalanceConfig)   # the cap and the seed (also langdetect's)
 
@@ -63,6 +73,8 @@ class CollectConfig:
             raise WitError("--batch-size must be at least 1")
         if self.num_shards < 1:
             raise WitError("--num-shards must be at least 1")
+        if self.row_group_rows < 1 or self.max_rows_in_memory < 1:
+            raise WitError("row_group_rows and --max-rows-in-memory must be at least 1")
 
 
 def make_config(queries: str, inputs: Sequence[str], out: str, *, source: SourceOptions | None = None,
@@ -70,7 +82,7 @@ def make_config(queries: str, inputs: Sequence[str], out: str, *, source: Source
                 **options) -> CollectConfig:
     """A CollectConfig from paths: ``inputs`` are files, globs or directories (expanded and sorted),
     each file's format is taken from its name (or ``source.fmt``), tables are checked for their
-    columns, and ``num_shards`` defaults to the number of input files (at most 1024). ``options``
+    columns, and ``num_shards`` defaults to :func:`default_num_shards` (no cap). ``options``
     are the other CollectConfig fields (langs, lang_detector, ...); ``per_query_cap`` and ``seed`` make
     its BalanceConfig."""
     from wit_builder.core import match_paths
@@ -85,10 +97,18 @@ def make_config(queries: str, inputs: Sequence[str], out: str, *, source: Source
         resolved.append((path, fmt))
     if "langs" in options and options["langs"] is not None:
         options["langs"] = tuple(options["langs"])
+    if num_shards is None:
+        from wit_builder.core import file_info
+        num_shards = default_num_shards([(fmt, file_info(path)[0]) for path, fmt in resolved])
     return CollectConfig(queries=queries, inputs=tuple(resolved), out=out.rstrip("/"), source=source,
-                         balance=BalanceConfig(per_query_cap, seed),
-                         num_shards=num_shards if num_shards is not None else max(1, min(len(resolved), 1024)),
-                         **options)
+                         balance=BalanceConfig(per_query_cap, seed), num_shards=num_shards, **options)
+
+
+def default_num_shards(files: Sequence[tuple[str, int]]) -> int:
+    """Shards for input files given as (format, bytes): one per file, and at least one per
+    ``INPUT_BYTES_PER_SHARD[format]`` bytes of input; no upper cap, so the count grows with the input."""
+    by_size = sum(size / INPUT_BYTES_PER_SHARD.get(fmt, INPUT_BYTES_PER_SHARD["table"]) for fmt, size in files)
+    return max(1, len(files), math.ceil(by_size))
 
 
 @dataclass
@@ -259,6 +279,215 @@ def dedup_table(table: pa.Table) -> tuple[pa.Table, int]:
     if dupes:
         table = table.filter(pa.array(first))
     return table, dupes
+
+
+class SpillRef(NamedTuple):
+    """One sorted run in a spill file: rows [start, start + rows) of the Arrow IPC file ``path``
+    (one record batch)."""
+    path: str
+    start: int
+    rows: int
+
+
+def sort_runs(tables: Sequence[pa.Table], num_shards: int) -> tuple[pa.Table, list[tuple[int, int, int]], int]:
+    """A buffer's rows sorted by (shard, uid, page_url, source) with one row per uid (the first):
+    every shard's rows are then one sorted run. Returns the table, (shard, start, stop) of each
+    shard present, and the duplicates dropped. One sort per buffer, whatever the shard count."""
+    import pyarrow.compute as pc
+    table = pa.concat_tables(tables) if tables else MATCHED_SCHEMA.empty_table()
+    if table.num_rows == 0:
+        return table, [], 0
+    shard = shard_ids(table.column("uid").combine_chunks(), num_shards)
+    keyed = table.append_column("_shard", pa.array(shard, pa.int64()))
+    order = pc.sort_indices(keyed, sort_keys=[("_shard", "ascending"), ("uid", "ascending"),
+                                              ("page_url", "ascending"), ("source", "ascending")])
+    table, shard = table.take(order), shard[order.to_numpy()]
+    uids = np.asarray(table.column("uid").to_pylist(), dtype=object)
+    first = np.ones(len(uids), bool)
+    first[1:] = uids[1:] != uids[:-1]
+    dupes = int(len(uids) - first.sum())
+    if dupes:
+        table, shard = table.filter(pa.array(first)), shard[first]
+    cuts = np.flatnonzero(np.diff(shard)) + 1
+    starts, stops = np.concatenate([[0], cuts]), np.concatenate([cuts, [len(shard)]])
+    return table, [(int(shard[a]), int(a), int(b)) for a, b in zip(starts, stops)], dupes
+
+
+def write_spill(path: str, table: pa.Table) -> None:
+    """``table`` (MATCHED_SCHEMA) as one record batch of an Arrow IPC file, written atomically;
+    its rows are then readable by range, memory-mapped, without reading the rest."""
+    from wit_builder.core import atomic_open
+    table = table.cast(MATCHED_SCHEMA).combine_chunks()
+    with atomic_open(path, "wb") as fh, pa.ipc.new_file(fh, MATCHED_SCHEMA) as writer:
+        for batch in table.to_batches():
+            writer.write_batch(batch)
+
+
+class _Run:
+    """A sorted run: an in-memory table, or a batch of a spill file opened only while it is read."""
+
+    def __init__(self, item):
+        self.item = item
+        self.rows = item.rows if isinstance(item, SpillRef) else item.num_rows
+
+    def read(self, start: int, stop: int) -> pa.Table:
+        """Rows [start, stop) as a compact table (no view of a whole batch or mapping)."""
+        if not isinstance(self.item, SpillRef):
+            return self.item.slice(start, stop - start)
+        with _open_batch(self.item) as batch:
+            return pa.Table.from_batches([batch.slice(start, stop - start)]).take(pa.array(np.arange(stop - start)))
+
+    def positions(self, bounds: Sequence[str]) -> list[int]:
+        """Index of the first uid >= each of the sorted prefixes ``bounds`` (binary search)."""
+        if not self.rows:
+            return [0] * len(bounds)
+        if not isinstance(self.item, SpillRef):
+            return _bisect_all(self.item.column("uid").combine_chunks(), bounds)
+        with _open_batch(self.item) as batch:
+            return _bisect_all(batch.column("uid"), bounds)
+
+
+class _open_batch:
+    def __init__(self, ref: SpillRef):
+        self.ref = ref
+
+    def __enter__(self) -> pa.RecordBatch:
+        from wit_builder.core import is_local, open_read
+        path = self.ref.path.removeprefix("file://")
+        self.fh = pa.memory_map(path) if is_local(path) else open_read(path)
+        reader = pa.ipc.open_file(self.fh)
+        return reader.get_batch(0).slice(self.ref.start, self.ref.rows)
+
+    def __exit__(self, *exc):
+        self.fh.close()
+
+
+def _bisect_all(uids: pa.Array, bounds: Sequence[str]) -> list[int]:
+    """bisect_left of each bound in the sorted ``uids``: on the string data as 32-byte keys when
+    every uid is 32 chars (as compute_uid makes them; no copy), else element by element."""
+    offsets = np.frombuffer(uids.buffers()[1], np.int32)[uids.offset:uids.offset + len(uids) + 1]
+    if uids.null_count == 0 and np.all(np.diff(offsets) == 32):
+        keys = np.frombuffer(uids.buffers()[2], np.uint8)[offsets[0]:offsets[-1]].view("S32")
+        return np.searchsorted(keys, np.array([b.encode() for b in bounds], "S32")).tolist()
+
+    class _View:
+        def __len__(self):
+            return len(uids)
+
+        def __getitem__(self, i):
+            return uids[i].as_py()
+    return [bisect_left(_View(), b) for b in bounds]
+
+
+class ShardRuns:
+    """The sorted runs of one shard as they arrive from the shuffle: spill refs as they are,
+    tables kept in memory up to ``max_rows`` rows in all and written to a local temporary
+    file after that (so a worker never holds a large shard's shuffled tables)."""
+
+    def __init__(self, max_rows: int):
+        self.max_rows, self.runs, self.held, self._tmp = max_rows, [], 0, None
+
+    def add(self, item) -> None:
+        if item is None:
+            return
+        if isinstance(item, tuple):                    # a SpillRef (a coder may give a plain tuple)
+            self.runs.append(_Run(SpillRef(*item)))
+            return
+        if self.held + item.num_rows > self.max_rows and item.num_rows:
+            import tempfile
+            if self._tmp is None:
+                self._tmp = tempfile.TemporaryDirectory(prefix="wit-runs-")
+            path = os.path.join(self._tmp.name, f"{len(self.runs):08d}.arrow")
+            write_spill(path, item)
+            self.runs.append(_Run(SpillRef(path, 0, item.num_rows)))
+            return
+        self.held += item.num_rows
+        self.runs.append(_Run(item))
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+class ShardWritten(NamedTuple):
+    rows: int            # rows written
+    duplicates: int      # rows dropped as duplicates here
+    counts: np.ndarray   # pairs per query id (dense)
+    peak_rows: int       # most rows read into memory at once (the bound: max_rows)
+    ranges: int          # uid ranges the shard was merged in
+
+
+def _uid_ranges(runs: Sequence[_Run], max_rows: int) -> list[list[tuple[int, int]]]:
+    """Split the uid space into consecutive ranges holding at most ``max_rows`` rows of the runs
+    (a range that a single cell of a fine grid overfills is the only exception); returns, per
+    range, each run's [start, stop)."""
+    total = sum(r.rows for r in runs)
+    if total <= max_rows:
+        return [[(0, r.rows) for r in runs]]
+    cells = 1 << min(16, max(3, math.ceil(math.log2(8 * math.ceil(total / max_rows)))))
+    bounds = [f"{(j << 32) // cells:08x}" for j in range(1, cells)]
+    cuts = np.array([[0, *r.positions(bounds), r.rows] for r in runs], np.int64)   # runs x (cells + 1)
+    per_cell = (cuts[:, 1:] - cuts[:, :-1]).sum(axis=0)
+    ranges, lo, acc = [], 0, 0
+    for j, n in enumerate(per_cell):
+        if acc and acc + n > max_rows:
+            ranges.append((lo, j))
+            lo, acc = j, 0
+        acc += int(n)
+    ranges.append((lo, cells))
+    return [[(int(cuts[i, a]), int(cuts[i, b])) for i in range(len(runs))] for a, b in ranges]
+
+
+def write_shard(runs: Iterable, path: str, *, max_rows: int, row_group_rows: int) -> ShardWritten:
+    """Merge one shard's sorted runs (tables, :class:`SpillRef`s or a :class:`ShardRuns`) into
+    ``path`` (atomically): rows sorted by uid, one per uid (:func:`dedup_table`), row groups of
+    exactly ``row_group_rows`` rows but the last. The runs are read one uid range at a time, each
+    holding at most ``max_rows`` rows, so memory does not grow with the shard."""
+    import pyarrow.parquet as pq
+    from wit_builder.balance import count_queries
+    from wit_builder.core import atomic_open
+    if isinstance(runs, ShardRuns):
+        run_list = runs.runs
+    else:
+        store = ShardRuns(max_rows)
+        for item in runs:
+            store.add(item)
+        run_list = store.runs
+    counts = np.zeros(0, np.int64)
+    written = dupes = peak = 0
+    pending: list[pa.Table] = []
+    plan = _uid_ranges(run_list, max_rows)
+    with atomic_open(path, "wb") as fh, pq.ParquetWriter(fh, MATCHED_SCHEMA) as writer:
+        for spans in plan:
+            parts = [r.read(a, b) for r, (a, b) in zip(run_list, spans) if b > a]
+            if not parts:
+                continue
+            table = pa.concat_tables(parts)
+            peak = max(peak, table.num_rows)
+            table, d = dedup_table(table)
+            del parts
+            dupes += d
+            c = count_queries(table.column("query_ids"))
+            if len(c) > len(counts):
+                counts = np.concatenate([counts, np.zeros(len(c) - len(counts), np.int64)])
+            counts[:len(c)] += c
+            pending.append(table)
+            buffered = sum(t.num_rows for t in pending)
+            if buffered >= row_group_rows:
+                merged = pa.concat_tables(pending).combine_chunks()
+                full = buffered - buffered % row_group_rows
+                for start in range(0, full, row_group_rows):
+                    writer.write_table(merged.slice(start, row_group_rows), row_group_size=row_group_rows)
+                pending = [merged.slice(full)] if full < buffered else []
+            written += table.num_rows
+        if pending:
+            writer.write_table(pa.concat_tables(pending).combine_chunks(), row_group_size=row_group_rows)
+    if isinstance(runs, ShardRuns):
+        runs.close()
+    else:
+        store.close()
+    return ShardWritten(written, dupes, counts, peak, len(plan))
 
 
 def load_queries(path: str) -> list[str]:

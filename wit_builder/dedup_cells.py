@@ -288,58 +288,96 @@ class Answers:
     q_pixels: np.ndarray     # (m,) int64
 
 
+class _Best:
+    """Running best neighbour (similarity desc, id asc) and top-k edges of the rows of one group."""
+
+    def __init__(self, ids: np.ndarray, threshold: float, k: int):
+        self.ids, self.threshold, self.k = ids, threshold, k
+        self.sim = np.full(len(ids), -np.inf, np.float32)
+        self.pos = np.full(len(ids), -1, np.int64)       # position (in ids) of the best neighbour
+        self.edges: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.pending = 0
+
+    def _offer(self, at: np.ndarray, sim: np.ndarray, pos: np.ndarray) -> None:
+        better = (sim > self.sim[at]) | ((sim == self.sim[at]) & (pos < self.pos[at]) & np.isfinite(sim))
+        self.sim[at[better]], self.pos[at[better]] = sim[better], pos[better]
+
+    def block(self, qa: np.ndarray, sb: np.ndarray, sims: np.ndarray) -> None:
+        """A block of similarities of rows ``qa`` to rows ``sb`` (positions; ``sb`` ascending)."""
+        r = sims.argmax(axis=1)                               # first maximum: the smallest id
+        row_best = sims[np.arange(len(qa)), r]
+        self._offer(qa, row_best, sb[r])
+        hit = np.nonzero(row_best >= self.threshold)[0]
+        if len(hit):
+            rr, cc = np.nonzero(sims[hit] >= self.threshold)
+            rr = hit[rr]
+            self.edges.append((qa[rr], sb[cc], sims[rr, cc]))
+            self.pending += len(rr)
+            if self.pending > 4 * self.k * len(self.ids) + 1_000_000:   # a cell full of copies
+                self._reduce()
+
+    def _reduce(self) -> None:
+        q, i, e = (np.concatenate(x) for x in zip(*self.edges))
+        q, i, e = _top_k(q, i, e, self.k)
+        self.edges, self.pending = [(q, i, e)], len(q)
+
+    def result(self):
+        if not self.edges:
+            z = np.zeros(0, np.int64)
+            return z, z, np.zeros(0, np.float32)
+        self._reduce()
+        return self.edges[0]
+
+
 def search_group(pieces, threshold: float, k: int, same_block: bool, slice_rows: int = 1024) -> Answers:
     """Exact search inside one group (see the module text). ``same_block``: the group is (i, i), so
-    pairs inside the block are searched; otherwise only pairs across its two blocks."""
+    pairs inside the block are searched; otherwise only pairs across its two blocks. Pairs of two
+    home rows are computed once (both learn from them); a probe row learns from the home rows and
+    they from it."""
     rows = concat_rows([p[0] for p in pieces])
     is_home = np.concatenate([p[1] for p in pieces]) if pieces else np.zeros(0, bool)
     block = np.concatenate([p[2] for p in pieces]) if pieces else np.zeros(0, np.int64)
-    # sorted by id, each row once (a retried bundle may deliver a piece twice)
-    uniq_ids, first = np.unique(rows.ids, return_index=True)
+    # each row once (a retried bundle may deliver a piece twice); home rows first, then probes,
+    # each part by ascending id (a block's first maximum is then the smallest id)
+    _, first = np.unique(rows.ids, return_index=True)
+    first = first[np.lexsort((rows.ids[first], ~is_home[first]))]
     rows, is_home, block = rows.take(first), is_home[first], block[first]
     m = len(rows)
-    best_sim = np.full(m, -np.inf, np.float32)
-    best_id = np.full(m, -1, np.int64)
-    eq, eid, esim = [], [], []
+    best = _Best(rows.ids, threshold, k)
+    vec = rows.vectors
+
+    def take(pos: np.ndarray) -> np.ndarray:             # a view when the positions are a range
+        if len(pos) and pos[-1] - pos[0] + 1 == len(pos):
+            return vec[pos[0]:pos[-1] + 1]
+        return vec[pos]
+
+    def product(qa: np.ndarray, sb: np.ndarray) -> None:
+        """Rows ``qa`` learn from rows ``sb`` (not from themselves)."""
+        if not len(qa) or not len(sb):
+            return
+        S = take(sb)
+        spos = np.searchsorted(sb, qa)                     # each query row's own column, if any
+        own = (spos < len(sb)) & (sb[np.minimum(spos, len(sb) - 1)] == qa)
+        for s in range(0, len(qa), slice_rows):
+            q = qa[s:s + slice_rows]
+            sims = take(q) @ S.T
+            mine = np.nonzero(own[s:s + slice_rows])[0]
+            sims[mine, spos[s:s + slice_rows][mine]] = -np.inf
+            best.block(q, sb, sims)
+
     if same_block:
-        tasks = [(np.arange(m), np.nonzero(is_home)[0])]
-    else:
+        product(np.arange(m), np.nonzero(is_home)[0])
+    elif m:
         lo = block == block.min()
-        tasks = [(np.nonzero(lo)[0], np.nonzero(~lo & is_home)[0]), (np.nonzero(~lo)[0], np.nonzero(lo & is_home)[0])]
-    for qrows, srows in tasks:
-        if not len(qrows) or not len(srows):
-            continue
-        S, sid = rows.vectors[srows], rows.ids[srows]
-        # position of each query row among the stored rows (itself), -1 if not stored here
-        spos = np.searchsorted(srows, qrows)
-        spos = np.where((spos < len(srows)) & (srows[np.minimum(spos, len(srows) - 1)] == qrows), spos, -1)
-        for s in range(0, len(qrows), slice_rows):
-            qr = qrows[s:s + slice_rows]
-            sims = rows.vectors[qr] @ S.T
-            self_pos = spos[s:s + slice_rows]
-            mine = np.nonzero(self_pos >= 0)[0]
-            sims[mine, self_pos[mine]] = -np.inf
-            b = sims.argmax(axis=1)              # ties -> the smallest id (sid is ascending)
-            bs = sims[np.arange(len(qr)), b]
-            best_sim[qr] = bs
-            best_id[qr] = np.where(np.isfinite(bs), sid[b], -1)
-            hit = np.nonzero(bs >= threshold)[0]  # only rows with some neighbour at the threshold
-            r, c = np.nonzero(sims[hit] >= threshold)
-            r = hit[r]
-            if len(r):
-                eq.append(rows.ids[qr[r]])
-                eid.append(sid[c])
-                esim.append(sims[r, c])
-    edge_q = np.concatenate(eq) if eq else np.zeros(0, np.int64)
-    edge_id = np.concatenate(eid) if eid else np.zeros(0, np.int64)
-    edge_sim = np.concatenate(esim).astype(np.float32) if esim else np.zeros(0, np.float32)
-    edge_q, edge_id, edge_sim = _top_k(edge_q, edge_id, edge_sim, k)
-    pos = np.searchsorted(uniq_ids, edge_id)
-    best_key = np.full(m, None, object)
-    has = best_id >= 0
-    best_key[has] = rows.keys[np.searchsorted(uniq_ids, best_id[has])]
-    return Answers(rows.ids, best_sim, best_id, best_key, edge_q, edge_id, edge_sim,
-                   rows.keys[pos], rows.pixels[pos], rows.keys, rows.pixels)
+        product(np.nonzero(lo)[0], np.nonzero(~lo & is_home)[0])
+        product(np.nonzero(~lo)[0], np.nonzero(lo & is_home)[0])
+    eq, ei, es = best.result()
+    best_id = np.where(best.pos >= 0, rows.ids[np.maximum(best.pos, 0)], -1)
+    best_key = np.where(best.pos >= 0, rows.keys[np.maximum(best.pos, 0)], None) if m else np.zeros(0, object)
+    order = np.argsort(rows.ids, kind="stable")            # answers by ascending query id
+    return Answers(rows.ids[order], best.sim[order], best_id[order], best_key.astype(object)[order],
+                   rows.ids[eq], rows.ids[ei], es, rows.keys[ei], rows.pixels[ei], rows.keys[order],
+                   rows.pixels[order])
 
 
 def _top_k(q: np.ndarray, i: np.ndarray, sim: np.ndarray, k: int, *extra):

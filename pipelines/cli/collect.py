@@ -66,7 +66,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     c.add_argument("--min-text-chars", type=int, default=DEFAULT_MIN_CHARS, help="shortest cleaned text kept")
     c.add_argument("--max-text-chars", type=int, default=DEFAULT_MAX_CHARS, help="longest cleaned text kept")
     c.add_argument("--num-shards", type=int, default=None,
-                   help="output files in matched/ and balanced/ (unset: the number of input files, at most 1024)")
+                   help="output files in matched/ and balanced/ (unset: one per input file and at least one per "
+                        "512 MiB of WAT, 4 GiB of WARC or 64 MiB of table input; no cap)")
+    c.add_argument("--max-rows-in-memory", type=int, default=1_000_000,
+                   help="most rows a worker buffers, sorts and deduplicates at once; a larger shard is merged "
+                        "in uid ranges of this size (the output does not depend on it)")
     c.add_argument("--batch-size", type=int, default=20000, help="pairs per pipeline element")
     c.add_argument("--overwrite", action="store_true", help="replace a finished run with other options in --out")
     add_skip_share(c, 0.05, "the input (damaged records, empty or unreadable files)")
@@ -84,7 +88,7 @@ def config_from_args(args):
                        langs=args.langs, min_lang_prob=args.min_lang_prob, lang_detector=args.lang_detector,
                        case_insensitive=args.case_insensitive, min_chars=args.min_text_chars,
                        max_chars=args.max_text_chars, num_shards=args.num_shards, batch_size=args.batch_size,
-                       source=source)
+                       max_rows_in_memory=args.max_rows_in_memory, source=source)
 
 
 def print_summary(stats: dict, out: str) -> None:
