@@ -143,3 +143,18 @@ def test_members_without_a_link_to_the_kept_image_are_checked_against_it(tmp_pat
 def test_no_embedded_rows(tmp_path):
     t, stats = _run(tmp_path, "empty", np.zeros((0, 8), np.float32), dc.CellParams(threshold=THR))
     assert t.num_rows == 0 and stats["dropped_duplicates"] == 0
+
+
+def test_a_cell_full_of_copies_keeps_its_edge_lists_bounded():
+    # 4,000 copies of one image in one cell: 16M pairs at the threshold, k = 4 kept per image
+    import tracemalloc
+    n = 4000
+    v = np.tile(dc.normalise(np.ones((1, 16), np.float32)), (n, 1))
+    rows = dc.FileRows(dc.row_ids(0, np.arange(n)), np.array([f"{i:012d}" for i in range(n)], object),
+                       np.ones(n, np.int64), v)
+    tracemalloc.start()
+    a = dc.search_group([(rows, np.ones(n, bool), np.zeros(n, np.int64))], THR, 4, same_block=True)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert np.bincount(dc.split_ids(a.edge_q)[1]).max() == 4 and len(a.edge_q) == 4 * n
+    assert peak < 200 * 2**20          # all 16M pairs at once: > 300 MiB

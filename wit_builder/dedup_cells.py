@@ -309,8 +309,15 @@ class _Best:
         self._offer(qa, row_best, sb[r])
         hit = np.nonzero(row_best >= self.threshold)[0]
         if len(hit):
-            rr, cc = np.nonzero(sims[hit] >= self.threshold)
-            rr = hit[rr]
+            above = sims[hit] >= self.threshold
+            many = above.sum(axis=1) > self.k                 # rows among copies: their k best only
+            rr, cc = np.nonzero(above[~many])
+            rr = hit[~many][rr]
+            if many.any():
+                rows_m = hit[many]
+                part = np.argpartition(-sims[rows_m], self.k - 1, axis=1)[:, :self.k]
+                rr = np.concatenate([rr, np.repeat(rows_m, self.k)])
+                cc = np.concatenate([cc, part.reshape(-1)])
             self.edges.append((qa[rr], sb[cc], sims[rr, cc]))
             self.pending += len(rr)
             if self.pending > 4 * self.k * len(self.ids) + 1_000_000:   # a cell full of copies
