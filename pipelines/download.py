@@ -1,15 +1,24 @@
-"""``wit download``: the driver ``run`` and the Beam pipeline that downloads images with
-img2dataset, one element per input shard.
+"""``wit download``: the driver ``run`` and the Beam pipelines that plan the download shards and
+download images with img2dataset, one element per shard.
 
-The same shards as the local runner (``wit_builder.download``): ``DownloadShardDoFn`` builds
-img2dataset's own ``Downloader`` (resizer, thread pool, hashing) with our atomic
-``WitShardWriter`` once per DoFn instance in ``setup``, and installs the SSRF guard there for
-the worker process. ``process`` turns its input parquet into img2dataset's arrow task with
-img2dataset's ``Reader`` and downloads it: ``NNNNN.tar``/``.parquet`` are renamed into place
-when complete, then ``NNNNN_stats.json`` marks the shard done. An already-complete shard is
-skipped, so a retried element (Dataflow retries failed bundles) or a re-run resumes. A shard
-whose download fails raises, so the runner retries it. ``Reshuffle`` spreads shards over
-workers; counts go to Beam metrics (namespace ``wit.download``).
+``PlanDownload`` (a Beam runner's planner; the local runner plans in memory by the same rules,
+``wit_builder.download_plan``) reads the input parquets by row group, merges the pairs that share
+an image URL into one sample (``CombinePerKey``: a shuffle, never a dict on the launcher), sends
+each URL to a range of its hash (``GroupByKey``), ranks each range's samples from the range's
+offset (a side input of the ranges' sizes) and groups them by shard (``GroupByKey``), so that
+every shard holds at most ``samples_per_shard`` samples, in the same order as in memory. Each
+shard's samples are written atomically to ``IMAGES/_wit/input/NNNNN.parquet``, then the
+manifest ``_wit/parts.json``.
+
+The downloads (``wit_builder.download``): ``DownloadShardDoFn`` builds img2dataset's own
+``Downloader`` (resizer, thread pool, hashing) with our atomic ``WitShardWriter`` once per DoFn
+instance in ``setup``, and installs the SSRF guard there for the worker process. ``process``
+turns its shard's parquet into img2dataset's arrow task with img2dataset's ``Reader`` and
+downloads it: ``NNNNN.tar``/``.parquet`` are renamed into place when complete, then
+``NNNNN_stats.json`` marks the shard done. An already-complete shard is skipped, so a retried
+element (Dataflow retries failed bundles) or a re-run resumes. A shard whose download fails
+raises, so the runner retries it. ``Reshuffle`` spreads shards over workers; counts go to Beam
+metrics (namespace ``wit.download``).
 """
 from __future__ import annotations
 
@@ -26,12 +35,103 @@ from wit_builder import records
 from wit_builder.core import atomic_write_json
 from wit_builder.core import filesystem, remove_temporaries
 from wit_builder.download import DownloadConfig, absolute_path, prepare, summarize
+from wit_builder.download_plan import PlanJob
 from wit_builder.download_local import run_local, run_lock
 from wit_builder.download_layout import WORK
 
 LOCAL = BeamOptions(runner="local")   # img2dataset's own multiprocessing, no Beam
 
 
+# --------------------------------------------------------------------------------------------
+# planning: pairs -> one sample per URL -> shards of at most samples_per_shard samples
+# --------------------------------------------------------------------------------------------
+class MergePairs(beam.CombineFn):
+    """The pairs of one URL -> its ``Sample`` (caption of the smallest uid, union of query ids)."""
+
+    def create_accumulator(self):
+        from wit_builder.download_plan import Sample
+        return Sample()
+
+    def add_input(self, sample, pair):
+        return sample.add(*pair)
+
+    def merge_accumulators(self, samples):
+        samples = iter(samples)
+        first = next(samples)
+        for other in samples:
+            first.merge(other)
+        return first
+
+    def extract_output(self, sample):
+        return sample
+
+
+def _read_unit(unit, columns):
+    from wit_builder.download_plan import read_pairs
+    yield from read_pairs(unit[0], unit[1], columns)
+
+
+def _rank_partition(item, offsets, samples_per_shard):
+    """(partition, [(url, Sample)]) -> (shard, (row, sample row)) in sample order."""
+    from wit_builder.download_plan import cut, sample_order
+    part, samples = item
+    rank = offsets[part]
+    for url, sample in sorted(samples, key=lambda kv: sample_order(kv[0])):
+        shard, row = cut(rank, samples_per_shard)
+        yield shard, (row, sample.row(url))
+        rank += 1
+
+
+def _write_shard(item, out):
+    from wit_builder.download_plan import write_part
+    shard, rows = item
+    rows = sorted(rows, key=lambda r: r[0])
+    if [r[0] for r in rows] != list(range(len(rows))):
+        raise RuntimeError(f"shard {shard}: rows {[r[0] for r in rows][:10]}... are not 0..{len(rows) - 1}")
+    return write_part(out, shard, [r[1] for r in rows])
+
+
+class PlanDownload(beam.PTransform):
+    """Begin -> ``job.out``/_wit/input/NNNNN.parquet (one per shard) and ``_wit/parts.json``; the
+    same files as ``wit_builder.download_plan.plan_in_memory``."""
+
+    def __init__(self, job: PlanJob):
+        super().__init__()
+        self.job = job
+
+    def expand(self, pbegin):
+        from wit_builder.download_plan import partition_offsets, range_partition, write_manifest
+        job = self.job
+        samples = (pbegin
+                   | "Units" >> beam.Create(list(job.units))
+                   | "Spread" >> beam.Reshuffle()
+                   | "ReadPairs" >> beam.FlatMap(_read_unit, list(job.columns))
+                   | "OnePerUrl" >> beam.CombinePerKey(MergePairs()))
+        ranges = samples | "ToRange" >> beam.Map(lambda kv, n: (range_partition(kv[0], n), kv), job.partitions)
+        offsets = (ranges
+                   | "One" >> beam.Map(lambda kv: (kv[0], 1))
+                   | "RangeSizes" >> beam.CombinePerKey(sum)
+                   | "AllSizes" >> beam.combiners.ToList()
+                   | "Offsets" >> beam.Map(partition_offsets))
+        return (ranges
+                | "GroupRanges" >> beam.GroupByKey()
+                | "Rank" >> beam.FlatMap(_rank_partition, beam.pvalue.AsSingleton(offsets), job.samples_per_shard)
+                | "GroupShards" >> beam.GroupByKey()
+                | "WriteShards" >> beam.Map(_write_shard, job.out)
+                | "AllShards" >> beam.combiners.ToList()
+                | "Manifest" >> beam.Map(lambda parts: write_manifest(job.out, job.digest, parts)))
+
+
+def beam_planner(beam_options: BeamOptions):
+    """A planner for ``wit_builder.download.prepare`` that runs :class:`PlanDownload` on Beam."""
+    def plan(job: PlanJob) -> None:
+        run_pipeline(lambda p: p | "PlanDownload" >> PlanDownload(job), beam_options)
+    return plan
+
+
+# --------------------------------------------------------------------------------------------
+# downloading: one element per shard
+# --------------------------------------------------------------------------------------------
 class DownloadShardDoFn(beam.DoFn):
     def __init__(self, plan_json: str):
         super().__init__()
@@ -100,9 +200,9 @@ def run(cfg: DownloadConfig, beam_options: BeamOptions = LOCAL, *, quiet: bool =
     """``wit download``: download ``cfg.pairs`` (dir/glob/list of balanced parquets) into ``cfg.out``;
     return the summary.
 
-    ``beam_options.runner == "local"`` runs img2dataset's ``download()`` (with wit's shard pool,
-    which retries a shard whose worker died); any other runner is a Beam runner for ``DownloadShards`` (one element per input
-    shard). With ``quiet``,
+    ``beam_options.runner == "local"`` plans in memory and runs img2dataset's ``download()`` (with
+    wit's shard pool, which retries a shard whose worker died); any other runner is a Beam runner
+    for ``PlanDownload`` and ``DownloadShards`` (one element per shard). With ``quiet``,
     img2dataset's own output goes to ``out/_wit/img2dataset.log`` (local runner). Safe to
     re-run after any interruption: complete shards are kept, the rest redone.
     """
@@ -112,7 +212,8 @@ def run(cfg: DownloadConfig, beam_options: BeamOptions = LOCAL, *, quiet: bool =
     fs, root = filesystem(out)
     fs.makedirs(f"{root}/{WORK}", exist_ok=True)
     with run_lock(out):
-        plan = prepare(pairs, out, opts)
+        planner = None if beam_options.runner == "local" else beam_planner(beam_options)
+        plan = prepare(pairs, out, opts, planner)
         records.begin(out, "download")
         # what a killed run left: img2dataset's _tmp/, our writers' partial shards
         remove_temporaries(out, folders="_tmp")
@@ -123,6 +224,7 @@ def run(cfg: DownloadConfig, beam_options: BeamOptions = LOCAL, *, quiet: bool =
             else:
                 run_downloads(plan, beam_options)
         summary = summarize(out, plan.shards)
+        summary["pairs"] = plan.pairs
         summary["empty_inputs_skipped"] = plan.empty_inputs
         summary["shards_already_done"] = len(plan.done)
         summary["seconds"] = round(time.time() - started, 3)
@@ -131,10 +233,11 @@ def run(cfg: DownloadConfig, beam_options: BeamOptions = LOCAL, *, quiet: bool =
         summary["images_per_s"] = round(this_run / summary["seconds"], 2) if summary["seconds"] else None
         atomic_write_json(f"{out}/{WORK}/summary.json", summary)
         if not summary.get("incomplete_shards"):  # a finished run only; a re-run finishes the rest
-            records.complete_folder(out, "download", inputs=[s.path for s in plan.shards],
+            records.complete_folder(out, "download", inputs=[s.path for s in plan.inputs],
                                     skip=(f"{WORK}/", "_tmp"),
                                     counts={"images": summary.get("success", 0), "rows": summary.get("samples", 0)})
     return summary
 
 
-__all__ = ["DownloadShardDoFn", "DownloadShards", "build", "run_downloads", "run", "LOCAL"]
+__all__ = ["MergePairs", "PlanDownload", "beam_planner", "DownloadShardDoFn", "DownloadShards", "build",
+           "run_downloads", "run", "LOCAL"]

@@ -1,5 +1,5 @@
-"""The Beam download step on the DirectRunner (one element per input shard), then `wit shards`
-on its output, read back with webdataset the way OpenCLIP reads --train-data."""
+"""The Beam download (planning as a Beam shuffle, then one element per shard) on the DirectRunner,
+then `wit shards` on its output, read back with webdataset the way OpenCLIP reads --train-data."""
 from __future__ import annotations
 
 import json
@@ -40,7 +40,7 @@ def test_beam_runner_downloads_resumes_and_feeds_shards(tmp_path):
             write_balanced(str(pairs / f"part-{s:05d}.parquet"), urls[s], first_query=10 * s)
         out = str(tmp_path / "images")
         opts = DownloadOptions(threads=4, timeout=2, image_size=32, allowed_endpoints=[f"127.0.0.1:{public.port}"],
-                               resolve={"img.test": "127.0.0.1"})
+                               resolve={"img.test": "127.0.0.1"}, samples_per_shard=4)
         summary = download.run(DownloadConfig(str(pairs), out, opts), BeamOptions("DirectRunner"), progress=False)
         # the DoFn's guard is gone after teardown (something else may have installed a default opener)
         assert getattr(urllib.request._opener, "_wit_policy", None) is None
@@ -57,10 +57,11 @@ def test_beam_runner_downloads_resumes_and_feeds_shards(tmp_path):
 
         # resume: a shard whose done-marker is gone is redone, the others are not fetched again
         os.remove(f"{out}/00001_stats.json")
+        shard1 = sorted(r["url"].split(str(public.port))[1] for r in pq.read_table(f"{out}/00001.parquet").to_pylist())
         hits = len(public.requests)
         again = download.run(DownloadConfig(str(pairs), out, opts), BeamOptions("DirectRunner"), progress=False)
         new = [r.path for r in public.requests[hits:]]
-        assert sorted(new) == [f"/1/{i}.jpg" for i in range(4)]
+        assert sorted(new) == shard1
         assert again["shards_already_done"] == 2 and again["samples"] == 12
 
     # final shards from the Beam run's output, read back like OpenCLIP's --train-data
@@ -73,9 +74,12 @@ def test_beam_runner_downloads_resumes_and_feeds_shards(tmp_path):
     got = list(ds)
     keys = [g["meta"]["key"] for g in got]
     assert keys == sorted(keys) and len(keys) == 10
-    assert "000010002" not in keys and "000020003" not in keys
-    src = {u: s for s in urls for u in urls[s]}
+    failed = {r["url"] for s in range(3) for r in pq.read_table(f"{out}/{s:05d}.parquet").to_pylist()
+              if r["status"] != "success"}
+    assert failed == {urls[1][2], urls[2][3]}
+    src = {u: (s, i) for s in urls for i, u in enumerate(urls[s])}
     for g in got:
         assert g["image"].size == (32, 32)
-        assert g["meta"]["url"] in src and g["text"] == g["meta"]["text"]
-        assert g["meta"]["query_ids"][0] == 10 * src[g["meta"]["url"]] + int(g["meta"]["key"][-4:])
+        assert g["meta"]["url"] in src and g["meta"]["url"] not in failed and g["text"] == g["meta"]["text"]
+        s, i = src[g["meta"]["url"]]
+        assert g["meta"]["query_ids"] == [10 * s + i, 10 * s + i + 1]

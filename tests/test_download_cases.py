@@ -107,11 +107,11 @@ def test_every_case_gets_its_status_and_error(tmp_path):
     assert "X-Robots-Tag" in by_url[f"{host}/optout.jpg"]["error_message"]
     keys = sorted(r["key"] for r in rows.to_pylist())
     assert keys == [f"{i:09d}" for i in range(len(cases))]
-    src = table.to_pylist()
-    for r in rows.to_pylist():  # uid, query_ids, page_url and the text carried through
-        s = src[int(r["key"])]
-        assert (r["url"], r["caption"], r["uid"], r["query_ids"], r["page_url"]) == \
-            (s["url"], s["text"], s["uid"], s["query_ids"], s["page_url"])
+    src = {s["url"]: s for s in table.to_pylist()}
+    for r in rows.to_pylist():  # uid, query_ids, page_url and the text carried through (one pair per URL)
+        s = src[r["url"]]
+        assert (r["caption"], r["uid"], r["query_ids"], r["page_url"], r["pairs"], r["other_texts"]) == \
+            (s["text"], s["uid"], s["query_ids"], s["page_url"], 1, [])
 
     # --- the tar: successes only, KEY.jpg/.txt/.json, json = the parquet row
     with tarfile.open(f"{out}/00000.tar") as tar:

@@ -1,6 +1,6 @@
 """kill -9 `wit download` midway, re-run the same command: finished shards are kept untouched,
 the partial one is redone, and the final keys have no duplicates and no gaps. Uses the real CLI
-in a subprocess, with the CLI's --resolve/--allowed-endpoint flags.
+in a subprocess, with the CLI's --resolve/--allowed-endpoint/--samples-per-shard flags.
 
 The kill is the harsh variant: SIGKILL to the parent alone, so img2dataset's spawned worker and
 logger processes are orphaned mid-shard; they must notice and exit by themselves (their parent
@@ -18,6 +18,7 @@ import time
 import pyarrow.parquet as pq
 
 from download_testlib import image_bytes, write_balanced
+from wit_builder.download_plan import sample_order
 from wit_builder.sim.loopback import LoopbackServer
 
 SHARDS, ROWS = 4, 5
@@ -41,18 +42,24 @@ def test_kill_9_midway_then_rerun_gives_every_key_once(tmp_path):
               for s in range(SHARDS) for i in range(ROWS)}
     routes["/2/3.jpg"] = {"status": 404}  # a failure is a key too
     first_run = {"on": True}
-    stall = dict(routes["/1/4.jpg"])
-    # during the first run, shard 1's last image stalls: the kill lands while shard 1 is half-written
-    routes["/1/4.jpg"] = lambda path, headers: {**stall, "delay": 1.5 if first_run["on"] else 0}
     with LoopbackServer(routes) as srv:
         pairs = tmp_path / "balanced"
         pairs.mkdir()
         for s in range(SHARDS):
             write_balanced(str(pairs / f"part-{s:05d}-of-{SHARDS:05d}.parquet"),
                            [f"http://img.test:{srv.port}/{s}/{i}.jpg" for i in range(ROWS)])
+        # the download's shards: the URLs in hash order, cut every ROWS (docs/download.md)
+        order = sorted((f"http://img.test:{srv.port}/{s}/{i}.jpg" for s in range(SHARDS) for i in range(ROWS)),
+                       key=sample_order)
+        shard_paths = [[u.split(str(srv.port), 1)[1] for u in order[k * ROWS:(k + 1) * ROWS]] for k in range(SHARDS)]
+        held, port = shard_paths[1][-1], str(srv.port)
+        stall = dict(routes[held])
+        # during the first run, shard 1's last image stalls: the kill lands while shard 1 is half-written
+        srv.add_route(held, lambda path, headers: {**stall, "delay": 1.5 if first_run["on"] else 0})
         out = tmp_path / "images"
         cmd = [sys.executable, "-m", "pipelines.cli", "download", "--pairs", str(pairs), "--out", str(out),
                "--processes", "1", "--threads", "1", "--timeout", "2", "--image-size", "32",
+               "--samples-per-shard", str(ROWS),
                "--resolve", "img.test=127.0.0.1", "--allowed-endpoint", f"127.0.0.1:{srv.port}"]
         env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
@@ -61,7 +68,7 @@ def test_kill_9_midway_then_rerun_gives_every_key_once(tmp_path):
         try:
             # kill once shard 0 is finished and shard 1 is half-way (files under _wit/partial)
             _wait_for(lambda: (out / "00000_stats.json").exists(), 120, "shard 0 to finish", proc)
-            _wait_for(lambda: srv.hits("/1/4.jpg") > 0, 30, "shard 1 to be half-way", proc)
+            _wait_for(lambda: srv.hits(held) > 0, 30, "shard 1 to be half-way", proc)
             os.kill(proc.pid, signal.SIGKILL)  # the parent only
             proc.wait()
             end = time.monotonic() + 30
@@ -105,7 +112,7 @@ def test_kill_9_midway_then_rerun_gives_every_key_once(tmp_path):
     # finished shards untouched and not fetched again; the others fetched again
     assert {n: os.stat(out / n).st_mtime_ns for n in kept} == kept
     for s in range(SHARDS):
-        again = sum(srv.hits(f"/{s}/{i}.jpg") - hits_before[f"/{s}/{i}.jpg"] for i in range(ROWS))
+        again = sum(srv.hits(p) - hits_before[p] for p in shard_paths[s])
         assert again == (0 if s in done_before else ROWS), s
 
     # every key exactly once, in parquet and (successes) in tar; nothing partial left
@@ -114,6 +121,7 @@ def test_kill_9_midway_then_rerun_gives_every_key_once(tmp_path):
         rows = pq.read_table(out / f"{s:05d}.parquet").to_pylist()
         keys = sorted(r["key"] for r in rows)
         assert keys == [f"{s:05d}{i:04d}" for i in range(ROWS)]
+        assert [r["url"].split(port, 1)[1] for r in sorted(rows, key=lambda r: r["key"])] == shard_paths[s]
         with tarfile.open(out / f"{s:05d}.tar") as tar:
             jpgs = sorted(m.name[:-4] for m in tar.getmembers() if m.name.endswith(".jpg"))
         assert jpgs == sorted(r["key"] for r in rows if r["status"] == "success")

@@ -28,6 +28,7 @@ from download_testlib import image_bytes, write_balanced
 from hostile_testlib import DRIP, TRICKLE_FOR, HoldingDownloader, RawServer
 from wit_builder import netlimits
 from wit_builder.download_layout import error_kind
+from wit_builder.download_plan import sample_order
 from wit_builder.netsafety import LimitExceeded, NetPolicy, guarded
 from wit_builder.sim.loopback import LoopbackServer
 
@@ -235,7 +236,7 @@ def test_download_rows_get_one_line_reasons(raw, tmp_path):
 def _wit_download(pairs, out, port, *extra):
     cmd = [sys.executable, "-m", "pipelines.cli", "download", "--pairs", str(pairs), "--out", str(out),
            "--processes", "1", "--threads", "2", "--timeout", "20", "--max-seconds", "30",
-           "--image-size", "32", "--resolve", "img.test=127.0.0.1", "--allowed-endpoint",
+           "--image-size", "32", "--samples-per-shard", "3", "--resolve", "img.test=127.0.0.1", "--allowed-endpoint",
            f"127.0.0.1:{port}", *extra]
     env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "TQDM_DISABLE": "1"}
@@ -269,7 +270,8 @@ def _kill_worker_of(out, shard: str, proc, timeout: float = 30) -> int:
 
 @pytest.fixture()
 def held_web(tmp_path):
-    """Two shards of 3 images; shard 1's last image is held until the test lets it go."""
+    """Two shards of 3 images (--samples-per-shard 3: the URLs in hash order, cut every 3);
+    shard 1's last image is held until the test lets it go. Yields the paths of shard 0 too."""
     release = threading.Event()
 
     def held(path, headers):
@@ -278,14 +280,15 @@ def held_web(tmp_path):
 
     routes = {f"/{s}/{i}.jpg": {"body": JPEG, "headers": {"Content-Type": "image/jpeg"}}
               for s in range(2) for i in range(3)}
-    routes["/1/2.jpg"] = held
     with LoopbackServer(routes) as srv:
         pairs = tmp_path / "balanced"
         pairs.mkdir()
         for s in range(2):
             write_balanced(str(pairs / f"part-{s:05d}.parquet"),
                            [f"http://img.test:{srv.port}/{s}/{i}.jpg" for i in range(3)])
-        yield srv, pairs, release
+        order = sorted(routes, key=lambda p: sample_order(f"http://img.test:{srv.port}{p}"))
+        srv.add_route(order[5], held)
+        yield srv, pairs, release, order[:3]
         release.set()
 
 
@@ -328,7 +331,7 @@ def test_pool_gives_up_on_a_shard_after_its_retries(tmp_path):
 
 
 def test_dead_worker_every_try_fails_in_one_line_and_a_rerun_resumes(held_web, tmp_path):
-    srv, pairs, release = held_web
+    srv, pairs, release, shard0 = held_web
     out = tmp_path / "images"
     proc = _wit_download(pairs, out, srv.port, "--max-shard-retry", "0")
     _kill_worker_of(out, "00001", proc)
@@ -345,4 +348,4 @@ def test_dead_worker_every_try_fails_in_one_line_and_a_rerun_resumes(held_web, t
     rc, stdout, stderr = _finish(proc, 60)
     assert rc == 0, stderr[-2000:]
     assert "downloaded 6/6 images" in stdout
-    assert srv.hits("/0/0.jpg") == 1  # shard 0 was kept, not fetched again
+    assert all(srv.hits(p) == 1 for p in shard0)  # shard 0 was kept, not fetched again

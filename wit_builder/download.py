@@ -4,11 +4,14 @@ The engine is img2dataset (its reader, resizer, downloader, WebDataset writer an
 ``download()``, whose multiprocessing distributor wit replaces with its own shard pool that
 notices a dead worker: :mod:`wit_builder.download_local`). What this module adds around it:
 
-* **Planning.** Every non-empty input parquet (``OUT/balanced/part-*.parquet``) becomes exactly
-  one img2dataset shard ``NNNNN`` (inputs in sorted order): ``number_sample_per_shard`` is at
-  least the largest input's row count and at least 10000, so keys are img2dataset's usual 9
-  digits (5 for the shard, 4 for the row) while inputs hold <= 10000 rows. The plan is stored
-  in ``IMAGES/_wit/plan.json``; re-running with other inputs or image settings is refused.
+* **Planning.** The pairs become one sample per image URL, ordered by a hash of the URL and cut
+  into shards of at most ``samples_per_shard`` samples (:mod:`wit_builder.download_plan`: the
+  rules; the local runner plans in memory, a Beam runner with ``PlanDownload``), whatever the
+  number and sizes of the input parquets. Shard ``NNNNN``'s samples are written to
+  ``IMAGES/_wit/input/NNNNN.parquet``, img2dataset's input. img2dataset's
+  ``number_sample_per_shard`` is ``max(10000, samples_per_shard)``, so keys are its usual 9 digits
+  (5 for the shard, 4 for the row) up to 10000 samples per shard. The plan is stored in
+  ``IMAGES/_wit/plan.json``; re-running with other inputs or options is refused.
 * **Our classes inside img2dataset.** ``download()`` looks its writer and logger-process classes
   up by name in ``img2dataset.main``; for the call we bind them to
   :class:`~wit_builder.download_worker.WitShardWriter` (installs the SSRF guard of
@@ -16,10 +19,12 @@ notices a dead worker: :mod:`wit_builder.download_local`). What this module adds
   and parquet in a private folder and renames them into place, writes the stats file
   atomically, adds ``error_kind``, reports progress) and ``WitLoggerProcess``; both exit when
   their parent is killed. The Beam runner (``pipelines/download.py``) builds
-  img2dataset's ``Downloader`` with the same writer, one element per input shard.
+  img2dataset's ``Downloader`` with the same writer, one element per shard.
 * **Resume.** A shard is done when its ``NNNNN_stats.json`` (written last) parses with the right
   count and its tar and parquet exist. Before each run everything else of unfinished shards is
-  deleted; img2dataset's ``incremental`` mode (local) or the DoFn (Beam) skips done shards.
+  deleted; img2dataset's ``incremental`` mode (local) or the DoFn (Beam) skips done shards. The
+  planning is kept once ``_wit/parts.json`` is written (and is deterministic, so a redone
+  planning gives the same shards and keys).
 * **Summary.** Counts by status and error kind from the per-shard parquets, printed and written
   to ``IMAGES/_wit/summary.json``.
 """
@@ -28,10 +33,12 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # before img2dataset imports albumentations
 import pyarrow as pa
@@ -41,16 +48,18 @@ from wit_builder import records
 from wit_builder.core import (WitError, atomic_write_json, content_key, filesystem, is_local, match_paths,
                               open_read)
 from wit_builder.download_layout import OOM_SHARD_COUNT, WORK, error_kind, shard_name  # noqa: F401
+from wit_builder.download_plan import (PART_COLUMNS, SAMPLES_PER_SHARD, PlanJob, part_path, plan_digest,
+                                       plan_in_memory, read_manifest)
 from wit_builder.netsafety import (DEFAULT_CONTENT_TYPES, DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS,
                                    DEFAULT_USER_AGENT, NetPolicy)
 
 __all__ = ["DownloadConfig", "DownloadOptions", "InputShard", "Plan", "plan_inputs", "prepare",
            "summarize", "format_summary", "error_kind", "shard_name",
            "completed_shards", "reconcile", "make_downloader", "download_one_shard",
-           "img2dataset_kwargs", "plan_to_json", "plan_from_json", "summarize_shard"]
+           "img2dataset_kwargs", "plan_to_json", "plan_from_json", "summarize_shard", "Planner"]
 
-MIN_SAMPLES_PER_SHARD = 10_000  # -> 4 row digits -> 9-digit keys, img2dataset's usual
-ADDITIONAL_COLUMNS = ("uid", "query_ids", "page_url")
+MIN_SAMPLES_PER_SHARD = 10_000  # img2dataset's number_sample_per_shard at least: 4 row digits, 9-digit keys
+ADDITIONAL_COLUMNS = ("uid", "query_ids", "page_url")  # optional input columns carried along
 # img2dataset's own default list (noai/noimageai are the AI-training opt-outs)
 DEFAULT_DISALLOWED = ("noai", "noimageai", "noindex", "noimageindex")
 
@@ -79,6 +88,7 @@ class DownloadOptions:
     user_agent: str = DEFAULT_USER_AGENT
     max_seconds: float | None = 60.0
     max_shard_retry: int = 1
+    samples_per_shard: int = SAMPLES_PER_SHARD
 
     def policy(self) -> NetPolicy:
         return NetPolicy(allow_private_networks=self.allow_private_networks,
@@ -90,6 +100,8 @@ class DownloadOptions:
     def validate(self) -> None:
         if self.image_size <= 0 or self.threads <= 0 or self.timeout <= 0:
             raise WitError("--image-size, --threads and --timeout must be positive")
+        if self.samples_per_shard <= 0:
+            raise WitError("--samples-per-shard must be positive")
         if self.retries < 0 or self.processes < 0 or self.max_shard_retry < 0:
             raise WitError("--retries, --processes and --max-shard-retry must be >= 0")
         if self.resize_mode not in ("no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"):
@@ -112,6 +124,7 @@ class DownloadConfig:
 
 @dataclass(frozen=True)
 class InputShard:
+    """A download shard (``path``: its samples, ``_wit/input/NNNNN.parquet``) or an input file."""
     shard_id: int
     path: str
     rows: int
@@ -120,8 +133,16 @@ class InputShard:
 # --------------------------------------------------------------------------------------------
 # planning and resume
 # --------------------------------------------------------------------------------------------
-def plan_inputs(pairs: str | list[str]) -> tuple[list[InputShard], list[str], int, int]:
-    """(shards, additional columns, samples per img2dataset shard, skipped empty inputs)."""
+def plan_inputs(pairs: str | list[str], samples_per_shard: int = SAMPLES_PER_SHARD
+                ) -> tuple[list[InputShard], list[str], int, int]:
+    """The input files: (non-empty inputs, their optional columns of :data:`ADDITIONAL_COLUMNS`,
+    img2dataset's ``number_sample_per_shard``, skipped empty inputs)."""
+    inputs, extra, empty, _ = _read_inputs(pairs)
+    return inputs, extra, max(MIN_SAMPLES_PER_SHARD, samples_per_shard), empty
+
+
+def _read_inputs(pairs: str | list[str]) -> tuple[list[InputShard], list[str], int, list[tuple[str, int]]]:
+    """(non-empty inputs, optional columns, empty inputs, (path, row group) of every row group)."""
     patterns = [pairs] if isinstance(pairs, str) else list(pairs)
     if all(is_local(p) for p in patterns):
         paths = _match_local(patterns)
@@ -131,7 +152,8 @@ def plan_inputs(pairs: str | list[str]) -> tuple[list[InputShard], list[str], in
     if not paths:
         raise WitError(f"--pairs {patterns}: no .parquet files found")
     records.verify_inputs(paths, "--pairs")
-    shards: list[InputShard] = []
+    inputs: list[InputShard] = []
+    units: list[tuple[str, int]] = []
     extra: list[str] | None = None
     empty = 0
     for path in paths:
@@ -139,7 +161,7 @@ def plan_inputs(pairs: str | list[str]) -> tuple[list[InputShard], list[str], in
             with open_read(path) as fh:
                 meta = pq.ParquetFile(fh).metadata
                 names = set(meta.schema.to_arrow_schema().names)
-                rows = meta.num_rows
+                rows, groups = meta.num_rows, meta.num_row_groups
         except (pa.ArrowException, OSError, ValueError) as exc:
             raise WitError(f"--pairs file {path} is not a readable parquet file: {exc}") from None
         missing = {"url", "text"} - names
@@ -154,11 +176,11 @@ def plan_inputs(pairs: str | list[str]) -> tuple[list[InputShard], list[str], in
         if rows == 0:
             empty += 1
             continue
-        shards.append(InputShard(len(shards), path, rows))
-    if not shards:
+        inputs.append(InputShard(len(inputs), path, rows))
+        units += [(path, g) for g in range(groups)]
+    if not inputs:
         raise WitError(f"--pairs {patterns}: every input file is empty")
-    per_shard = max(MIN_SAMPLES_PER_SHARD, max(s.rows for s in shards))
-    return shards, extra or [], per_shard, empty
+    return inputs, extra or [], empty, units
 
 
 def _match_local(patterns: list[str]) -> list[str]:
@@ -221,11 +243,16 @@ def reconcile(out: str, shards: list[InputShard]) -> set[int]:
 
 
 def _check_plan(out: str, plan: dict) -> None:
+    """Refuse ``out`` if it holds a download of another plan (the shards it planned, ``inputs``,
+    follow from the rest) or shards that no `wit download` wrote."""
     fs, root = filesystem(out)
     old = _read_json(fs, f"{root}/{WORK}/plan.json")
+    if old is not None:
+        old = {k: v for k, v in old.items() if k != "inputs"}
     if old is not None and old != plan:
         changed = sorted(k for k in set(old) | set(plan) if old.get(k) != plan.get(k))
-        raise WitError(f"{out} holds a download with other {', '.join(changed)} "
+        names = ["inputs (--pairs files)" if k == "pairs" else k for k in changed]
+        raise WitError(f"{out} holds a download with other {', '.join(names)} "
                        f"(see {out}/{WORK}/plan.json); use another --out, or delete it to start over")
     if old is None and fs.exists(root):
         stray = [p for p in fs.ls(root, detail=False) if re.fullmatch(r"\d+(_stats\.json|\.tar|\.parquet)",
@@ -277,6 +304,9 @@ def summarize_shard(out: str, shard: InputShard) -> dict:
 def format_summary(summary: dict) -> str:
     lines = [f"downloaded {summary['success']}/{summary['samples']} images "
              f"({100 * summary['success_rate']:.1f}%) in {summary['shards']} shards"]
+    if summary.get("pairs", 0) > summary["samples"]:
+        lines.append(f"  {summary['pairs']} pairs -> {summary['samples']} images: "
+                     f"{summary['pairs'] - summary['samples']} pairs shared an image URL with another")
     if summary.get("images_this_run"):
         lines.append(f"  this run: {summary['images_this_run']} rows in {summary['seconds']:.1f} s "
                      f"({summary['images_per_s']:.1f} rows/s, start-up included)")
@@ -291,17 +321,22 @@ def format_summary(summary: dict) -> str:
 # --------------------------------------------------------------------------------------------
 # running it
 # --------------------------------------------------------------------------------------------
+Planner = Callable[[PlanJob], object]  # writes the parts and _wit/parts.json (download_plan.plan_in_memory)
+
+
 @dataclass
 class Plan:
     """What a download will do: built by :func:`prepare`, used by both runners."""
 
     out: str
     options: DownloadOptions
-    shards: list[InputShard]
+    shards: list[InputShard]             # the download shards (their samples: _wit/input/NNNNN.parquet)
     extra_columns: list[str]
-    per_shard: int
+    per_shard: int                       # img2dataset's number_sample_per_shard (key width)
     empty_inputs: int
     done: set[int]
+    inputs: list[InputShard] = field(default_factory=list)  # the --pairs files read
+    pairs: int = 0                       # input pairs (rows with a URL), before merging by URL
 
     def todo(self) -> list[InputShard]:
         return [s for s in self.shards if s.shard_id not in self.done]
@@ -311,34 +346,62 @@ def plan_to_json(plan: Plan) -> str:
     return json.dumps({"out": plan.out, "options": asdict(plan.options),
                        "shards": [[s.shard_id, s.path, s.rows] for s in plan.shards],
                        "extra_columns": plan.extra_columns, "per_shard": plan.per_shard,
-                       "empty_inputs": plan.empty_inputs, "done": sorted(plan.done)})
+                       "empty_inputs": plan.empty_inputs, "done": sorted(plan.done),
+                       "inputs": [[s.shard_id, s.path, s.rows] for s in plan.inputs], "pairs": plan.pairs})
 
 
 def plan_from_json(text: str) -> Plan:
     d = json.loads(text)
     return Plan(d["out"], DownloadOptions(**d["options"]), [InputShard(*s) for s in d["shards"]],
-                d["extra_columns"], d["per_shard"], d["empty_inputs"], set(d["done"]))
+                d["extra_columns"], d["per_shard"], d["empty_inputs"], set(d["done"]),
+                [InputShard(*s) for s in d.get("inputs", [])], d.get("pairs", 0))
 
 
-def prepare(pairs, out: str, opts: DownloadOptions) -> Plan:
-    """Plan, check against an earlier run in ``out``, reconcile (drop partial shards), write
-    ``_wit/plan.json``, ``policy.json`` (read by the workers) and ``options.json``."""
+def prepare(pairs, out: str, opts: DownloadOptions, planner: Planner | None = None) -> Plan:
+    """Plan, check against an earlier run in ``out``; merge the pairs by URL into shards of at most
+    ``opts.samples_per_shard`` samples with ``planner`` (default: in memory) unless an earlier run
+    of this plan did; write ``_wit/plan.json`` (with the shards as ``inputs``); reconcile (drop
+    partial shards); write ``policy.json`` (read by the workers) and ``options.json``."""
     opts.validate()
     out = absolute_path(out)
-    shards, extra, per_shard, empty = plan_inputs(pairs)
+    inputs, extra, empty, units = _read_inputs(pairs)
+    per_shard = max(MIN_SAMPLES_PER_SHARD, opts.samples_per_shard)
     # an input rewritten under the same name (and row count) is another input: its content key
-    plan = {"inputs": [[s.path, s.rows, content_key(s.path)] for s in shards], "additional_columns": extra,
+    plan = {"pairs": [[s.path, s.rows, content_key(s.path)] for s in inputs], "additional_columns": PART_COLUMNS,
+            "samples_per_shard": opts.samples_per_shard, "one_sample_per": "url",
             "number_sample_per_shard": per_shard, "oom_shard_count": OOM_SHARD_COUNT,
             "image_size": opts.image_size, "resize_mode": opts.resize_mode,
             "resize_only_if_bigger": opts.resize_only_if_bigger, "encode_format": opts.encode_format}
     _check_plan(out, plan)
     fs, root = filesystem(out)
     fs.makedirs(f"{root}/{WORK}", exist_ok=True)
+    digest = plan_digest(plan)
+    manifest = read_manifest(out, digest)
+    if manifest is None or not _parts_exist(fs, root, manifest):
+        if fs.exists(f"{root}/{WORK}/input"):  # a killed planning's parts (or an older layout's links)
+            fs.rm(f"{root}/{WORK}/input", recursive=True)
+        total = sum(s.rows for s in inputs)
+        job = PlanJob(out, units, extra, opts.samples_per_shard,
+                      partitions=max(1, math.ceil(total / opts.samples_per_shard)), digest=digest)
+        (planner or plan_in_memory)(job)
+        manifest = read_manifest(out, digest)
+        if manifest is None:
+            raise WitError(f"--pairs: none of the {total:,} pairs has a URL")
+    shards = [InputShard(k, part_path(out, k), rows) for k, rows, _ in manifest["parts"]]
+    # "inputs": img2dataset's input files, one per shard (`wit shards` counts the planned shards)
+    atomic_write_json(f"{out}/{WORK}/plan.json", {**plan, "inputs": [[s.path, s.rows] for s in shards]})
     done = reconcile(out, shards)
-    atomic_write_json(f"{out}/{WORK}/plan.json", plan)
     atomic_write_json(f"{out}/{WORK}/policy.json", json.loads(opts.policy().to_json()))
     atomic_write_json(f"{out}/{WORK}/options.json", asdict(opts))
-    return Plan(out, opts, shards, extra, per_shard, empty, done)
+    return Plan(out, opts, shards, list(PART_COLUMNS), per_shard, empty, done, inputs, manifest["pairs"])
+
+
+def _parts_exist(fs, root: str, manifest: dict) -> bool:
+    try:
+        have = {os.path.basename(p) for p in fs.ls(f"{root}/{WORK}/input", detail=False)}
+    except FileNotFoundError:
+        return False
+    return all(os.path.basename(part_path(root, k)) in have for k, _, _ in manifest["parts"])
 
 
 def absolute_path(path: str) -> str:

@@ -309,18 +309,16 @@ def _alive(pid: int) -> bool:
 
 
 def _stage_inputs(out: str, shards: list[InputShard]) -> str:
-    """A folder whose sorted *.parquet are exactly the planned inputs, in shard order."""
-    if not is_local(out) or not all(is_local(s.path) for s in shards):
-        raise WitError("the local img2dataset runner needs local --pairs and --out; "
-                       "use a Beam --runner for remote paths")
+    """img2dataset's url_list: the folder of the shards' samples (``_wit/input/NNNNN.parquet``, the
+    planning wrote them; sorted names = shard order, each one shard of at most
+    ``number_sample_per_shard`` rows)."""
+    if not is_local(out):
+        raise WitError("the local img2dataset runner needs a local --out; use a Beam --runner for remote paths")
     stage = os.path.join(out, WORK, "input")
-    if os.path.isdir(stage):
-        for name in os.listdir(stage):
-            os.unlink(os.path.join(stage, name))
-    os.makedirs(stage, exist_ok=True)
-    for s in shards:
-        os.symlink(os.path.abspath(s.path.removeprefix("file://")),
-                   os.path.join(stage, f"{shard_name(s.shard_id)}.parquet"))
+    if sorted(os.path.join(stage, n) for n in os.listdir(stage) if n.endswith(".parquet")) != \
+            [s.path.removeprefix("file://") for s in shards]:
+        raise WitError(f"{stage} does not hold exactly the planned shards; delete {out}/{WORK}/parts.json "
+                       "and re-run to plan again")
     return stage
 
 

@@ -31,7 +31,8 @@ COUNTS_SCHEMA = pa.schema([
 
 # `wit download` -> IMAGES/NNNNN.parquet (img2dataset's columns, the pairs' extra columns, our error_kind)
 DOWNLOAD_COLUMNS = ("key", "url", "caption", "status", "error_message", "error_kind", "width", "height",
-                    "original_width", "original_height", "sha256", "uid", "query_ids", "page_url")
+                    "original_width", "original_height", "sha256", "uid", "query_ids", "page_url",
+                    "pairs", "other_texts")  # one row per image URL: the pairs merged, their other captions
 
 # `wit dedup run` -> DEDUP/decisions.parquet, DEDUP/embeddings/*.parquet
 DECISIONS_SCHEMA = pa.schema([

@@ -8,9 +8,10 @@ from pipelines.cli.checks import add_skip_share
 from wit_builder.core import WitError
 
 DESCRIPTION = (
-    "Download the images of `wit collect`'s balanced pairs with img2dataset: one input parquet -> "
-    "one shard IMAGES/NNNNN.tar (KEY.jpg, KEY.txt, KEY.json) + NNNNN.parquet (every row with its "
-    "status and error) + NNNNN_stats.json. Requests to loopback, private, link-local, multicast, "
+    "Download the images of `wit collect`'s balanced pairs with img2dataset: the pairs that share an "
+    "image URL become one sample (one download), and the samples are cut into shards of at most "
+    "--samples-per-shard: IMAGES/NNNNN.tar (KEY.jpg, KEY.txt, KEY.json) + NNNNN.parquet (every "
+    "sample with its status and error) + NNNNN_stats.json. Requests to loopback, private, link-local, multicast, "
     "reserved or unspecified addresses are refused, redirects included; X-Robots-Tag opt-outs "
     "(noai, noimageai, noindex, noimageindex) are honoured. Killed at any point, re-run the same "
     "command: finished shards are kept, the others redone. See docs/download.md.")
@@ -50,6 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="format images are re-encoded to (the stage contract expects jpg)")
     g.add_argument("--encode-quality", type=int, default=d.encode_quality,
                    help="JPEG/WebP quality 0-100 (PNG: compression 0-9)")
+
+    g.add_argument("--samples-per-shard", type=int, default=d.samples_per_shard,
+                   help="most samples (image URLs) per shard, however the input parquets are split "
+                        "(img2dataset's number_sample_per_shard; above 10000 the keys get wider)")
 
     add_skip_share(g, 0.5, "the images (failed downloads; the web loses many)")
     g = parser.add_argument_group("speed")
@@ -94,9 +99,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     g = parser.add_argument_group("runner")
     g.add_argument("--runner", default="local",
-                   help="local = img2dataset's multiprocessing distributor on this machine; a Beam "
-                        "runner name (DirectRunner, DataflowRunner, ...) = pipelines/download.py, "
-                        "one element per input shard. Other --options go to Beam")
+                   help="local = the planning in memory, then img2dataset's multiprocessing distributor "
+                        "on this machine; a Beam runner name (DirectRunner, DataflowRunner, ...) = "
+                        "pipelines/download.py: the planning as a Beam shuffle, then one element per "
+                        "shard. Other --options go to Beam")
     g.add_argument("--workers", type=int, default=1, help="DirectRunner only: worker processes")
     g.add_argument("--verbose", action="store_true",
                    help="show img2dataset's own output (default: it goes to IMAGES/_wit/img2dataset.log)")
@@ -113,7 +119,8 @@ def options_from_args(args):
         disallowed_header_directives=list(args.disallowed_header_directives),
         allow_private_networks=args.allow_private_networks, allowed_endpoints=list(args.allowed_endpoint),
         resolve=dict(args.resolve), max_bytes=args.max_bytes, max_pixels=args.max_pixels,
-        content_types=list(args.content_types), user_agent=args.user_agent, max_seconds=args.max_seconds)
+        content_types=list(args.content_types), user_agent=args.user_agent, max_seconds=args.max_seconds,
+        samples_per_shard=args.samples_per_shard)
 
 
 def run(args) -> int:
