@@ -1,7 +1,7 @@
 """Final training shards: successful, deduplicated images as WebDataset tars + Parquet metadata.
 
 The stage (driven by ``pipelines/shards.py``, one Beam element per download shard, then per
-output shard) reads the shards of
+output shard, each with only its download shards' dedup decisions) reads the shards of
 ``wit download`` (``IMAGES/NNNNN.tar`` + ``NNNNN.parquet``, finished ones: ``NNNNN_stats.json``
 present), keeps the rows whose ``status`` is ``success`` and whose image is in the tar, drops
 those that ``DEDUP/decisions.parquet`` (``wit dedup run``) marks ``kept = False``, and writes
@@ -21,6 +21,13 @@ earlier run is removed first and stale ``NNNNN.tar``/``.parquet`` beyond the new
 before the new manifest appears, so ``OUT/{00000..N}.tar`` is always exactly the set the
 manifest lists. Keys are the download keys (9 digits: 5 for the download shard, 4 for the row),
 unique across the set; the output shard number is independent of them.
+
+The dedup decisions are never loaded whole: the launcher reads the footer of
+``decisions.parquet`` (:func:`open_decisions`); the workers read it one row group at a time,
+batch by batch (:func:`read_decision_group`), send each row to the download shard whose name
+begins its key (:class:`ShardRouter`), and a download shard's step gets its own rows only
+(:func:`shard_decisions`). Rows whose key is in no finished download shard are left out (the
+manifest's ``inputs.decisions`` is the table's row count).
 """
 from __future__ import annotations
 
@@ -43,7 +50,8 @@ from wit_builder.imageshards import ImageRef, index_shard
 from wit_builder.schemas import SHARD_JSON_FIELDS, SHARD_SCHEMA
 
 __all__ = ["ShardsConfig", "start_shards", "count_kept", "assign_output_shards", "write_output_shard",
-           "finish_shards", "remove_folder", "read_decisions", "find_image_shards", "SHARD_SCHEMA", "train_data_pattern"]
+           "finish_shards", "remove_folder", "open_decisions", "DecisionsFile", "ShardRouter", "read_decision_group",
+           "shard_decisions", "find_image_shards", "SHARD_SCHEMA", "train_data_pattern"]
 
 IMAGE_EXTS = ("jpg", "png", "webp")
 MTIME = 946684800  # 2000-01-01: a fixed member time keeps the tars reproducible
@@ -75,7 +83,7 @@ def find_image_shards(images: str, allow_incomplete: bool = False) -> list[str]:
     return done
 
 
-@dataclass
+@dataclass(slots=True)
 class Decision:
     uid: str | None
     kept: bool
@@ -83,25 +91,83 @@ class Decision:
     cluster_size: int | None
 
 
-def read_decisions(dedup: str) -> dict[str, Decision]:
-    """key -> decision from ``DEDUP/decisions.parquet`` (``dedup`` is the folder or the file)."""
+DECISION_COLUMNS = ("key", "uid", "kept", "cluster_id", "cluster_size")
+DECISION_BATCH = 65_536   # rows of the decisions table decoded at a time
+
+
+@dataclass(frozen=True)
+class DecisionsFile:
+    """``DEDUP/decisions.parquet`` as its footer describes it: all the launcher reads of it."""
+    dedup: str          # --dedup as given (for messages)
+    path: str
+    rows: int
+    row_groups: int
+
+
+def open_decisions(dedup: str) -> DecisionsFile:
+    """Check ``DEDUP/decisions.parquet`` (``dedup`` is the folder or the file) from its footer
+    alone: a finished run's output, a parquet file, the decision columns. One-line errors."""
     path = dedup if dedup.endswith(".parquet") else dedup.rstrip("/") + "/decisions.parquet"
     fs, p = filesystem(path)
     if fs.exists(p):
         records.verify_inputs([path], "--dedup")
     try:
         with fs.open(p, "rb") as fh:
-            table = pq.read_table(fh, columns=["key", "uid", "kept", "cluster_id", "cluster_size"])
+            meta = pq.ParquetFile(fh).metadata
+            columns = set(meta.schema.to_arrow_schema().names)
     except FileNotFoundError:
         raise WitError(f"--dedup {dedup}: {path} not found (run `wit dedup run` first)") from None
     except (pa.ArrowException, ValueError, OSError) as exc:
         raise WitError(f"--dedup {dedup}: {path} is not a decisions table: {exc}") from None
+    missing = [c for c in DECISION_COLUMNS if c not in columns]
+    if missing:
+        raise WitError(f"--dedup {dedup}: {path} is not a decisions table (no {', '.join(missing)} column)")
+    return DecisionsFile(dedup, path, meta.num_rows, meta.num_row_groups)
+
+
+class ShardRouter:
+    """Key -> the download shards (among ``names``) whose name begins it: a download key is its
+    shard's name followed by the row digits (img2dataset's rule)."""
+
+    def __init__(self, names):
+        self.names = frozenset(names)
+        self.lengths = sorted({len(n) for n in self.names})
+
+    def __call__(self, key: str) -> list[str]:
+        return [key[:n] for n in self.lengths if len(key) > n and key[:n] in self.names]
+
+
+def read_decision_group(decisions: DecisionsFile, row_group: int, route: ShardRouter) -> Iterator[tuple[str, list]]:
+    """Row group ``row_group`` of the decisions, decoded a batch at a time, as ``(download shard,
+    [(key, uid, kept, cluster_id, cluster_size), ...])`` fragments; rows whose key is in no
+    download shard are left out."""
+    fs, p = filesystem(decisions.path)
+    try:
+        with fs.open(p, "rb") as fh:
+            for batch in pq.ParquetFile(fh).iter_batches(batch_size=DECISION_BATCH, row_groups=[row_group],
+                                                          columns=list(DECISION_COLUMNS)):
+                fragments: dict[str, list] = {}
+                for row in zip(*(batch.column(c).to_pylist() for c in DECISION_COLUMNS)):
+                    if row[0] is None:
+                        continue
+                    for name in route(row[0]):
+                        fragments.setdefault(name, []).append(row)
+                yield from sorted(fragments.items())
+    except (pa.ArrowException, OSError, ValueError, TypeError) as exc:
+        raise WitError(f"--dedup {decisions.dedup}: {decisions.path} is not a decisions table: {exc}") from None
+
+
+def shard_decisions(decisions: DecisionsFile, fragments) -> dict[str, Decision]:
+    """One download shard's decisions, key -> Decision, from its fragments (in any order)."""
     out: dict[str, Decision] = {}
-    cols = [table.column(c).to_pylist() for c in ("key", "uid", "kept", "cluster_id", "cluster_size")]
-    for key, uid, kept, cid, csize in zip(*cols):
-        if key in out:
-            raise WitError(f"--dedup {dedup}: key {key} appears twice in {path}")
-        out[key] = Decision(uid, bool(kept), cid, csize)
+    twice = []
+    for rows in fragments:
+        for key, uid, kept, cid, csize in rows:
+            if key in out:
+                twice.append(key)
+            out[key] = Decision(uid, bool(kept), cid, csize)
+    if twice:  # the smallest such key: the same message whatever order the fragments came in
+        raise WitError(f"--dedup {decisions.dedup}: key {min(twice)} appears twice in {decisions.path}")
     return out
 
 
@@ -171,6 +237,9 @@ def _shard_samples(images: str, name: str, decisions: dict[str, Decision] | None
             if last_key is not None and key <= last_key:
                 raise WitError(f"--images {images}: key {key} appears twice in shard {name}")
             last_key = key
+            if decisions is not None and not key.startswith(name):
+                raise WitError(f"--images {images}: key {key} of shard {name} does not begin with the shard's "
+                               "name, which --dedup's decisions are joined by")
             if key not in members:
                 counts["missing_in_tar"] += 1
                 continue
@@ -288,11 +357,14 @@ def assign_output_shards(plans: list[dict], samples_per_shard: int, images: str)
     return out
 
 
-def write_output_shard(cfg: ShardsConfig, index: int, ranges: list, decisions: dict[str, Decision] | None) -> dict:
-    """Write output shard ``index`` from its ``(download shard, start, stop)`` ranges."""
+def write_output_shard(cfg: ShardsConfig, index: int, ranges: list,
+                       decisions: dict[str, dict[str, Decision]] | None) -> dict:
+    """Write output shard ``index`` from its ``(download shard, start, stop)`` ranges;
+    ``decisions``: download shard -> its decisions (those of the ranges' shards suffice)."""
     samples: list[dict] = []
     for name, start, stop in ranges:
-        samples.extend(_shard_samples(cfg.images, name, decisions, Counter(), start=start, stop=stop))
+        samples.extend(_shard_samples(cfg.images, name, decisions.get(name, {}) if decisions is not None else None,
+                                      Counter(), start=start, stop=stop))
     return _write_shard(cfg.out.rstrip("/"), index, samples)
 
 
@@ -372,11 +444,12 @@ def remove_folder(path: str) -> None:
         fs.rm(root, recursive=True)
 
 
-def start_shards(cfg: ShardsConfig) -> tuple[list[str], int | None]:
+def start_shards(cfg: ShardsConfig) -> tuple[list[str], DecisionsFile | None]:
     """Check the inputs and remove an earlier manifest (a half-rewritten set must never look
-    complete); returns the finished download shards' names and the number of dedup decisions."""
+    complete); returns the finished download shards' names and the decisions file (its footer
+    only: a missing or broken table fails here; its rows are read on the workers)."""
     names = find_image_shards(cfg.images, cfg.allow_incomplete)
-    decisions = len(read_decisions(cfg.dedup)) if cfg.dedup else None   # a broken table fails here
+    decisions = open_decisions(cfg.dedup) if cfg.dedup else None
     fs, root = filesystem(cfg.out.rstrip("/"))
     fs.makedirs(root, exist_ok=True)
     records.begin(cfg.out, "shards")

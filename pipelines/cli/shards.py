@@ -17,10 +17,12 @@ DESCRIPTION = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", required=True, help="`wit download` output folder (IMAGES)")
     parser.add_argument("--dedup", default=None,
-                        help="`wit dedup run` output folder (or its decisions.parquet): images with "
-                             "kept=False are dropped. Without it every successful image is kept")
+                        help="`wit dedup run` (or `wit balance --pool`) output folder, or its decisions.parquet: "
+                             "images with kept=False are dropped. Read a row group at a time on the workers, "
+                             "never whole. Without it every successful image is kept")
     parser.add_argument("--out", required=True, help="output folder SHARDS (local path or gs://...)")
-    parser.add_argument("--samples-per-shard", type=int, default=10_000, help="samples per output tar")
+    parser.add_argument("--samples-per-shard", type=int, default=10_000,
+                        help="samples per output tar (every tar but the last holds exactly this many)")
     parser.add_argument("--allow-incomplete", action="store_true",
                         help="use the finished download shards even if `wit download` has not finished all")
     add_skip_share(parser, 0.05, "the downloaded images (missing from their tar, empty or unreadable)")
