@@ -8,10 +8,18 @@
 ``RebalancePool`` (``wit balance --pool IMAGES [--dedup DEDUP]``) re-balances what survived
 download and dedup, one element per download shard::
 
-    ReadPool (IMAGES/NNNNN.parquet + the dedup decisions, loaded once per worker: each row's loss
-      or "survivor") -> SurvivorCounts, PoolCounts (SumCounts) -> DrawShards (survivor counts as a
-      side input) -> WriteDecisions (OUT/decisions.parquet, sorted by key), KeptCounts, MergeStats
+    DEDUP/decisions.parquet, one element per row group -> ReadDecisions (batch by batch, each row
+      sent to the download shard its key begins with, as `wit shards` does) -> joined by name with
+      the download shards (CoGroupByKey)
+    ReadPool (IMAGES/NNNNN.parquet + that shard's own decisions: each row's loss or "survivor")
+      -> SurvivorCounts, PoolCounts (SumCounts) -> DrawShards (survivor counts as a side input)
+      -> WriteParts (OUT/.wit-work-*/NNNNN.parquet, sorted by key), KeptCounts, MergeStats
+    WriteDecisions (the parts' small records: streams the parts a part at a time into
+      OUT/decisions.parquet, sorted by key, one row group per non-empty part)
       -> WritePoolSummary (OUT/counts.parquet, OUT/balance.png, then OUT/stats.json)
+
+No step holds the whole decisions table, and no step gathers the decided rows: a step holds one
+download shard's rows and decisions, WriteDecisions one part at a time.
 
 The per-query cap and the seed travel as one :class:`wit_builder.balance.BalanceConfig`; its
 ``keep_prob`` is the one place the rule ``min(1, t / count)`` is computed.
@@ -19,6 +27,7 @@ The per-query cap and the seed travel as one :class:`wit_builder.balance.Balance
 from __future__ import annotations
 
 import os
+import uuid
 from collections import Counter
 from dataclasses import dataclass
 
@@ -31,7 +40,7 @@ from wit_builder.balance import BalanceConfig
 from wit_builder.collect import shard_name
 from wit_builder.schemas import COUNTS_SCHEMA
 from wit_builder.core import (WitError, atomic_write_json, atomic_write_parquet, content_key, exists, finished_run,
-                              glob_files, open_read, read_json_or_none, remove)
+                              glob_files, open_read, read_json_or_none, remove, remove_temporaries)
 
 __all__ = ["RebalanceConfig", "Rebalance", "CountMatched", "BalanceMatched", "BalanceTarget", "SumCounts",
            "MergeStats", "run", "remove_stale_parts", "PoolConfig", "PoolTarget", "RebalancePool", "run_pool"]
@@ -333,21 +342,28 @@ def _sparse(counts: np.ndarray) -> tuple:
     return ids, counts[ids]
 
 
+class ReadPoolDecisions(beam.DoFn):
+    """``(decisions file, row group)`` -> ``(download shard, its rows of that group)`` fragments."""
+
+    def process(self, item, names):
+        from wit_builder.balance import read_pool_decision_group
+        from wit_builder.shards import ShardRouter
+        decisions, group = item
+        yield from read_pool_decision_group(decisions, group, ShardRouter(names))
+
+
 class ReadPoolShard(beam.DoFn):
-    """Download shard name -> (name, its rows of the decisions, outcome "survivor" or the loss)."""
+    """(download shard name, its own decision fragments) -> (name, its rows of the decisions,
+    outcome "survivor" or the loss)."""
 
-    def __init__(self, target: "PoolTarget"):
+    def __init__(self, target: "PoolTarget", decisions):
         self.t = target
-        self.decisions = None
+        self.decisions = decisions      # a wit_builder.shards.DecisionsFile (the footer) or None
 
-    def setup(self):
-        from wit_builder.balance import read_dedup_decisions
-        self.decisions = read_dedup_decisions(self.t.dedup) if self.t.dedup else None
-
-    def process(self, name: str):
-        from wit_builder.balance import pool_shard, read_pool_shard
-        rows = read_pool_shard(self.t.images, name)
-        yield name, pool_shard(rows, f"{self.t.images}/{name}.tar", self.decisions, self.t.not_in_dedup)
+    def process(self, item):
+        from wit_builder.balance import decide_pool_shard
+        name, fragments = item
+        yield name, decide_pool_shard(self.t.images, name, self.decisions, fragments, self.t.not_in_dedup)
 
 
 class DrawShard(beam.DoFn):
@@ -366,17 +382,31 @@ class DrawShard(beam.DoFn):
         yield name, table
 
 
+class WritePart(beam.DoFn):
+    """(name, decided rows) -> WORK/NAME.parquet (sorted by key); yields its small record."""
+
+    def __init__(self, work: str):
+        self.work = work
+
+    def process(self, item):
+        from wit_builder.balance import write_pool_part
+        name, table = item
+        yield write_pool_part(f"{self.work}/{name}.parquet", table)
+
+
 class WriteDecisions(beam.DoFn):
-    """All shards' decided rows -> OUT/decisions.parquet (sorted by key); yields its row count."""
+    """The parts' records -> OUT/decisions.parquet (sorted by key), streamed a part at a time;
+    removes the parts; yields the row count."""
 
-    def __init__(self, out: str):
-        self.out = out
+    def __init__(self, out: str, work: str):
+        self.out, self.work = out, work
 
-    def process(self, items):
-        from wit_builder.balance import combine_pool_decisions
-        table = combine_pool_decisions([t for _, t in sorted(items, key=lambda kv: kv[0])])
-        atomic_write_parquet(f"{self.out}/decisions.parquet", table)
-        yield table.num_rows
+    def process(self, parts):
+        from wit_builder.balance import merge_pool_parts
+        from wit_builder.shards import remove_folder
+        rows = merge_pool_parts(f"{self.out}/decisions.parquet", parts)
+        remove_folder(self.work)
+        yield rows
 
 
 class WritePoolSummary(beam.DoFn):
@@ -414,6 +444,7 @@ class PoolTarget:
     not_in_dedup: str = "drop"         # "drop" or "keep" (wit_builder.balance.NOT_IN_DEDUP)
     names_from: str | None = None      # queries file or counts.parquet for query strings
     header: dict | None = None         # fixed part of stats.json
+    work: str | None = None            # where the per-shard parts go (default OUT/.wit-work-RANDOM; removed)
 
 
 class RebalancePool(beam.PTransform):
@@ -426,8 +457,22 @@ class RebalancePool(beam.PTransform):
         self.t = target
 
     def expand(self, names):
+        from pipelines.shards import _join
+        from wit_builder.balance import open_pool_decisions
         t = self.t
-        rows = names | "SpreadShards" >> beam.Reshuffle() | "ReadPool" >> beam.ParDo(ReadPoolShard(t))
+        work = t.work or f"{t.out}/.wit-work-{uuid.uuid4().hex[:10]}"
+        decisions = open_pool_decisions(t.dedup) if t.dedup else None    # the footer only
+        if decisions is None:
+            joined = names | "SpreadShards" >> beam.Reshuffle() | "NoDecisions" >> beam.Map(lambda n: (n, None))
+        else:
+            # the decisions one row group per element, each row sent to the download shard its key
+            # begins with, then joined by name: a step holds its own shard's decisions only
+            groups = [(decisions, g) for g in range(decisions.row_groups)]
+            fragments = (names.pipeline | "RowGroups" >> beam.Create(groups) | "SpreadRowGroups" >> beam.Reshuffle()
+                         | "ReadDecisions" >> beam.ParDo(ReadPoolDecisions(), beam.pvalue.AsList(names)))
+            joined = (_join(fragments, names | "ByName" >> beam.Map(lambda n: (n, None)), "shard")
+                      | "Fragments" >> beam.MapTuple(lambda name, _, fragments: (name, fragments)))
+        rows = joined | "ReadPool" >> beam.ParDo(ReadPoolShard(t, decisions))
         survivors = (rows | "SurvivorIds" >> beam.Map(lambda kv: _sparse(_survivor_counts(kv[1])))
                      | "SurvivorCounts" >> beam.CombineGlobally(SumCounts()))
         pooled = (rows | "PoolIds" >> beam.Map(lambda kv: _sparse(_pooled_counts(kv[1])))
@@ -436,8 +481,9 @@ class RebalancePool(beam.PTransform):
                  .with_outputs(COUNTS, POOL_STATS, main="decisions"))
         kept = drawn[COUNTS] | "KeptCounts" >> beam.CombineGlobally(SumCounts())
         stats = drawn[POOL_STATS] | "MergeStats" >> beam.CombineGlobally(MergeStats())
-        written = (drawn.decisions | "AllShards" >> beam.combiners.ToList()
-                   | "WriteDecisions" >> beam.ParDo(WriteDecisions(t.out)))
+        written = (drawn.decisions | "WriteParts" >> beam.ParDo(WritePart(work))
+                   | "AllParts" >> beam.combiners.ToList()
+                   | "WriteDecisions" >> beam.ParDo(WriteDecisions(t.out, work)))
         side = beam.pvalue.AsSingleton
         return (names.pipeline | "Once" >> beam.Create([None])
                 | "WritePoolSummary" >> beam.ParDo(WritePoolSummary(t), side(stats), side(pooled), side(survivors),
@@ -468,8 +514,8 @@ class PoolConfig:
 def run_pool(cfg: PoolConfig, beam_options: BeamOptions = BeamOptions(), *, overwrite: bool = False) -> dict:
     """``wit balance --pool``: re-balance the samples of ``cfg.images`` that survived download
     (and dedup) into ``cfg.out``; returns the stats written to ``OUT/stats.json``."""
-    from wit_builder.balance import NOT_IN_DEDUP, read_dedup_decisions
-    from wit_builder.shards import find_image_shards
+    from wit_builder.balance import NOT_IN_DEDUP, open_pool_decisions
+    from wit_builder.shards import find_image_shards, remove_folder
     images, out = cfg.images.rstrip("/"), cfg.out.rstrip("/")
     if cfg.not_in_dedup not in NOT_IN_DEDUP:
         raise WitError(f"--not-in-dedup must be one of {', '.join(NOT_IN_DEDUP)}, not {cfg.not_in_dedup!r}")
@@ -482,7 +528,7 @@ def run_pool(cfg: PoolConfig, beam_options: BeamOptions = BeamOptions(), *, over
     names = find_image_shards(images)           # finished download shards; refuses an unfinished run
     parquets = [f"{images}/{n}.parquet" for n in names]
     if dedup_path:
-        read_dedup_decisions(cfg.dedup)           # a missing or broken table fails here, in one line
+        open_pool_decisions(cfg.dedup)            # a missing or broken table fails here, in one line (footer only)
     if cfg.queries and not exists(cfg.queries):
         raise WitError(f"--queries {cfg.queries} not found")
     inputs = parquets + ([dedup_path] if dedup_path else [])
@@ -496,10 +542,15 @@ def run_pool(cfg: PoolConfig, beam_options: BeamOptions = BeamOptions(), *, over
         return prev
     records.begin(out, "balance", ("balanced",))
     remove_stale_parts(f"{out}/balanced", 0)   # a --matched run's, replaced with --overwrite
+    remove_temporaries(out, folders=r"\.wit-work-[0-9a-f]+")   # what a killed run left
     header = {"stage": "balance", "mode": "pool", "config": config, "download_shards": len(names)}
-    target = PoolTarget(images, out, cfg.balance, dedup_path, cfg.not_in_dedup, cfg.queries, header)
-    run_pipeline(lambda p: p | "DownloadShards" >> beam.Create(names) | "RebalancePool" >> RebalancePool(target),
-                 beam_options)
+    work = f"{out}/.wit-work-{uuid.uuid4().hex[:10]}"
+    target = PoolTarget(images, out, cfg.balance, dedup_path, cfg.not_in_dedup, cfg.queries, header, work)
+    try:
+        run_pipeline(lambda p: p | "DownloadShards" >> beam.Create(names) | "RebalancePool" >> RebalancePool(target),
+                     beam_options)
+    finally:
+        remove_folder(work)
     stats = read_json_or_none(f"{out}/stats.json")
     if stats is None:
         raise WitError(f"the pipeline finished but {out}/stats.json is missing")

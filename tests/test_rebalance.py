@@ -252,6 +252,46 @@ def test_output_does_not_depend_on_row_or_file_order_or_workers(pool, standard, 
     assert s1 == s2
 
 
+def test_each_step_gets_only_its_own_download_shards_decisions(pool, standard, tmp_path, monkeypatch):
+    """As in `wit shards`: the decisions are read one row group per element and joined by download
+    shard name, so the step of a download shard holds that shard's decisions only (never the whole
+    table), and the output is the same."""
+    import wit_builder.balance as lib
+    images, _, rows = pool
+    dedup = str(tmp_path / "dedup")
+    write_decisions(dedup, rows)
+    table = pq.read_table(f"{dedup}/decisions.parquet")
+    stray = [{**table.slice(0, 1).to_pylist()[0], "key": f"00009{i:04d}", "uid": "f" * 32} for i in range(2)]
+    table = pa.concat_tables([table, pa.Table.from_pylist(stray, schema=table.schema)])  # no such download shard
+    pq.write_table(table, f"{dedup}/decisions.parquet", row_group_size=4)   # groups straddle download shards
+    seen, groups = [], []
+    pool_shard_, read_group = lib.pool_shard, getattr(lib, "read_pool_decision_group", None)
+
+    def spy_pool_shard(rows_, shard, decisions, not_in_dedup="drop"):
+        seen.append((shard, set(decisions.rows), decisions.table.num_rows))
+        return pool_shard_(rows_, shard, decisions, not_in_dedup)
+
+    def spy_group(decisions, group, route):
+        groups.append(group)
+        return read_group(decisions, group, route)
+
+    monkeypatch.setattr(lib, "pool_shard", spy_pool_shard)
+    monkeypatch.setattr(lib, "read_pool_decision_group", spy_group, raising=False)
+    out = str(tmp_path / "out")
+    assert rebalance("--pool", images, "--dedup", dedup, "--per-query-cap", str(CAP), "--out", out) == 0
+
+    keys = table.column("key").to_pylist()
+    assert sorted(shard for shard, _, _ in seen) == [f"{images}/{n:05d}.tar" for n in range(SHARDS)]
+    for shard, got, n in seen:
+        name = os.path.basename(shard)[:-len(".tar")]
+        own = {k for k in keys if k.startswith(name)}
+        assert got == own and n == len(own), name
+    row_groups = pq.ParquetFile(f"{dedup}/decisions.parquet").metadata.num_row_groups
+    assert row_groups > SHARDS and sorted(groups) == list(range(row_groups))
+    assert pq.read_table(f"{out}/decisions.parquet").equals(pq.read_table(f"{standard}/decisions.parquet"))
+    assert [p for p in os.listdir(out) if p.startswith(".")] == []      # the per-shard parts are gone
+
+
 def test_shards_from_the_rebalanced_pool_hold_only_the_kept_samples(pool, standard, tmp_path):
     images, dedup, rows = pool
     out = standard

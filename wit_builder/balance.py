@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -33,6 +33,7 @@ import pyarrow as pa
 from wit_builder import records
 from wit_builder.core import WitError, exists, open_read
 from wit_builder.schemas import COUNTS_SCHEMA, DECISIONS_SCHEMA
+from wit_builder.shards import DECISION_BATCH, DecisionsFile, ShardRouter
 
 DEFAULT_CAP = 20_000   # CLIP sec. 2.2: "up to 20,000 (image, text) pairs per query"
 
@@ -53,7 +54,8 @@ class BalanceConfig:
 
 __all__ = ["BalanceConfig", "DEFAULT_CAP", "query_ids_csr", "query_keep_prob", "pair_keep_prob", "uniform_draw", "balance_table", "count_queries",
            "head_tail", "plot_balance", "POOL_STREAM", "NOT_IN_DEDUP", "POOL_DECISIONS_SCHEMA", "DedupDecisions",
-           "read_dedup_decisions", "read_pool_shard", "pool_shard", "survivor_counts", "draw_pool",
+           "open_pool_decisions", "read_pool_decision_group", "shard_dedup_decisions",
+           "decide_pool_shard", "write_pool_part", "merge_pool_parts", "read_pool_shard", "pool_shard", "survivor_counts", "draw_pool",
            "combine_pool_decisions", "pool_counts_table", "pool_summary", "POOL_COUNTS_SCHEMA", "POOL_OUTCOMES"]
 
 
@@ -175,8 +177,8 @@ _POOL_COLUMNS = ("key", "uid", "query_ids", "status")
 
 @dataclass(frozen=True)
 class DedupDecisions:
-    """A dedup decisions table (DECISIONS_SCHEMA's columns; missing optional ones are null) and
-    its key -> row index."""
+    """A download shard's dedup decisions (DECISIONS_SCHEMA's columns; missing optional ones are
+    null) and its key -> row index."""
     path: str
     table: pa.Table
     rows: dict
@@ -185,9 +187,10 @@ class DedupDecisions:
         return self.table.num_rows
 
 
-def read_dedup_decisions(dedup: str) -> DedupDecisions:
-    """``DEDUP/decisions.parquet`` (``dedup`` is the folder or the file), checked: a finished
-    run's output, ``key`` and ``kept`` columns, each key once."""
+def open_pool_decisions(dedup: str) -> DecisionsFile:
+    """Check ``DEDUP/decisions.parquet`` (``dedup`` is the folder or the file) from its footer
+    alone: a finished run's output, ``key`` and ``kept`` columns, the others of DECISIONS_SCHEMA
+    absent or of a castable type. Its rows are read on the workers (:func:`read_pool_decision_group`)."""
     import pyarrow.parquet as pq
     path = dedup if dedup.endswith(".parquet") else dedup.rstrip("/") + "/decisions.parquet"
     if not exists(path):
@@ -195,21 +198,75 @@ def read_dedup_decisions(dedup: str) -> DedupDecisions:
     records.verify_inputs([path], "--dedup")
     try:
         with open_read(path) as fh:
-            table = pq.read_table(fh)
-        missing = [c for c in ("key", "kept") if c not in table.column_names]
+            meta = pq.ParquetFile(fh).metadata
+            schema = meta.schema.to_arrow_schema()
+        missing = [c for c in ("key", "kept") if c not in schema.names]
         if missing:
             raise WitError(f"--dedup {dedup}: {path} is not a decisions table (no {', '.join(missing)} column)")
-        table = pa.Table.from_arrays(
-            [table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
-             for f in DECISIONS_SCHEMA], schema=DECISIONS_SCHEMA)
+        for f in DECISIONS_SCHEMA:
+            if f.name in schema.names:
+                pa.array([], schema.field(f.name).type).cast(f.type)
     except (pa.ArrowException, ValueError, OSError) as exc:
         raise WitError(f"--dedup {dedup}: {path} is not a decisions table: {exc}") from None
+    return DecisionsFile(dedup, path, meta.num_rows, meta.num_row_groups)
+
+
+def read_pool_decision_group(decisions: DecisionsFile, row_group: int,
+                             route: ShardRouter) -> Iterator[tuple[str, pa.Table]]:
+    """Row group ``row_group`` of the decisions, a batch at a time, as ``(download shard, its rows
+    (DECISIONS_SCHEMA))`` fragments, routed by key as `wit shards` routes them; rows whose key is
+    in no download shard are left out."""
+    import pyarrow.parquet as pq
+    try:
+        with open_read(decisions.path) as fh:
+            pf = pq.ParquetFile(fh)
+            present = [f.name for f in DECISIONS_SCHEMA if f.name in pf.schema_arrow.names]
+            for batch in pf.iter_batches(batch_size=DECISION_BATCH, row_groups=[row_group], columns=present):
+                n = batch.num_rows
+                table = pa.Table.from_arrays(
+                    [batch.column(f.name).cast(f.type) if f.name in present else pa.nulls(n, f.type)
+                     for f in DECISIONS_SCHEMA], schema=DECISIONS_SCHEMA)
+                where: dict[str, list] = {}
+                for i, key in enumerate(table.column("key").to_pylist()):
+                    if key is not None:
+                        for name in route(key):
+                            where.setdefault(name, []).append(i)
+                for name, idx in sorted(where.items()):
+                    yield name, table.take(pa.array(idx, pa.int64()))
+    except (pa.ArrowException, OSError, ValueError, TypeError) as exc:
+        raise WitError(f"--dedup {decisions.dedup}: {decisions.path} is not a decisions table: {exc}") from None
+
+
+def shard_dedup_decisions(decisions: DecisionsFile, fragments) -> DedupDecisions:
+    """One download shard's decisions from its fragments (:func:`read_pool_decision_group`, in any
+    order); a key twice is an error naming the smallest such key, whatever the order."""
+    tables = [t for t in fragments if t.num_rows]
+    table = pa.concat_tables(tables).sort_by("key") if tables else DECISIONS_SCHEMA.empty_table()
     rows: dict = {}
+    twice = []
     for i, key in enumerate(table.column("key").to_pylist()):
         if key in rows:
-            raise WitError(f"--dedup {dedup}: key {key} appears twice in {path}")
+            twice.append(key)
         rows[key] = i
-    return DedupDecisions(path, table, rows)
+    if twice:
+        raise WitError(f"--dedup {decisions.dedup}: key {min(twice)} appears twice in {decisions.path}")
+    return DedupDecisions(decisions.path, table, rows)
+
+
+def decide_pool_shard(images: str, name: str, decisions: DecisionsFile | None, fragments,
+                      not_in_dedup: str = "drop") -> pa.Table:
+    """Download shard ``name`` joined with its own decisions (``fragments``, as
+    :func:`read_pool_decision_group` routes them; ignored without ``decisions``): :func:`pool_shard`'s
+    rows. With decisions every key must begin with the shard's name, which the join is by."""
+    rows = read_pool_shard(images, name)
+    dedup = None
+    if decisions is not None:
+        stray = [k for k in rows.column("key").to_pylist() if k is None or not k.startswith(name)]
+        if stray:
+            raise WitError(f"--pool {images}: key {stray[0]} of shard {name} does not begin with the shard's name, "
+                           "which --dedup's decisions are joined by")
+        dedup = shard_dedup_decisions(decisions, fragments)
+    return pool_shard(rows, f"{images}/{name}.tar", dedup, not_in_dedup)
 
 
 def read_pool_shard(images: str, name: str) -> pa.Table:
@@ -336,6 +393,42 @@ def combine_pool_decisions(tables: Sequence[pa.Table]) -> pa.Table:
         if a == b:
             raise WitError(f"--pool: key {a} appears in two download shards; download shards overlap")
     return table
+
+
+def write_pool_part(path: str, table: pa.Table) -> dict:
+    """One download shard's decided rows, sorted by key (each key once), written to ``path``
+    (atomically); returns ``{"path", "rows", "first_key", "last_key"}`` for :func:`merge_pool_parts`."""
+    from wit_builder.core import atomic_write_parquet
+    table = combine_pool_decisions([table])
+    atomic_write_parquet(path, table)
+    keys = table.column("key")
+    return {"path": path, "rows": table.num_rows, "first_key": keys[0].as_py() if len(keys) else None,
+            "last_key": keys[-1].as_py() if len(keys) else None}
+
+
+def merge_pool_parts(path: str, parts: Sequence[dict]) -> int:
+    """The parts of :func:`write_pool_part` -> one table at ``path`` sorted by key, streamed a
+    part at a time (one row group per non-empty part, in key order; same bytes for the same
+    parts whatever order they are listed in). Parts whose key ranges overlap are an error.
+    Returns the row count."""
+    import pyarrow.parquet as pq
+    from wit_builder.core import atomic_open
+    parts = sorted((p for p in parts if p["rows"]), key=lambda p: (p["first_key"], p["path"]))
+    for a, b in zip(parts, parts[1:]):
+        if b["first_key"] <= a["last_key"]:
+            if b["first_key"] == a["last_key"]:
+                raise WitError(f"--pool: key {a['last_key']} appears in two download shards; download shards overlap")
+            raise WitError(f"--pool: the keys of two download shards interleave ({b['first_key']} to "
+                           f"{a['last_key']}); download shards overlap")
+    rows = 0
+    with atomic_open(path, "wb") as fh:
+        with pq.ParquetWriter(fh, POOL_DECISIONS_SCHEMA) as writer:
+            for p in parts:
+                with open_read(p["path"]) as part:
+                    table = pq.read_table(part, schema=POOL_DECISIONS_SCHEMA)
+                writer.write_table(table)
+                rows += table.num_rows
+    return rows
 
 
 def _dense(counts, size: int) -> np.ndarray:
