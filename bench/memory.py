@@ -35,6 +35,8 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from machine import describe  # noqa: E402
+
 
 def _peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -133,7 +135,7 @@ def main() -> None:
         print(json.dumps(result))
         return
     pages, sizes = (1000, (5_000, 20_000)) if a.quick else (3000, (10_000, 40_000))
-    print(f"CPU: {_cpu()}")
+    print(f"CPU: {describe()}")
     with tempfile.TemporaryDirectory() as work:
         mib = make_wats(work, 8, pages)
         print(f"\ncollect: WAT files of {pages:,} pages ({mib / 8:.1f} MiB each), 20,000 queries; "
@@ -173,17 +175,6 @@ def main() -> None:
               f"{res[small]['peak_mib']:,.0f} MiB at {small:,} images, {res[large]['peak_mib']:,.0f} MiB at {large:,}")
         print(f"  growth {per_image / 1024:.2f} KiB per image = {per_image / 1024:.2f}x one vector (1 KiB): the "
               f"in-process runner holds the shuffled vectors; bench/scale.py measures each worker of a 2-worker run")
-
-
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
-    except OSError:
-        pass
-    return "unknown"
 
 
 if __name__ == "__main__":
