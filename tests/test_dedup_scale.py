@@ -57,7 +57,9 @@ def test_equals_exact_search_below_exact_below(tmp_path):
     assert (got["nearest_key"] == np.array([f"{i:012d}" for i in exact["nearest"]], object)).mean() > 0.999
 
 
-def test_many_cells_find_the_planted_duplicates(tmp_path):
+@pytest.mark.parametrize("flat_centroids", [1024, 4])   # 4: nearest cells looked up in an HNSW graph
+def test_many_cells_find_the_planted_duplicates(tmp_path, monkeypatch, flat_centroids):
+    monkeypatch.setattr(dc, "FLAT_CENTROIDS", flat_centroids)
     v, group = planted_embeddings(12_000, 64, dup_share=0.1, seed=4)
     t, stats = _run(tmp_path, "cells", v, dc.CellParams(threshold=THR, exact_below=1000, cell_size=600))
     exact = cluster_vectors(v, THR, k=16, exact_below=10**9)

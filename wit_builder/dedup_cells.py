@@ -12,9 +12,9 @@ on one batch at a time, so no worker holds more than a bounded part of the corpu
    file order or worker count.
 2. *Quantizer*: ``cells = 1`` below ``exact_below`` rows (one cell: exact search over all pairs),
    else ``ceil(n / cell_size)``; spherical k-means (faiss, fixed seed, one thread) on the sample.
-   Above ``FLAT_CENTROIDS`` centroids the nearest centroids are looked up through a small IVF index
-   over the centroids, so the cost of assigning a row grows like the square root of the cells,
-   not like the cells.
+   Above ``FLAT_CENTROIDS`` centroids the nearest centroids are looked up in an HNSW graph over
+   the centroids (built on one thread, so every worker has the same one), so the cost of assigning
+   a row grows like the logarithm of the cells, not like the cells.
 3. *Assignment*: each row lives in its nearest cell (its *home*) and is also sent, as a query
    only, to up to ``probes - 1`` further cells whose centroid is within ``margin`` cosine of its
    home's: a pair across a cell border is found from either side.
@@ -45,7 +45,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-FLAT_CENTROIDS = 1024       # above this many cells, assignment goes through an IVF over centroids
+FLAT_CENTROIDS = 4096       # above this many cells, the nearest centroids come from an HNSW graph
 ROW_BITS = 32
 
 
@@ -176,13 +176,12 @@ class Quantizer:
             d = self.centroids.shape[1]
             if self.cells <= FLAT_CENTROIDS:
                 index = faiss.IndexFlatIP(d)
-            else:
-                lists = int(round(math.sqrt(self.cells)))
-                index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, lists, faiss.METRIC_INNER_PRODUCT)
-                index.cp.seed = 0
-                _single_thread(lambda: index.train(self.centroids))
-                index.nprobe = min(lists, 8)
-            index.add(self.centroids)
+                index.add(self.centroids)
+            else:          # built on one thread: the same graph on every worker
+                index = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
+                index.hnsw.efConstruction = 80
+                _single_thread(lambda: index.add(self.centroids))
+                index.hnsw.efSearch = 128
             self.index = index
         sims, cells = self.index.search(np.ascontiguousarray(x, np.float32), m)
         return sims, cells
