@@ -1,0 +1,248 @@
+"""`wit dedup run`'s clustering at growing sizes on Beam's DirectRunner, against today's
+single-process `cluster_vectors` as the baseline measured in the same run.
+
+    python bench/scale.py                          # 250k, 1M, 2M vectors (as far as --budget allows)
+    python bench/scale.py --sizes 50000,200000     # quick
+    python bench/scale.py --sizes 250000 --baseline-cap 0   # no baseline
+    python bench/scale.py --with-stages            # also wit shards and wit collect at two sizes each
+
+Data: 256-d synthetic embeddings with planted near-duplicate groups (wit_builder/sim/embedsets.py:
+clustered around topics, 10% of images copies of another at cosine ~0.97), written as embedding
+files of 10,000 rows, the threshold 0.9. Per size:
+
+* wall time of `pipelines.dedup_cells.cluster_files` (all four pipelines, DirectRunner, --workers
+  processes), vectors/s per core (n / wall / cores used), the growth exponent between consecutive
+  sizes (log of the time ratio over log of the size ratio: 1.0 = linear);
+* peak RSS of the launching process (which, on the DirectRunner, also holds the shuffled data)
+  and of each worker process (sampled from /proc every 0.2 s);
+* recall: for a random sample of query images, the pairs at or above the threshold that an exact
+  search over all vectors finds, and the share of them the cell search linked; precision: the
+  share of the sample's links that join images of one planted group;
+* the baseline: `wit_builder.dedup.cluster_vectors` (the single-process search before this
+  change: faiss flat below 100k vectors, IVF with nlist = sqrt(n) above) in a child process, on
+  --baseline-sizes (125k, 250k), each capped at --baseline-cap seconds.
+Targets (issue 12): >= 20,000 vectors/s per core at 4M, growth exponent <= 1.1, worker RSS flat in
+n, recall >= 99% of the exact search's.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from machine import cpu_name  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+DIM, THR, ROWS_PER_FILE = 256, 0.9, 10_000
+
+
+class RssWatch:
+    """Peak RSS (MiB) of this process and of every descendant, sampled from /proc."""
+
+    def __init__(self, every: float = 0.2):
+        self.every, self.peak, self._stop = every, {}, threading.Event()
+        self.me = os.getpid()
+
+    def _children(self) -> dict[int, int]:
+        parent = {}
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    with open(f"/proc/{d}/stat") as fh:
+                        parent[int(d)] = int(fh.read().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    pass
+        out, todo = {}, [self.me]
+        while todo:
+            p = todo.pop()
+            for c, pp in parent.items():
+                if pp == p and c not in out:
+                    out[c] = p
+                    todo.append(c)
+        return out
+
+    def _sample(self):
+        for pid in [self.me, *self._children()]:
+            try:
+                with open(f"/proc/{pid}/statm") as fh:
+                    rss = int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+            except (OSError, IndexError, ValueError):
+                continue
+            self.peak[pid] = max(self.peak.get(pid, 0.0), rss)
+
+    def __enter__(self):
+        def loop():
+            while not self._stop.wait(self.every):
+                self._sample()
+        self.thread = threading.Thread(target=loop, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self.thread.join()
+        self._sample()
+
+    def report(self) -> dict:
+        workers = {p: r for p, r in self.peak.items() if p != self.me and r > 50}
+        return {"launcher_mib": round(self.peak.get(self.me, 0.0)),
+                "workers_mib": sorted(round(r) for r in workers.values())}
+
+
+def make_files(n: int, folder: str, seed: int = 0):
+    from wit_builder.sim.embedsets import planted_embeddings, write_embedding_files
+    v, group = planted_embeddings(n, DIM, seed=seed)
+    files = write_embedding_files(folder, v, ROWS_PER_FILE)
+    return files, group, v
+
+
+def read_vectors(path: str) -> np.ndarray:
+    import pyarrow.parquet as pq
+    col = pq.read_table(path, columns=["embedding"]).column("embedding").combine_chunks()
+    return col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), -1)
+
+
+def exact_pairs(files: list[str], queries: np.ndarray) -> set:
+    """Pairs (query row, row) at or above the threshold, by brute force over the files."""
+    qv = np.concatenate([read_vectors(files[f])[r:r + 1] for f, r in
+                         zip(queries // ROWS_PER_FILE, queries % ROWS_PER_FILE)])
+    out = set()
+    for f, path in enumerate(files):
+        sims = qv @ read_vectors(path).T
+        r, c = np.nonzero(sims >= THR)
+        for q, j in zip(queries[r], c + f * ROWS_PER_FILE):
+            if q != j:
+                out.add((int(q), int(j)))
+    return out
+
+
+def run_size(n: int, workers: int, tmp: str, sample: int) -> dict:
+    import pyarrow.parquet as pq
+
+    from pipelines.beam_options import BeamOptions
+    from pipelines.dedup_cells import WORK, cluster_files
+    from wit_builder import dedup_cells as dc
+
+    folder = os.path.join(tmp, f"n{n}")
+    files, group, v = make_files(n, os.path.join(folder, "emb"))
+    del v                                  # the run reads the files; this process keeps no vectors
+    params = dc.CellParams(threshold=THR)
+    with RssWatch() as watch:
+        t = time.time()
+        opts = BeamOptions(workers=workers, args=("--default_sdk_harness_log_level=WARNING",))
+        stats = cluster_files(files, folder, params, opts, keep_work=True)
+        wall = time.time() - t
+    rng = np.random.default_rng(1)
+    queries = np.sort(rng.choice(n, size=min(sample, n), replace=False))
+    truth = exact_pairs(files, queries)
+    edges = pq.read_table(os.path.join(folder, WORK, "edges"))
+    # keys are zero-padded row numbers; file f row r -> row f * ROWS_PER_FILE + r
+    qf, qr = dc.split_ids(edges.column("q").to_numpy())
+    jf, jr = dc.split_ids(edges.column("id").to_numpy())
+    a, b = qf * ROWS_PER_FILE + qr, jf * ROWS_PER_FILE + jr
+    linked = set(zip(a.tolist(), b.tolist())) | set(zip(b.tolist(), a.tolist()))
+    qset = set(queries.tolist())
+    mine = [(x, y) for x, y in linked if x in qset]
+    planted = [(x, y) for x, y in mine if group[x] >= 0 and group[x] == group[y]]
+    cores = min(workers, os.cpu_count() or 1)
+    import shutil
+    shutil.rmtree(folder, ignore_errors=True)
+    return {"n": n, "seconds": round(wall, 1), "vectors_per_s_per_core": round(n / wall / cores),
+            **watch.report(), "recall_vs_exact": round(len(truth & linked) / max(1, len(truth)), 4),
+            "exact_pairs_in_sample": len(truth),
+            "precision_planted": round(len(planted) / max(1, len(mine)), 4),
+            "cells": stats["cells"], "split_cells": stats["split_cells"], "edges": stats["edges"],
+            "stage_seconds": stats["seconds"]}
+
+
+BASELINE = """
+import sys, time, json
+sys.path.insert(0, {root!r})
+from wit_builder.sim.embedsets import planted_embeddings
+from wit_builder.dedup import cluster_vectors
+v, _ = planted_embeddings({n}, {dim}, seed=0)
+t = time.time()
+cluster_vectors(v, {thr})
+print(json.dumps({{"seconds": time.time() - t}}))
+"""
+
+
+def baseline(n: int, cap: float) -> dict:
+    code = BASELINE.format(root=ROOT, n=n, dim=DIM, thr=THR)
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=cap, check=True)
+        secs = json.loads(out.stdout.strip().splitlines()[-1])["seconds"]
+        return {"n": n, "seconds": round(secs, 1), "vectors_per_s": round(n / secs)}
+    except subprocess.TimeoutExpired:
+        return {"n": n, "seconds": None, "note": f"did not finish in {cap:.0f} s"}
+
+
+def exponent(rows: list[dict]) -> list:
+    out = []
+    for a, b in zip(rows, rows[1:]):
+        if a.get("seconds") and b.get("seconds"):
+            out.append(round(math.log(b["seconds"] / a["seconds"]) / math.log(b["n"] / a["n"]), 2))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="250000,1000000,2000000", help="comma-separated vector counts")
+    ap.add_argument("--workers", type=int, default=2, help="DirectRunner worker processes")
+    ap.add_argument("--sample", type=int, default=500, help="query images for the recall check")
+    ap.add_argument("--baseline-cap", type=float, default=300, help="seconds per baseline size (0: skip)")
+    ap.add_argument("--baseline-sizes", default="125000,250000", help="sizes for the baseline (comma-separated)")
+    ap.add_argument("--budget", type=float, default=900, help="stop starting new sizes after this many seconds")
+    ap.add_argument("--with-stages", action="store_true",
+                    help="also run `wit shards` (bench/shards.py) and `wit collect` (bench/memory.py --collect-only) "
+                         "at two sizes each: rows/s per core and peak RSS")
+    args = ap.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    import logging
+    logging.getLogger().setLevel(logging.WARNING)
+    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; DirectRunner, {args.workers} workers", flush=True)
+    start, rows = time.time(), []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in sizes:
+            if time.time() - start > args.budget:
+                print(f"{n}: skipped (budget of {args.budget:.0f} s spent)")
+                continue
+            r = run_size(n, args.workers, tmp, args.sample)
+            rows.append(r)
+            print(json.dumps(r), flush=True)
+    base = []
+    if args.baseline_cap > 0:
+        for n in [int(x) for x in args.baseline_sizes.split(",")]:
+            b = baseline(n, args.baseline_cap)
+            base.append(b)
+            print("baseline cluster_vectors", json.dumps(b), flush=True)
+            if b["seconds"] is None:
+                break
+    if args.with_stages:
+        here = os.path.dirname(os.path.abspath(__file__))
+        for script in (["shards.py"], ["memory.py", "--collect-only"]):
+            print(f"\n$ python bench/{' '.join(script)}", flush=True)
+            subprocess.run([sys.executable, os.path.join(here, script[0]), *script[1:]], check=False)
+    print("growth exponent (cells, between sizes):", exponent(rows))
+    print("growth exponent (baseline):", exponent([b for b in base if b.get("seconds")]))
+    for r in rows:
+        b = next((b for b in base if b["n"] == r["n"] and b.get("seconds")), None)
+        ratio = f"{b['seconds'] / r['seconds']:.2f}x the baseline's speed" if b else "no baseline at this size"
+        print(f"n={r['n']:,}: {r['seconds']} s, {r['vectors_per_s_per_core']:,} vectors/s per core, {ratio}; "
+              f"recall {r['recall_vs_exact']:.2%}, launcher {r['launcher_mib']} MiB, workers {r['workers_mib']} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
