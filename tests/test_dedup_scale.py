@@ -160,3 +160,11 @@ def test_a_cell_full_of_copies_keeps_its_edge_lists_bounded():
     tracemalloc.stop()
     assert np.bincount(dc.split_ids(a.edge_q)[1]).max() == 4 and len(a.edge_q) == 4 * n
     assert peak < 200 * 2**20          # all 16M pairs at once: > 300 MiB
+
+
+def test_embedding_files_of_two_sizes_are_one_line_error(tmp_path):
+    from wit_builder.core import WitError
+    a = write_embedding_files(str(tmp_path / "a"), planted_embeddings(50, 16, seed=1)[0], 50)
+    b = write_embedding_files(str(tmp_path / "b"), planted_embeddings(50, 8, seed=2)[0], 50)
+    with pytest.raises(WitError, match="mix embedding sizes"):
+        cluster_files([a[0], b[0]], str(tmp_path / "out"), dc.CellParams(threshold=THR))

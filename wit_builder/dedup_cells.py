@@ -45,6 +45,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from wit_builder.core import WitError
+
 FLAT_CENTROIDS = 4096       # above this many cells, the nearest centroids come from an HNSW graph
 ROW_BITS = 32
 
@@ -106,8 +108,12 @@ def read_rows(path: str, file_index: int) -> FileRows:
     pixels = np.maximum(w, 0) * np.maximum(h, 0)
     emb = t.column("embedding").combine_chunks().filter(ok)
     if len(emb):
+        import pyarrow.compute as pc
+        dims = np.unique(pc.list_value_length(emb).to_numpy(zero_copy_only=False))
+        if len(dims) != 1:
+            raise WitError(f"embeddings file {path} mixes embedding sizes ({', '.join(map(str, dims[:5]))})")
         flat = emb.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
-        vec = flat.reshape(len(emb), -1)
+        vec = flat.reshape(len(emb), int(dims[0]))
     else:
         vec = np.zeros((0, 1), np.float32)
     return FileRows(row_ids(file_index, rows), keys, pixels, normalise(vec))
@@ -148,6 +154,10 @@ def merge_bottom(pieces, size: int):
     pieces = [p for p in pieces if p is not None and len(p[0])]
     if not pieces:
         return None
+    dims = sorted({p[2].shape[1] for p in pieces})
+    if len(dims) > 1:
+        raise WitError(f"the embedding files mix embedding sizes ({', '.join(map(str, dims))}): "
+                       "were they made by different detectors?")
     h = np.concatenate([p[0] for p in pieces])
     i = np.concatenate([p[1] for p in pieces])
     v = np.concatenate([p[2] for p in pieces])
