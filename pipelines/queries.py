@@ -3,9 +3,9 @@
 Graph (each step a named transform)::
 
     dump specs ─ PlanWorkUnits ─ SpreadUnits ─ ReadArticles ─ CleanAndCount ─┬─ word tables ─ CountUnigrams ─ KeepUnigrams
-                                                                              ├─ bigram tables ─ CountBigrams ─ BigramCandidates ─ ScoreBigrams ─ KeepBigrams
+                                                                              ├─ bigram tables ─ CountBigrams ─ BigramCandidates ─ ScoreBigrams ─ KeepBigrams ─ TopBigrams
                                                                               └─ title ─┐
-    pageview files ─ SpreadPageviews ─ HourlyViews ─ SumViews ─ MinViews ─ JoinTitles ─ TitleInDump
+    pageview files ─ SpreadPageviews ─ HourlyViews ─ SumViews ─ MinViews ─ JoinTitles ─ TitleInDump ─ TopTitles
     WordNet part (computed by the launcher) ─ WordNetPart
     all parts ─ ValidQueries ─ Merge (GroupByKey on 64 hash buckets) ─ MergedRows ─┐
     counters of every step ─ SumStats ────────────────────────────────────────────┴─ WriteResults
@@ -19,6 +19,9 @@ pass them become Beam elements of their own. A multistream dump is read as many 
 its index's stream offsets, see :mod:`queries.wikidump`), spread over workers by ``Reshuffle``.
 PMI needs n(w1) and n(w2) for each bigram: ``ScoreBigrams`` joins them in with two
 ``CoGroupByKey`` steps (a side input of all word counts would not fit a worker at full scale).
+``TopBigrams``/``TopTitles`` (with ``--bigram-count``/``--title-count``) keep the best candidates
+by size: ``combiners.Top.Of``, whose partial tops per bundle are merged after the shuffle, with the
+total orders of :func:`queries.build.bigram_selection_key` and ``title_selection_key``.
 
 Output: ``work_dir/result-*.jsonl``, read back by :func:`run`, the stage's driver: ``["query", {"query": q,
 "parts": {part: statistic}}]`` per query and ``["stat", [name, value]]`` per counter (skips by
@@ -39,9 +42,9 @@ import apache_beam as beam
 from apache_beam import pvalue
 
 from pipelines.beam_options import BeamOptions, run_pipeline
-from queries.build import (OUTPUTS, BuildConfig, Candidates, QueryParams, _signature, _sizes, build_stats,
-                           collect_inputs, order_and_trim, pageview_inputs, read_candidates, remove_tree,
-                           wordnet_items, write_outputs)
+from queries.build import (OUTPUTS, BuildConfig, Candidates, QueryParams, _signature, _sizes, bigram_selection_key,
+                           build_stats, collect_inputs, order_and_trim, pageview_inputs, read_candidates,
+                           remove_tree, title_selection_key, wordnet_items, write_outputs)
 from queries.pageviews import MAX_VIEWS
 from queries.terms import clean_query, log2_bin, merge_bucket, pmi, sharded
 from wit_builder import records
@@ -282,7 +285,9 @@ def _join_titles(item):
     views = list(grouped["views"])
     if views:
         yield _stat("title.passed_min_views", 1)
-        if in_dump:
+        if in_dump and clean_query(title) is None:  # an article named "?": no query, and no slot of --title-count
+            yield _stat("query.invalid", 1)
+        elif in_dump:
             yield _stat("title.in_dump", 1)
             yield title, ("title", views[0])
 
@@ -362,13 +367,31 @@ def _bigram_shard(kv, min_count: int):
             yield bigram, n
 
 
-def _bigram_part(scored, min_pmi: float):
+def _bigram_part(scored, min_pmi: float | None):
     bigram, n12, score = scored
     yield _stat("passed.bigram_min_count", 1)
     yield _stat("corpus.bigram_pmi_max", score, "max")
-    if score >= min_pmi:
+    if min_pmi is None or score >= min_pmi:
         yield _stat("passed.bigram_min_pmi", 1)
         yield bigram, ("bigram", [n12, score])
+
+
+class SelectTop(beam.PTransform):
+    """Part records ``(query, (part, statistic))`` -> the ``count`` first by ``key`` (all of them
+    when there are fewer; ``count`` None keeps all). ``Top.Of`` keeps at most ``count`` records per
+    bundle and merges the partial tops after the shuffle; ``key`` is a total order, so the result
+    does not depend on how the records were bundled."""
+
+    def __init__(self, count: int | None, key):
+        super().__init__()
+        self.count, self.key = count, key
+
+    def expand(self, records):
+        if self.count is None:
+            return records
+        return (records
+                | "Top" >> beam.combiners.Top.Of(self.count, key=self.key, reverse=True)
+                | "Records" >> beam.FlatMap(lambda top: top).with_output_types(Tuple[str, Any]))
 
 
 def _line(kind: str):
@@ -421,7 +444,7 @@ class QueryCandidates(beam.PTransform):
         bigrams = scored | "KeepBigrams" >> beam.FlatMap(_bigram_part, params.bigram_min_pmi).with_output_types(
             Tuple[str, Any]).with_outputs(STATS, main="part")
         stats.append(bigrams[STATS])
-        return bigrams["part"]
+        return bigrams["part"] | "TopBigrams" >> SelectTop(params.bigram_count, bigram_selection_key)
 
     def _titles(self, p, counted, stats: list):
         params = self.params
@@ -441,7 +464,7 @@ class QueryCandidates(beam.PTransform):
                   | "TitleInDump" >> beam.FlatMap(_join_titles).with_output_types(Tuple[str, Any])
                   .with_outputs(STATS, main="titles"))
         stats.append(joined[STATS])
-        return joined["titles"]
+        return joined["titles"] | "TopTitles" >> SelectTop(params.title_count, title_selection_key)
 
     def _write(self, batches: list, stats: list):
         results = []

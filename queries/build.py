@@ -13,6 +13,13 @@ Rows are written sorted by this key (``id`` = row number). When the union of the
 than ``--target-size``, the list is cut after ``target_size`` rows, which drops the lowest-ranked
 queries of the last parts first; when it is smaller, nothing is invented and ``stats.json`` says by
 how much the list falls short.
+
+Part sizes: the bigram and title parts are selected by size as well as by threshold. Of the
+candidates that pass the thresholds, ``bigram_count`` bigrams are kept by rank (PMI rounded to
+:data:`PMI_DECIMALS` decimals, largest first; then count, largest first; then the bigram string in
+code point order) and ``title_count`` titles (views, largest first; then the title string). The
+defaults are MetaCLIP's part sizes (:data:`METACLIP_SIZES`); when fewer candidates pass, all are
+kept and ``stats.json``'s ``selection`` says so.
 """
 from __future__ import annotations
 
@@ -26,13 +33,36 @@ from wit_builder.core import (WitError, atomic_open, atomic_write_json, atomic_w
 from wit_builder.schemas import QUERIES_SCHEMA
 
 __all__ = ["PART_ORDER", "QueryParams", "BuildConfig", "rank_key", "order_and_trim", "to_table",
-           "collect_inputs"]
+           "collect_inputs", "METACLIP_SIZES", "bigram_selection_key", "title_selection_key"]
 
 PART_ORDER = ("wordnet", "unigram", "bigram", "title")
 OUTPUTS = ("queries.parquet", "queries.txt", "stats.json", "queries.png")
 TRIM_RULE = ("rows sorted by (first part in the order wordnet, unigram, bigram, title; that part's "
              "statistic descending: synsets, unigram count, bigram PMI then count, title views; "
              "query string), cut after target_size rows")
+# MetaCLIP's part sizes (Xu et al. 2023, "Demystifying CLIP Data"): the sizes the defaults
+# of --bigram-count and --title-count reproduce; the unigram part is chosen by its threshold (>= 100)
+METACLIP_SIZES = {"wordnet": 86_654, "unigram": 251_465, "bigram": 100_646, "title": 61_235}
+# PMIs are compared rounded to this many decimals, so that PMIs equal in exact arithmetic (for
+# example n12, n1, n2 = 2, 4, 4 and 1, 2, 4) tie however floating point rounds their logarithms
+PMI_DECIMALS = 9
+SELECTION_TIE_BREAK = {
+    "bigram": f"PMI (rounded to {PMI_DECIMALS} decimals) descending, then count descending, then the "
+              "bigram string in code point order",
+    "title": "views descending, then the title string in code point order"}
+
+
+def bigram_selection_key(item) -> tuple:
+    """Sort key of a bigram candidate ``(bigram, ("bigram", [n12, pmi]))`` for ``--bigram-count``:
+    smallest first = kept first (a total order: the string breaks every tie)."""
+    bigram, (_, (n12, score)) = item
+    return -round(score, PMI_DECIMALS), -n12, bigram
+
+
+def title_selection_key(item) -> tuple:
+    """Sort key of a title candidate ``(title, ("title", views))`` for ``--title-count``."""
+    title, (_, views) = item
+    return -views, title
 
 
 @dataclass
@@ -40,8 +70,10 @@ class QueryParams:
     """Thresholds and switches of one build (all are ``wit queries`` options)."""
     unigram_min_count: int = 100
     bigram_min_count: int = 100
-    bigram_min_pmi: float = 30.0
+    bigram_min_pmi: float | None = None
+    bigram_count: int | None = METACLIP_SIZES["bigram"]
     title_min_views: int = 70
+    title_count: int | None = METACLIP_SIZES["title"]
     title_min_hourly_views: int = 50
     pageview_domains: tuple[str, ...] = ("en", "en.m")
     parts: tuple[str, ...] = ("wordnet", "unigram", "bigram", "title")
@@ -73,6 +105,9 @@ class BuildConfig:
         for name in ("unigram_min_count", "bigram_min_count", "title_min_views", "title_min_hourly_views"):
             if getattr(p, name) < 1:
                 raise WitError(f"--{name.replace('_', '-')} must be at least 1")
+        for name in ("bigram_count", "title_count"):
+            if getattr(p, name) is not None and getattr(p, name) < 1:
+                raise WitError(f"--{name.replace('_', '-')} must be at least 1, or 'all' (got {getattr(p, name)})")
         if p.unit_bytes <= 0:
             raise WitError("--unit-mb must be positive")
 
@@ -263,7 +298,25 @@ def describe(stats: dict) -> str:
         msg += f", trimmed {o['trimmed']:,} to --target-size {o['target_size']:,}"
     elif o["short_of_target"]:
         msg += f", {o['short_of_target']:,} short of --target-size {o['target_size']:,}"
+    for part, sel in (stats.get("selection") or {}).items():
+        if sel.get("all_taken"):
+            msg += (f"; only {sel['candidates']:,} {part} candidates passed the thresholds, fewer than "
+                    f"--{part}-count {sel['count']:,}: all taken")
     return msg
+
+
+def _selection(params: QueryParams, counters: dict) -> dict:
+    """How the bigram and title parts were cut to their counts (``stats.json``'s ``selection``)."""
+    out = {}
+    for part, passed in (("bigram", "passed.bigram_min_pmi"), ("title", "title.in_dump")):
+        if part not in params.parts:
+            continue
+        count, candidates = getattr(params, f"{part}_count"), counters.get(passed, 0)
+        selected = candidates if count is None else min(count, candidates)
+        out[part] = {"count": count, "candidates": candidates, "selected": selected,
+                     "all_taken": count is not None and candidates < count,
+                     "tie_break": SELECTION_TIE_BREAK[part]}
+    return out
 
 
 # ---------------------------------------------------------------- the build's steps (pipelines/queries.py runs them)
@@ -331,7 +384,9 @@ def build_stats(cfg: BuildConfig, cand: Candidates, rows: list[dict], trimmed: i
         "thresholds": {"unigram_min_count": params.unigram_min_count,
                        "bigram_min_count": params.bigram_min_count,
                        "bigram_min_pmi": params.bigram_min_pmi,
+                       "bigram_count": params.bigram_count,
                        "title_min_views": params.title_min_views,
+                       "title_count": params.title_count,
                        "title_min_hourly_views": params.title_min_hourly_views,
                        "pageview_domains": list(params.pageview_domains)},
         "passed": {"unigram_min_count": counters.get("passed.unigram_min_count", 0),
@@ -340,6 +395,7 @@ def build_stats(cfg: BuildConfig, cand: Candidates, rows: list[dict], trimmed: i
                    "title_hours_min_hourly_views": counters.get("pageviews.title_hours_kept", 0),
                    "title_min_views": counters.get("title.passed_min_views", 0),
                    "title_min_views_and_article": counters.get("title.in_dump", 0)},
+        "selection": _selection(params, counters),
         **_nest(counters),
         "inputs": inputs,
         "run": run,

@@ -21,6 +21,12 @@ and digits, where single internal apostrophes (``'`` or ``’``) and hyphens joi
 form a *bigram* only when they are separated by spaces alone: no punctuation and no line break
 between them. Bigrams therefore never cross a sentence end (``. ! ?``), a paragraph or line break,
 or any other punctuation (commas, brackets, quotes, dashes, colons).
+
+**Possessives.** A word ending in ``'s`` or ``’s`` (either case of ``s``) counts as the word
+without that ending (``Obama's`` -> ``Obama``, ``O'Brien's`` -> ``O'Brien``, ``dog's`` -> ``dog``),
+and the ending is punctuation: it ends the run, so ``Hong Kong's economy`` gives the bigram
+``Hong Kong`` and no bigram ``Kong economy``. Hyphenated words stay whole (``T-shirt``). The
+reasons (substring matching of alt texts) are in docs/queries.md.
 """
 from __future__ import annotations
 
@@ -31,13 +37,12 @@ from typing import Iterator
 import mwparserfromhell
 from mwparserfromhell import nodes as mwnodes
 
-__all__ = ["clean_wikitext", "word_runs", "count_terms", "WORD_PATTERN", "WikitextError"]
+__all__ = ["clean_wikitext", "word_runs", "count_terms", "possessive_base", "WORD_PATTERN", "WikitextError"]
 
 WORD_PATTERN = r"[^\W_]+(?:['\u2019\-][^\W_]+)*"
 # separators allowed inside a run of adjacent words: whitespace that is not a line boundary
 _GAP = r"[^\S\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]+"
 _RUN = re.compile(rf"{WORD_PATTERN}(?:{_GAP}{WORD_PATTERN})*")
-_WORD = re.compile(WORD_PATTERN)
 _SWITCH = re.compile(r"__[A-Z]+__")
 
 # tags removed with their content
@@ -123,10 +128,29 @@ def clean_wikitext(text: str) -> str:
     return _SWITCH.sub(" ", "".join(out))
 
 
+def possessive_base(word: str) -> str | None:
+    """``word`` without its possessive ending ``'s``/``’s`` (``s`` or ``S``), or None when it has
+    none (a bare ``'s`` is not a word: the pattern needs letters before the apostrophe)."""
+    if len(word) > 2 and word[-1] in "sS" and word[-2] in "'\u2019":
+        return word[:-2]
+    return None
+
+
 def word_runs(clean: str) -> Iterator[list[str]]:
-    """Runs of adjacent words (words separated by spaces only) in cleaned text."""
+    """Runs of adjacent words (words separated by spaces only) in cleaned text; a possessive ends
+    its run and loses its ``'s`` (see the module docstring)."""
     for run in _RUN.findall(clean):
-        yield run.split()
+        words: list[str] = []
+        for word in run.split():
+            base = possessive_base(word)
+            if base is None:
+                words.append(word)
+            else:
+                words.append(base)
+                yield words
+                words = []
+        if words:
+            yield words
 
 
 def count_terms(clean: str, unigrams: Counter, bigrams: Counter | None) -> int:
@@ -143,4 +167,5 @@ def count_terms(clean: str, unigrams: Counter, bigrams: Counter | None) -> int:
 
 
 def words(clean: str) -> list[str]:
-    return _WORD.findall(clean)
+    """The words of cleaned text (possessives without their ``'s``)."""
+    return [w for run in word_runs(clean) for w in run]

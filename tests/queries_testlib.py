@@ -156,24 +156,50 @@ def make_corpus(seed: int = 0, n_hours: int = 4) -> Corpus:
 
 # ---------------------------------------------------------------- the independent reference
 
+def counted_runs(runs: list) -> list:
+    """The word model's runs as the documented possessive rule counts them: a word ending in 's
+    (or ’s) is the word before it, and a run ends after it (``painter's style`` -> ``painter`` |
+    ``style``)."""
+    out = []
+    for run in runs:
+        current = []
+        for w in run:
+            if len(w) > 2 and w[-2:] in ("'s", "’s", "'S", "’S"):
+                current.append(w[:-2])
+                out.append(current)
+                current = []
+            else:
+                current.append(w)
+        if current:
+            out.append(current)
+    return out
+
+
 def expected_counts(runs: list) -> tuple[Counter, Counter, int]:
+    runs = counted_runs(runs)
     unigrams = Counter(w for run in runs for w in run)
     bigrams = Counter((a, b) for run in runs for a, b in zip(run, run[1:]))
     return unigrams, bigrams, sum(unigrams.values())
 
 
-def expected_bigrams(runs: list, min_count: int, min_pmi: float) -> dict[str, tuple[int, float]]:
+def expected_bigrams(runs: list, min_count: int, min_pmi: float | None,
+                     count: int | None = None) -> dict[str, tuple[int, float]]:
+    """Bigrams with n >= min_count and PMI >= min_pmi (None: any); with ``count``, the ``count``
+    best of those by PMI (compared to 9 decimals), then n, then the string (all if fewer)."""
     unigrams, bigrams, total = expected_counts(runs)
     out = {}
     for (a, b), n in bigrams.items():
         score = math.log2(n * total / (unigrams[a] * unigrams[b]))
-        if n >= min_count and score >= min_pmi:
+        if n >= min_count and (min_pmi is None or score >= min_pmi):
             out[f"{a} {b}"] = (n, score)
+    if count is not None:
+        best = sorted(out, key=lambda q: (-round(out[q][1], 9), -out[q][0], q))[:count]
+        out = {q: out[q] for q in best}
     return out
 
 
 def expected_titles(pageviews: dict, articles: set, min_views: int, min_hourly: int,
-                    domains=("en", "en.m")) -> dict[str, int]:
+                    domains=("en", "en.m"), count: int | None = None) -> dict[str, int]:
     totals: Counter = Counter()
     for rows in pageviews.values():
         hour: Counter = Counter()
@@ -183,4 +209,7 @@ def expected_titles(pageviews: dict, articles: set, min_views: int, min_hourly: 
         for title, n in hour.items():
             if n >= min_hourly:
                 totals[title] += n
-    return {t: n for t, n in totals.items() if n >= min_views and t in articles}
+    out = {t: n for t, n in totals.items() if n >= min_views and t in articles}
+    if count is not None:
+        out = {t: out[t] for t in sorted(out, key=lambda t: (-out[t], t))[:count]}
+    return out

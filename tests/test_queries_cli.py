@@ -25,7 +25,8 @@ def test_help_explains_every_option(capsys):
             assert action.help and len(action.help) > 20, action.option_strings
             assert action.option_strings[0] in out
     for phrase in ("multistream", "HH0000.gz", "(default: wordnet,unigram,bigram,title)", "(default: en,en.m)", "PMI overrates rare pairs", "en.m",
-                   "DataflowRunner", "--setup_file", "(default: 100)", "(default: 30.0)", "(default: 500000)"):
+                   "DataflowRunner", "--setup_file", "(default: 100)", "(default: 500000)", "(default: no PMI threshold",
+                   "(default: MetaCLIP's bigram part size, 100646)", "(default: MetaCLIP's title part size, 61235)"):
         assert phrase in out, phrase
 
 
@@ -60,6 +61,10 @@ def test_bad_inputs_fail_before_the_pipeline(tmp_path, capsys, no_pipeline):
     assert "--parts must name" in _err(capsys, ["--dumps", ok, "--out", out, "--parts", "unigram,trigram"])
     assert "--unigram-min-count must be at least 1" in _err(
         capsys, ["--dumps", ok, "--out", out, "--parts", "unigram", "--unigram-min-count", "0"])
+    for bad in ("0", "-3", "many"):
+        err = _err(capsys, ["--dumps", ok, "--out", out, "--parts", "bigram", "--bigram-count", bad])
+        assert "--bigram-count" in err and "'all'" in err, err
+    assert "--title-count" in _err(capsys, ["--dumps", ok, "--out", out, "--parts", "unigram", "--title-count", "0"])
     empty_index = tmp_path / "x-multistream-index.txt.bz2"
     empty_index.write_bytes(b"")
     dumpgen.write_dump([Page("A", "b")], str(tmp_path / "x-multistream.xml.bz2"), multistream=True,
@@ -96,7 +101,8 @@ def test_pipeline_graph_builds_for_dataflow():
     assert options.view_as(SetupOptions).setup_file == "./setup.py"
     by_name = {t.unique_name.rsplit("/", 1)[-1]: t for t in proto.components.transforms.values()}
     for step in ("PlanWorkUnits", "SpreadUnits", "ReadArticles", "CleanAndCount", "CountUnigrams", "CountBigrams",
-                 "ScoreBigrams", "HourlyViews", "SumViews", "JoinTitles", "WordNetPart", "Merge", "WriteResults"):
+                 "ScoreBigrams", "TopBigrams", "HourlyViews", "SumViews", "JoinTitles", "TopTitles", "WordNetPart",
+                 "Merge", "WriteResults"):
         assert step in by_name, step
     # counting is a combine (lifted into per-bundle partial sums), not a GroupByKey of occurrences
     for step in ("CountUnigrams", "CountBigrams", "SumViews"):

@@ -115,6 +115,12 @@ def test_multistream_dump_matches_the_reference(tmp_path, corpus, expected):
     assert stats["parts"]["wordnet"] == {"size": 0, "in_output": 0, "enabled": False}
     assert stats["output"]["queries"] == len(rows) and stats["output"]["short_of_target"] == 500_000 - len(rows)
     assert stats["thresholds"]["bigram_min_pmi"] == PMI
+    # the default part sizes exceed this corpus's candidates: all taken, and said so
+    assert stats["selection"]["bigram"]["all_taken"] and stats["selection"]["title"]["all_taken"]
+    assert stats["selection"]["bigram"]["selected"] == len(expected["bigram"])
+    # possessives count as their word (the word model writes "painter's")
+    assert expected["all_unigrams"]["painter"] > 0 and not any(q.endswith("'s") for q in expected["all_unigrams"])
+    assert not any(r["query"].endswith("'s") for r in rows)
     assert [os.path.basename(d["path"]) for d in stats["inputs"]["dumps"]] == [
         "enwiki-20240101-pages-articles-multistream.xml.bz2"]
     assert stats["inputs"]["dumps"][0]["index"].endswith("-index.txt.bz2") and stats["inputs"]["dumps"][0]["bytes"] > 0

@@ -36,10 +36,33 @@ def test_markup_is_stripped_and_anchor_text_kept(wikitext, expected):
 
 def test_tokenization_rules():
     text = "Don't stop, O'Brien's T-shirt (1990s) cost 3.5 dollars; naïve café in Zürich—well-known x_y"
-    assert runs(text) == [["Don't", "stop"], ["O'Brien's", "T-shirt"], ["1990s"], ["cost", "3"], ["5", "dollars"],
+    assert runs(text) == [["Don't", "stop"], ["O'Brien"], ["T-shirt"], ["1990s"], ["cost", "3"], ["5", "dollars"],
                           ["naïve", "café", "in", "Zürich"], ["well-known", "x"], ["y"]]
     # case is kept; a trailing apostrophe or hyphen is not part of the word
     assert runs("Apple apple APPLE dogs' -end") == [["Apple", "apple", "APPLE", "dogs"], ["end"]]
+
+
+def test_possessives_count_as_their_word_and_hyphenated_words_stay_whole():
+    """The documented rule (docs/queries.md, "Possessives and hyphens"): 's / ’s is cut off and ends
+    the run; a hyphenated word is one word; other internal apostrophes stay."""
+    clean = clean_wikitext("Obama's dog. The dog's T-shirt and Obama’s T-shirt. Hong Kong's economy grew; "
+                           "[[Barack Obama|Obama]]'s speech. O'Brien's X-ray. DOG'S bone. don't let's go")
+    uni, bi = Counter(), Counter()
+    n = count_terms(clean, uni, bi)
+    # Obama's / Obama’s / [[..|Obama]]'s all credit "Obama"; no possessive form is a word of its own
+    assert uni["Obama"] == 3 and uni["dog"] == 2 and uni["DOG"] == 1 and uni["O'Brien"] == 1
+    assert not [w for w in uni if w.endswith(("'s", "’s", "'S"))]
+    # hyphenated words are single words, their parts are not counted
+    assert uni["T-shirt"] == 2 and uni["X-ray"] == 1 and "shirt" not in uni and "T" not in uni
+    # other apostrophes stay inside the word
+    assert uni["don't"] == 1 and uni["let"] == 1 and "don" not in uni
+    assert n == sum(uni.values())
+    # a possessive ends its run: "Hong Kong" is a bigram, "Kong economy" (not in the text) is not
+    assert bi["Hong Kong"] == 1 and "Kong economy" not in bi
+    assert "Obama dog" not in bi and "dog T-shirt" not in bi and "Obama T-shirt" not in bi
+    assert bi["The dog"] == 1 and bi["T-shirt and"] == 1 and bi["and Obama"] == 1
+    # every bigram is a substring of the text it was counted from (what `wit collect` matches)
+    assert all(b in clean for b in bi)
 
 
 def test_bigrams_never_cross_sentence_or_paragraph_or_punctuation():

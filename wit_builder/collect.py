@@ -491,10 +491,29 @@ def write_shard(runs: Iterable, path: str, *, max_rows: int, row_group_rows: int
 
 
 def load_queries(path: str) -> list[str]:
-    """Query strings by id from ``queries.parquet`` (``id``, ``query``) or ``queries.txt``."""
+    """Query strings by id from ``queries.parquet`` (``id``, ``query``), a ``.json`` file holding a
+    JSON list of strings (MetaCLIP's released ``metadata.json``; id = list position) or a text file
+    (``queries.txt``, one query per line). A list without queries is an error."""
     from wit_builder.core import WitError, open_read
     try:
-        if path.endswith(".parquet"):
+        if path.lower().endswith(".json"):
+            import json
+            with open_read(path) as fh:
+                try:
+                    queries = json.loads(fh.read().decode("utf-8-sig"))
+                except ValueError as exc:
+                    raise WitError(f"cannot read queries from {path}: not valid JSON ({exc})") from None
+            def kind(v) -> str:
+                return {dict: "object", list: "array", str: "string", bool: "boolean", int: "number",
+                        float: "number", type(None): "null"}[type(v)]
+            if not isinstance(queries, list):
+                raise WitError(f"{path}: a JSON query list must be a list of strings (like MetaCLIP's "
+                               f"metadata.json), got a JSON {kind(queries)}")
+            kinds = [i for i, q in enumerate(queries) if not isinstance(q, str)]
+            if kinds:
+                raise WitError(f"{path}: a JSON query list must be a list of strings; item {kinds[0]} is "
+                               f"a JSON {kind(queries[kinds[0]])}")
+        elif path.endswith(".parquet"):
             import pyarrow.parquet as pq
             with open_read(path) as fh:
                 table = pq.read_table(fh, columns=["id", "query"])
@@ -515,4 +534,6 @@ def load_queries(path: str) -> list[str]:
     bad = [i for i, q in enumerate(queries) if not isinstance(q, str) or not q]
     if bad:
         raise WitError(f"{path}: query {bad[0]} is empty or null")
+    if not queries:
+        raise WitError(f"{path}: no queries in the list (nothing could match)")
     return queries

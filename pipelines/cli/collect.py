@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from wit_builder.balance import DEFAULT_CAP
     from wit_builder.textclean import DEFAULT_MAX_CHARS, DEFAULT_MIN_CHARS
     parser.add_argument("--queries", required=True,
-                        help="query list: Q/queries.parquet (id, query) or Q/queries.txt (one per line)")
+                        help="query list: Q/queries.parquet (id, query), Q/queries.txt (one per line) or a JSON list of "
+                        "strings such as MetaCLIP's metadata.json (id = position)")
     parser.add_argument("--input", nargs="+", action="extend", required=True, metavar="PATH",
                         help="input files, globs or directories (local or gs://, s3://...): Common Crawl "
                              "WAT (*.wat.gz), WARC (*.warc.gz), or tables (.parquet/.csv/.tsv/.jsonl, optionally .gz); "

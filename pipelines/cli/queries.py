@@ -20,7 +20,19 @@ def _parts(value: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in value.split(",") if p.strip())
 
 
+def _count(value: str, option: str) -> int | None:
+    """A part size: a whole number >= 1, or ``all`` (no size limit: the thresholds alone)."""
+    from wit_builder.core import WitError
+    if str(value).strip().lower() == "all":
+        return None
+    try:
+        return int(value)  # >= 1 is checked with the other options (BuildConfig.validate)
+    except ValueError:
+        raise WitError(f"{option} must be a whole number >= 1 or 'all' (got {value!r})") from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from queries.build import METACLIP_SIZES
     io = parser.add_argument_group("inputs and output")
     io.add_argument("--dumps", nargs="+", required=True, metavar="PATH",
                     help="English Wikipedia pages-articles XML dumps: files, globs or folders (local or "
@@ -42,16 +54,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     th.add_argument("--unigram-min-count", type=int, default=100, metavar="N",
                     help="keep words occurring at least N times in article text (CLIP's 100)")
     th.add_argument("--bigram-min-count", type=int, default=100, metavar="N",
-                    help="a bigram must occur at least N times before its PMI counts: PMI overrates "
-                         "rare pairs (a pair seen once, of words seen once, gets the maximum "
+                    help="the floor: a bigram must occur at least N times before its PMI counts: PMI "
+                         "overrates rare pairs (a pair seen once, of words seen once, gets the maximum "
                          "log2 N); 100 holds bigrams to the unigrams' standard and makes both of "
                          "their words queries")
-    th.add_argument("--bigram-min-pmi", type=float, default=30.0, metavar="X",
-                    help="keep bigrams with PMI = log2(n(w1 w2) N / (n(w1) n(w2))) >= X, N = words "
-                         "in the corpus (MetaCLIP's 30; see docs/queries.md for what it implies)")
+    th.add_argument("--bigram-min-pmi", type=float, default=None, metavar="X",
+                    help="keep only bigrams with PMI = log2(n(w1 w2) N / (n(w1) n(w2))) >= X, N = words "
+                         "in the corpus (default: no PMI threshold, --bigram-count decides; MetaCLIP's "
+                         "30 leaves no bigram on Wikipedia, see docs/queries.md)")
+    th.add_argument("--bigram-count", default=str(METACLIP_SIZES["bigram"]), metavar="N|all",
+                    help="keep the N bigrams of highest PMI among those passing the thresholds (ties: "
+                         "higher count, then the bigram's string); all when fewer pass (default: "
+                         "MetaCLIP's bigram part size, %(default)s)")
     th.add_argument("--title-min-views", type=int, default=70, metavar="N",
                     help="keep article titles whose views, summed over the counted hours, reach N "
                          "(MetaCLIP's 70)")
+    th.add_argument("--title-count", default=str(METACLIP_SIZES["title"]), metavar="N|all",
+                    help="keep the N most viewed titles among those passing the thresholds (ties: the "
+                         "title's string); all when fewer pass (default: MetaCLIP's title part size, "
+                         "%(default)s)")
     th.add_argument("--title-min-hourly-views", type=int, default=50, metavar="N",
                     help="an hour counts for a title only when it has at least N views (MetaCLIP's 50)")
     th.add_argument("--pageview-domains", type=_parts, default="en,en.m", metavar="LIST",
@@ -85,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
     from queries.build import BuildConfig, QueryParams, describe
     params = QueryParams(
         unigram_min_count=args.unigram_min_count, bigram_min_count=args.bigram_min_count,
-        bigram_min_pmi=args.bigram_min_pmi, title_min_views=args.title_min_views,
+        bigram_min_pmi=args.bigram_min_pmi, bigram_count=_count(args.bigram_count, "--bigram-count"),
+        title_min_views=args.title_min_views, title_count=_count(args.title_count, "--title-count"),
         title_min_hourly_views=args.title_min_hourly_views,
         pageview_domains=tuple(args.pageview_domains), parts=tuple(args.parts),
         unit_bytes=int(args.unit_mb * (1 << 20)), use_index=getattr(args, "use_index", True))
