@@ -13,8 +13,9 @@ from wit_builder.core import WitError, atomic_open
 
 from trainer.pretokenize import _PAT, clean_text
 
-__all__ = ["ReferenceBPE", "read_merges", "write_merges", "bytes_to_unicode", "SOT", "EOT",
-           "CONTEXT_LENGTH", "OPENAI_NUM_MERGES", "MERGES_HEADER"]
+__all__ = ["ReferenceBPE", "read_merges", "write_merges", "format_merges", "openai_vocab_path",
+           "bytes_to_unicode", "SOT", "EOT", "CONTEXT_LENGTH", "OPENAI_NUM_MERGES",
+           "MERGES_HEADER", "OPENAI_VOCAB_FILE", "OPENAI"]
 
 SOT = "<|startoftext|>"
 EOT = "<|endoftext|>"
@@ -23,6 +24,11 @@ CONTEXT_LENGTH = 77
 # (vocabulary 49408 = 512 byte symbols + 48,894 merges + 2 special tokens).
 OPENAI_NUM_MERGES = 49152 - 256 - 2
 MERGES_HEADER = "#version: 0.2"
+# OpenAI's merges file, as OpenAI's ``clip`` and OpenCLIP (``open_clip_torch``) ship it inside
+# their packages; ``--tokenizer openai`` / ``read_merges("openai")`` take it from there
+OPENAI = "openai"
+OPENAI_VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
+_VOCAB_PACKAGES = ("open_clip", "clip")  # import names of packages that ship OPENAI_VOCAB_FILE
 
 
 @functools.lru_cache(maxsize=None)
@@ -67,8 +73,38 @@ def _parse_merges(text: str, max_merges: int | None, where: str) -> list[tuple[s
     return merges
 
 
+def openai_vocab_path() -> str:
+    """The path of OpenAI's BPE vocabulary (:data:`OPENAI_VOCAB_FILE`) inside an installed
+    package that ships it (OpenCLIP's ``open_clip``, OpenAI's ``clip``), found without importing
+    the package; a :class:`WitError` saying how to get one when none is installed."""
+    import importlib.util
+    for name in _VOCAB_PACKAGES:
+        try:
+            spec = importlib.util.find_spec(name)   # a top-level name: located, not imported
+        except (ImportError, ValueError):
+            continue
+        for folder in (spec.submodule_search_locations or []) if spec else []:
+            path = os.path.join(folder, OPENAI_VOCAB_FILE)
+            if os.path.isfile(path):
+                return path
+    raise WitError(f"--tokenizer {OPENAI}: no installed package ships OpenAI's BPE vocabulary "
+                   f"({OPENAI_VOCAB_FILE}); install one with `pip install --no-deps "
+                   "open_clip_torch`, or pass that file's path")
+
+
+def format_merges(merges: Sequence[tuple[str, str]]) -> str:
+    """A merges file's text in CLIP's format: the version header, then one ``a b`` per line,
+    with no newline after the last merge. OpenAI's reader (OpenCLIP's ``SimpleTokenizer``)
+    splits the text at newlines and makes every piece after the header a merge: a trailing
+    newline would add an empty merge and shift the two special tokens' ids by one."""
+    return "\n".join([MERGES_HEADER, *(f"{a} {b}" for a, b in merges)])
+
+
 def read_merges(path_or_text: str) -> str:
-    """The text of a merges file given a path (gzip or plain) or the text itself."""
+    """The text of a merges file given a path (gzip or plain), the text itself, or ``"openai"``
+    (OpenAI's file from an installed package, :func:`openai_vocab_path`)."""
+    if path_or_text == OPENAI and not os.path.exists(path_or_text):
+        path_or_text = openai_vocab_path()
     if "\n" not in path_or_text and os.path.exists(path_or_text):
         with open(path_or_text, "rb") as fh:
             raw = fh.read()
@@ -78,14 +114,15 @@ def read_merges(path_or_text: str) -> str:
             return raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise WitError(f"{path_or_text}: merges file is not UTF-8 ({exc})") from None
-    if "\n" not in path_or_text:
+    if "\n" not in path_or_text and path_or_text != MERGES_HEADER:  # (a header alone: no merges)
         raise WitError(f"merges file not found: {path_or_text}")
     return path_or_text
 
 
 def write_merges(merges: Sequence[tuple[str, str]], out_path: str) -> str:
-    """Write merges in CLIP's format (header line, one ``a b`` per line); gzip if ``.gz``."""
-    body = MERGES_HEADER + "\n" + "".join(f"{a} {b}\n" for a, b in merges)
+    """Write merges in CLIP's format (:func:`format_merges`: header line, one ``a b`` per line,
+    no trailing newline), atomically; gzip if ``.gz`` (OpenCLIP reads only gzip)."""
+    body = format_merges(merges)
     with atomic_open(out_path, "wb") as fh:
         data = body.encode("utf-8")
         fh.write(gzip.compress(data, mtime=0) if out_path.endswith(".gz") else data)

@@ -77,7 +77,8 @@ def load_tokenizer(cfg: TrainConfig, ckpt: dict | None):
         if not os.path.exists(cfg.tokenizer):
             raise WitError(f"--tokenizer: merges file not found: {cfg.tokenizer}")
         return Tokenizer.from_merges(cfg.tokenizer)
-    raise WitError("--tokenizer MERGES is required (make one with `wit tokenizer train`)")
+    raise WitError("a tokenizer is required: --tokenizer MERGES (make one with `wit tokenizer train`) or "
+                   "--tokenizer openai (OpenAI's vocabulary, from an installed open_clip_torch)")
 
 
 def seed_everything(seed: int) -> None:

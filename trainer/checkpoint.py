@@ -3,7 +3,8 @@
 A checkpoint (``OUT/checkpoints/step-NNNNNNNN.pt``, copied to ``latest.pt``, both written
 atomically; the oldest ``step-*.pt`` beyond ``keep`` are removed) holds what
 :func:`trainer.train.train` needs to continue exactly: model, optimizer, scaler, step, epoch,
-RNG states (:func:`rng_state`), data position, model config, tokenizer merges and the config.
+RNG states (:func:`rng_state`), data position, model config, tokenizer merges and the config,
+and the weights again as ``state_dict`` for OpenCLIP's loader (:func:`save_checkpoint`).
 The run log (``OUT/log.jsonl``) has one JSON record per line; on resume the records written
 after the checkpoint's step are dropped (:func:`truncate_log`) since they will be redone.
 A re-run first removes the temporaries a killed run left (:func:`remove_stale_temporaries`).
@@ -93,8 +94,17 @@ def restore(ckpt: dict, model, optimizer, scaler) -> tuple[int, int, int]:
 
 def save_checkpoint(ckpt_dir: str, step: int, state: dict, keep: int) -> str:
     """Write ``step-NNNNNNNN.pt`` and ``latest.pt``, keep the newest ``keep`` step files (0: all);
-    returns the step file's path."""
+    returns the step file's path.
+
+    The weights are also stored under ``state_dict`` (the same tensors: ``torch.save`` writes
+    them once), the key OpenCLIP's loader reads, so ``open_clip.create_model(NAME,
+    pretrained=CHECKPOINT)`` loads the file; ``openclip_model`` names the built-in OpenCLIP
+    config that builds this model with the right activation (``ViT-B-32-quickgelu``), or None
+    (:func:`trainer.export.openclip_model_name`)."""
     import torch
+    if "model" in state:
+        state = {**state, "state_dict": state["model"],
+                 "openclip_model": _openclip_name(state.get("model_cfg"))}
     path = os.path.join(ckpt_dir, f"step-{step:08d}.pt")
     with atomic_open(path, "wb") as fh:
         torch.save(state, fh)
@@ -105,6 +115,14 @@ def save_checkpoint(ckpt_dir: str, step: int, state: dict, keep: int) -> str:
         for name in old[:-keep]:
             os.unlink(os.path.join(ckpt_dir, name))
     return path
+
+
+def _openclip_name(model_cfg) -> str | None:
+    from trainer.export import openclip_model_name
+    try:
+        return openclip_model_name(model_cfg) if model_cfg else None
+    except WitError:  # a config OpenCLIP cannot express
+        return None
 
 
 def remove_stale_temporaries(out: str, ckpt_dir: str) -> list[str]:

@@ -2,6 +2,7 @@
 :mod:`trainer.train`)."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 __all__ = ["TrainConfig", "PRECISIONS"]
@@ -15,7 +16,8 @@ class TrainConfig:
     train_data: str                       # shards: 'DIR/{00000..00009}.tar', sources joined by ::
     out: str                              # run directory
     model: str = "tiny-vit"               # bundled config name or a config .json
-    tokenizer: str | None = None          # CLIP-format merges file (from the checkpoint on resume)
+    tokenizer: str | None = None          # CLIP-format merges file or "openai" (OpenAI's, from an
+                                          # installed package); from the checkpoint on resume
     batch_size: int = 64
     accum_freq: int = 1
     epochs: int = 1
@@ -53,3 +55,11 @@ class TrainConfig:
     device: str = "auto"                  # auto | cpu | cuda
     progress: bool = True
     extra: dict = field(default_factory=dict)  # free-form notes stored in the checkpoint
+
+    def __post_init__(self) -> None:
+        # "openai": the path of OpenAI's merges file in an installed package (one-line error
+        # saying how to get one when none is), so the run and its checkpoint name a real file
+        # (a file named "openai" in the working directory wins, as in trainer.bpe.read_merges)
+        if self.tokenizer == "openai" and not os.path.exists(self.tokenizer):
+            from trainer.bpe import openai_vocab_path
+            self.tokenizer = openai_vocab_path()

@@ -17,7 +17,9 @@ behaviour of OpenAI's ``simple_tokenizer``):
   is too long is cut and its last position set to ``eot``, so the end token is always there.
 
 Merges files are in CLIP's format (that of ``bpe_simple_vocab_16e6.txt.gz``): one version
-header line, then one merge per line, two space-separated symbols; gzip or plain text.
+header line, then one merge per line, two space-separated symbols; gzip or plain text. Files we
+write end without a newline after the last merge, so OpenAI's and OpenCLIP's reader (split at
+newlines, every piece after the header a merge) gives the same ids as ours.
 
 Two implementations: :class:`ReferenceBPE` (in :mod:`trainer.bpe`), a direct pure-Python
 implementation of the algorithm above (the ground truth the tests compare against), and
@@ -39,15 +41,15 @@ from typing import Iterable, Sequence
 
 from wit_builder.core import WitError
 
-from trainer.bpe import (CONTEXT_LENGTH, EOT, MERGES_HEADER, OPENAI_NUM_MERGES, SOT, ReferenceBPE,
-                         _build_vocab, _byte_table, _parse_merges, bytes_to_unicode, read_merges,
-                         write_merges)
+from trainer.bpe import (CONTEXT_LENGTH, EOT, OPENAI, OPENAI_NUM_MERGES, SOT, ReferenceBPE,
+                         _build_vocab, _byte_table, _parse_merges, bytes_to_unicode, format_merges,
+                         openai_vocab_path, read_merges, write_merges)
 from trainer.bpe_train import train_merges
 from trainer.pretokenize import (_PAT, CLIP_PATTERN, _clean_words, basic_clean, clean_text,
                                  whitespace_clean)
 
 __all__ = ["Tokenizer", "ReferenceBPE", "train_merges", "read_merges", "write_merges",
-           "bytes_to_unicode", "basic_clean", "whitespace_clean", "clean_text", "CLIP_PATTERN",
+           "format_merges", "openai_vocab_path", "OPENAI", "bytes_to_unicode", "basic_clean", "whitespace_clean", "clean_text", "CLIP_PATTERN",
            "SOT", "EOT", "CONTEXT_LENGTH", "OPENAI_NUM_MERGES"]
 
 
@@ -77,7 +79,7 @@ class Tokenizer:
                  cache_size: int = 200_000):
         merges = _parse_merges(merges_text, max_merges, "merges")
         self.merges = merges
-        self.merges_text = MERGES_HEADER + "\n" + "".join(f"{a} {b}\n" for a, b in merges)
+        self.merges_text = format_merges(merges)  # no trailing newline: see format_merges
         vocab = _build_vocab(merges)
         self.vocab_size = len(vocab)
         self.encoder = dict(zip(vocab, range(len(vocab))))
@@ -109,7 +111,8 @@ class Tokenizer:
     # --- construction -------------------------------------------------------------------
     @classmethod
     def from_merges(cls, path_or_text: str, max_merges: int | None = OPENAI_NUM_MERGES) -> "Tokenizer":
-        """Load a CLIP-format merges file (path, gzip or plain, or the file's text itself).
+        """Load a CLIP-format merges file (path, gzip or plain, the file's text itself, or
+        ``"openai"``: OpenAI's file from an installed package, see :func:`openai_vocab_path`).
 
         Like OpenAI's tokenizer, at most ``max_merges`` (48,894) merges are used.
         """

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from pipelines.cli.helpfmt import HelpFormatter
 from trainer.captions import iter_captions
 
 DESCRIPTION = ("Learn a CLIP-format BPE merges file (version header + one merge per line, the "
@@ -14,12 +15,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     train = sub.add_parser("train", help="learn merges from captions",
                            description=DESCRIPTION,
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=HelpFormatter)
     train.add_argument("--captions", required=True,
                        help="caption sources: WebDataset shards ('SHARDS/{00000..00009}.tar'), "
                             "Parquet files (text/caption column), text files (one caption per "
                             "line), directories or globs; several joined with '::'")
-    train.add_argument("--out", required=True, help="merges file to write (.gz to gzip it)")
+    train.add_argument("--out", required=True,
+                       help="merges file to write (.gz to gzip it: OpenCLIP's tokenizer reads "
+                            "only gzip, e.g. SimpleTokenizer(bpe_path='merges.txt.gz'))")
     train.add_argument("--num-merges", type=int, default=10000,
                        help="number of merges to learn (vocabulary = 512 + merges + 2; "
                             "OpenAI's CLIP uses 48894)")
