@@ -39,11 +39,13 @@ def sha(path) -> str:
 def read_webdataset(manifest: dict) -> list[tuple]:
     """Read the set back the way OpenCLIP does: brace pattern, decode, rename to image/text."""
     urls = list(braceexpand.braceexpand(manifest["train_data"]))
-    ds = (wds.WebDataset(urls, shardshuffle=False, empty_check=True)
+    ds = (wds.WebDataset(urls, shardshuffle=False)
           .decode("pilrgb")
           .rename(image="jpg;png;jpeg;webp", text="txt", meta="json", key="__key__", keep=False)
           .to_tuple("key", "image", "text", "meta"))
-    return list(ds)
+    samples = list(ds)
+    assert samples or not manifest.get("shards"), "shards listed but no sample read back"
+    return samples
 
 
 def write_shards(images, out, progress=False, **options):
@@ -81,8 +83,9 @@ def test_shards_hold_successes_in_key_order_and_load_with_webdataset(images, tmp
         table = pq.read_table(f"{out}/{s['parquet']}")
         assert table.schema.equals(SHARD_SCHEMA, check_metadata=False)
         assert table.column("key").to_pylist() == [k for k, *_ in samples][int(s["name"]) * 3:int(s["name"]) * 3 + 3]
-    assert sorted(os.listdir(out)) == ["00000.parquet", "00000.tar", "00001.parquet", "00001.tar",
-                                       "00002.parquet", "00002.tar", "_wit", "manifest.json", "sizes.json"]
+    assert sorted(os.listdir(out)) == ["00000.parquet", "00000.tar", "00000_stats.json", "00001.parquet",
+                                       "00001.tar", "00001_stats.json", "00002.parquet", "00002.tar",
+                                       "00002_stats.json", "_wit", "manifest.json", "sizes.json"]
 
 
 def test_dedup_decisions_drop_kept_false_and_are_counted(images, tmp_path):
@@ -133,7 +136,8 @@ def test_rerun_is_byte_identical_and_drops_stale_shards(images, tmp_path):
     assert [s["tar_sha256"] for s in m1["shards"]] == [s["tar_sha256"] for s in m2["shards"]]
     m3 = write_shards(folder, out, samples_per_shard=100, progress=False)
     assert [s["name"] for s in m3["shards"]] == ["00000"]
-    assert sorted(os.listdir(out)) == ["00000.parquet", "00000.tar", "_wit", "manifest.json", "sizes.json"]
+    assert sorted(os.listdir(out)) == ["00000.parquet", "00000.tar", "00000_stats.json", "_wit", "manifest.json",
+                                       "sizes.json"]
     assert len(read_webdataset(m3)) == 9
 
 

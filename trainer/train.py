@@ -47,6 +47,8 @@ from trainer.checkpoint import (find_resume, load_training_checkpoint, remove_st
                                 restore, rng_state, save_checkpoint, truncate_log)
 from trainer.config import PRECISIONS, TrainConfig
 from trainer.curves import plot_curves
+from trainer.reporting import ReportConfig, open_reporter
+from trainer.reporting import check_available as check_report_available
 from trainer.skips import SkipWatch, no_usable_data
 from trainer.step import forward_backward, lr_at, param_groups
 
@@ -89,11 +91,21 @@ class _Run:
     log_path: str
     resume_path: str | None
     log_fh: Any = None     # the open log (rank 0)
+    reporter: Any = None   # rank 0, --report-to: trainer.reporting.Reporter
 
     def log(self, record: dict) -> None:
         if self.log_fh is not None:
             self.log_fh.write(json.dumps(record) + "\n")
             self.log_fh.flush()
+        if self.reporter is not None:
+            self.reporter.write(record)
+
+    def close_logs(self) -> None:
+        if self.log_fh is not None:
+            self.log_fh.close()
+        if self.reporter is not None:
+            self.reporter.close()
+            self.reporter = None
 
 
 @dataclass
@@ -176,11 +188,15 @@ def _setup(cfg: TrainConfig) -> tuple[_Run, _Position]:
 
 
 # --- the loop ---------------------------------------------------------------------------------
-def train(cfg: TrainConfig) -> dict:
-    """Train (or resume) a CLIP model; returns a summary (also written to ``OUT/summary.json``)."""
+def train(cfg: TrainConfig, report: ReportConfig | None = None) -> dict:
+    """Train (or resume) a CLIP model; returns a summary (also written to ``OUT/summary.json``).
+    ``report``: also write the logged scalars to TensorBoard / W&B (:mod:`trainer.reporting`)."""
     from tqdm import tqdm
 
+    check_report_available(report)
     run, pos = _setup(cfg)
+    if run.rank == 0:
+        run.reporter = open_reporter(report, cfg.out, dataclasses.asdict(cfg), pos.step)
     plan, loader = run.plan, run.loader
     progress = _Progress(last_ckpt=os.path.join(run.ckpt_dir, "latest.pt") if run.resume_path
                          else None)
@@ -202,8 +218,7 @@ def train(cfg: TrainConfig) -> dict:
             if not full:
                 if pos.batches == 0:  # a whole epoch without one step: nothing to train on
                     bar.close()
-                    if run.log_fh is not None:
-                        run.log_fh.close()
+                    run.close_logs()
                     raise no_usable_data(len(loader.shards), skips.skipped(), len(batches),
                                          cfg.accum_freq, run.rank, run.world)
                 # a rank ran out of data before steps_per_epoch (uneven shards): next epoch.
@@ -238,8 +253,7 @@ def train(cfg: TrainConfig) -> dict:
                 break
         skips.finish(pass_epoch)  # a warning if this pass skipped too much
     bar.close()
-    if run.log_fh is not None:
-        run.log_fh.close()
+    run.close_logs()
     return _finish(run, pos, progress)
 
 

@@ -4,7 +4,12 @@
   OpenCLIP, this is a random-resized crop covering 90%-100% of the image area
   (``scale=(0.9, 1.0)``) with aspect ratio in [3/4, 4/3], resized (bicubic) to a square
   ``image_size`` x ``image_size``.
-* Evaluation: bicubic resize of the shorter side to ``image_size``, centre crop.
+* Evaluation: OpenAI's and OpenCLIP's (``Resize(image_size)`` + ``CenterCrop(image_size)`` on a
+  PIL image): bicubic resize of the shorter side to ``image_size`` and of the longer side to
+  ``int(image_size * long / short)`` (truncated, not rounded), then a centre crop whose offsets
+  are ``int(round((side - image_size) / 2.0))``; both sizes and offsets in
+  :func:`eval_resize_size` and :func:`center_crop_box`. On an RGB image the result is pixel
+  for pixel theirs (the same PIL bicubic resize of the same size, the same crop).
 * Both: RGB, scale to [0, 1], normalise with CLIP's mean/std (from OpenAI's CLIP release).
 """
 from __future__ import annotations
@@ -19,12 +24,13 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 TRAIN_SCALE = (0.9, 1.0)
 TRAIN_RATIO = (3 / 4, 4 / 3)
 
-__all__ = ["image_transform", "ImageTransform", "CLIP_MEAN", "CLIP_STD", "TRAIN_SCALE"]
+__all__ = ["image_transform", "ImageTransform", "CLIP_MEAN", "CLIP_STD", "TRAIN_SCALE",
+           "eval_resize_size", "center_crop_box"]
 
 
 def _to_tensor(img):
     import torch
-    arr = np.asarray(img, dtype=np.float32) * (1.0 / 255.0)
+    arr = np.asarray(img, dtype=np.float32) / 255.0  # a division, as ToTensor (not * 1/255)
     arr = (arr - np.asarray(CLIP_MEAN, np.float32)) / np.asarray(CLIP_STD, np.float32)
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
@@ -63,6 +69,21 @@ def random_resized_crop_box(width: int, height: int, rng: random.Random,
     return (width - w) // 2, (height - h) // 2, w, h
 
 
+def eval_resize_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """(width, height) after the evaluation resize: the shorter side becomes ``size``, the longer
+    ``int(size * long / short)`` (truncated, as torchvision's ``Resize`` with an int size)."""
+    if width <= height:
+        return size, int(size * height / width)
+    return int(size * width / height), size
+
+
+def center_crop_box(width: int, height: int, size: int) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of the centred ``size`` x ``size`` crop of a ``width`` x
+    ``height`` image (both sides >= ``size``); offsets ``int(round((side - size) / 2.0))``."""
+    left, top = int(round((width - size) / 2.0)), int(round((height - size) / 2.0))
+    return left, top, left + size, top + size
+
+
 class ImageTransform:
     """PIL image -> normalised FloatTensor [3, image_size, image_size].
 
@@ -84,11 +105,10 @@ class ImageTransform:
             left, top, w, h = random_resized_crop_box(img.width, img.height, rng or random)
             img = img.resize((s, s), Image.BICUBIC, box=(left, top, left + w, top + h))
         else:
-            scale = s / min(img.width, img.height)
-            nw, nh = max(s, round(img.width * scale)), max(s, round(img.height * scale))
-            img = img.resize((nw, nh), Image.BICUBIC)
-            left, top = int(round((nw - s) / 2.0)), int(round((nh - s) / 2.0))
-            img = img.crop((left, top, left + s, top + s))
+            nw, nh = eval_resize_size(img.width, img.height, s)
+            if (nw, nh) != img.size:
+                img = img.resize((nw, nh), Image.BICUBIC)
+            img = img.crop(center_crop_box(nw, nh, s))
         return _to_tensor(img)
 
     def __repr__(self) -> str:
