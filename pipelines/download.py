@@ -66,9 +66,9 @@ class MergePairs(beam.CombineFn):
         return sample
 
 
-def _read_unit(unit, columns):
+def _read_unit(unit, columns, url_col="url", caption_col="text"):
     from wit_builder.download_plan import read_pairs
-    yield from read_pairs(unit[0], unit[1], columns)
+    yield from read_pairs(unit[0], unit[1], columns, url_col, caption_col)
 
 
 def _rank_partition(item, offsets, samples_per_shard):
@@ -105,7 +105,7 @@ class PlanDownload(beam.PTransform):
         samples = (pbegin
                    | "Units" >> beam.Create(list(job.units))
                    | "Spread" >> beam.Reshuffle()
-                   | "ReadPairs" >> beam.FlatMap(_read_unit, list(job.columns))
+                   | "ReadPairs" >> beam.FlatMap(_read_unit, list(job.columns), job.url_col, job.caption_col)
                    | "OnePerUrl" >> beam.CombinePerKey(MergePairs()))
         ranges = samples | "ToRange" >> beam.Map(lambda kv, n: (range_partition(kv[0], n), kv), job.partitions)
         offsets = (ranges
@@ -223,7 +223,7 @@ def run(cfg: DownloadConfig, beam_options: BeamOptions = LOCAL, *, quiet: bool =
                 run_local(plan, quiet, progress)
             else:
                 run_downloads(plan, beam_options)
-        summary = summarize(out, plan.shards)
+        summary = summarize(out, plan.shards, opts.output_format)
         summary["pairs"] = plan.pairs
         summary["empty_inputs_skipped"] = plan.empty_inputs
         summary["shards_already_done"] = len(plan.done)

@@ -117,7 +117,7 @@ class WriteShard(beam.DoFn):
             yield write_output_shard(self.cfg, index, [(name, start, stop) for _, name, start, stop, _ in parts],
                                      decisions)
         except WitError as exc:
-            yield {"name": f"{index:05d}", "error": str(exc)}
+            yield {"name": f"{index:0{self.cfg.shard_digits}d}", "error": str(exc)}
 
 
 class PlanShards(beam.PTransform):

@@ -70,8 +70,16 @@ def _written_keys(out: str) -> list[str]:
 
 
 def _digests(out: str) -> dict[str, str]:
-    return {os.path.basename(p): hashlib.sha256(open(p, "rb").read()).hexdigest()
-            for p in sorted(glob.glob(f"{out}/[0-9]*.*")) + [f"{out}/sizes.json"]}
+    """sha256 of every shard file and sizes.json; the per-shard stats files by their counts
+    (they also hold wall-clock start and end times, as img2dataset's do)."""
+    got = {}
+    for p in sorted(glob.glob(f"{out}/[0-9]*.*")) + [f"{out}/sizes.json"]:
+        if p.endswith("_stats.json"):
+            stats = json.loads(open(p).read())
+            got[os.path.basename(p)] = repr((stats["count"], stats["successes"], stats["status_dict"]))
+        else:
+            got[os.path.basename(p)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
+    return got
 
 
 def test_each_step_gets_only_its_own_download_shards_decisions(corpus, tmp_path, monkeypatch):

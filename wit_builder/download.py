@@ -27,6 +27,10 @@ notices a dead worker: :mod:`wit_builder.download_local`). What this module adds
   planning gives the same shards and keys).
 * **Summary.** Counts by status and error kind from the per-shard parquets, printed and written
   to ``IMAGES/_wit/summary.json``.
+* **Other inputs and outputs** (img2dataset's own options): ``url_col``/``caption_col`` read a
+  LAION or DataComp parquet as it is (a uid is kept, or derived as `wit collect` does);
+  ``min_image_size``/``max_aspect_ratio`` go to img2dataset's resizer; ``output_format``
+  ``parquet`` or ``files`` picks img2dataset's other writers, made atomic the same way.
 """
 from __future__ import annotations
 
@@ -56,12 +60,18 @@ from wit_builder.netsafety import (DEFAULT_CONTENT_TYPES, DEFAULT_MAX_BYTES, DEF
 __all__ = ["DownloadConfig", "DownloadOptions", "InputShard", "Plan", "plan_inputs", "prepare",
            "summarize", "format_summary", "error_kind", "shard_name",
            "completed_shards", "reconcile", "make_downloader", "download_one_shard",
-           "img2dataset_kwargs", "plan_to_json", "plan_from_json", "summarize_shard", "Planner"]
+           "img2dataset_kwargs", "plan_to_json", "plan_from_json", "summarize_shard", "Planner", "shard_files",
+           "OUTPUT_FORMATS"]
 
 MIN_SAMPLES_PER_SHARD = 10_000  # img2dataset's number_sample_per_shard at least: 4 row digits, 9-digit keys
 ADDITIONAL_COLUMNS = ("uid", "query_ids", "page_url")  # optional input columns carried along
 # img2dataset's own default list (noai/noimageai are the AI-training opt-outs)
 DEFAULT_DISALLOWED = ("noai", "noimageai", "noindex", "noimageindex")
+OUTPUT_FORMATS = ("webdataset", "parquet", "files")  # img2dataset's output_format values we write atomically
+# options added after the first plans: they enter _wit/plan.json only when they differ from these
+# defaults, so the plan (and its digest) of a download started with an older wit stays the same
+PLAN_EXTRAS = {"url_col": "url", "caption_col": "text", "min_image_size": 0, "max_aspect_ratio": None,
+               "output_format": "webdataset"}
 
 
 @dataclass
@@ -89,6 +99,11 @@ class DownloadOptions:
     max_seconds: float | None = 60.0
     max_shard_retry: int = 1
     samples_per_shard: int = SAMPLES_PER_SHARD
+    url_col: str = "url"                 # input columns (img2dataset's url_col / caption_col): LAION's URL, TEXT
+    caption_col: str = "text"
+    min_image_size: int = 0              # img2dataset's: smaller width or height fails (too_small)
+    max_aspect_ratio: float | None = None  # img2dataset's: longer / shorter side above it fails (aspect_ratio)
+    output_format: str = "webdataset"    # webdataset, parquet (images in the parquet) or files (NNNNN/KEY.jpg)
 
     def policy(self) -> NetPolicy:
         return NetPolicy(allow_private_networks=self.allow_private_networks,
@@ -108,6 +123,15 @@ class DownloadOptions:
             raise WitError(f"--resize-mode {self.resize_mode!r} is not one of img2dataset's modes")
         if self.encode_format not in ("jpg", "png", "webp"):
             raise WitError(f"--encode-format {self.encode_format!r}: choose jpg, png or webp")
+        if self.output_format not in OUTPUT_FORMATS:
+            raise WitError(f"--output-format {self.output_format!r}: choose {', '.join(OUTPUT_FORMATS)}")
+        if not self.url_col or not self.caption_col or self.url_col == self.caption_col:
+            raise WitError(f"--url-col {self.url_col!r} and --caption-col {self.caption_col!r} must be two "
+                           "different, non-empty column names")
+        if self.min_image_size < 0:
+            raise WitError(f"--min-image-size {self.min_image_size} must be >= 0")
+        if self.max_aspect_ratio is not None and not self.max_aspect_ratio >= 1:
+            raise WitError(f"--max-aspect-ratio {self.max_aspect_ratio} must be >= 1 (longer side / shorter side)")
         try:
             self.policy()
         except ValueError as exc:
@@ -133,16 +157,18 @@ class InputShard:
 # --------------------------------------------------------------------------------------------
 # planning and resume
 # --------------------------------------------------------------------------------------------
-def plan_inputs(pairs: str | list[str], samples_per_shard: int = SAMPLES_PER_SHARD
-                ) -> tuple[list[InputShard], list[str], int, int]:
+def plan_inputs(pairs: str | list[str], samples_per_shard: int = SAMPLES_PER_SHARD, url_col: str = "url",
+                caption_col: str = "text") -> tuple[list[InputShard], list[str], int, int]:
     """The input files: (non-empty inputs, their optional columns of :data:`ADDITIONAL_COLUMNS`,
     img2dataset's ``number_sample_per_shard``, skipped empty inputs)."""
-    inputs, extra, empty, _ = _read_inputs(pairs)
+    inputs, extra, empty, _ = _read_inputs(pairs, url_col, caption_col)
     return inputs, extra, max(MIN_SAMPLES_PER_SHARD, samples_per_shard), empty
 
 
-def _read_inputs(pairs: str | list[str]) -> tuple[list[InputShard], list[str], int, list[tuple[str, int]]]:
-    """(non-empty inputs, optional columns, empty inputs, (path, row group) of every row group)."""
+def _read_inputs(pairs: str | list[str], url_col: str = "url", caption_col: str = "text"
+                 ) -> tuple[list[InputShard], list[str], int, list[tuple[str, int]]]:
+    """(non-empty inputs, optional columns, empty inputs, (path, row group) of every row group);
+    ``url_col`` and ``caption_col`` name the URL and caption columns (``--url-col``, ``--caption-col``)."""
     patterns = [pairs] if isinstance(pairs, str) else list(pairs)
     if all(is_local(p) for p in patterns):
         paths = _match_local(patterns)
@@ -164,10 +190,13 @@ def _read_inputs(pairs: str | list[str]) -> tuple[list[InputShard], list[str], i
                 rows, groups = meta.num_rows, meta.num_row_groups
         except (pa.ArrowException, OSError, ValueError) as exc:
             raise WitError(f"--pairs file {path} is not a readable parquet file: {exc}") from None
-        missing = {"url", "text"} - names
+        missing = [c for c in (url_col, caption_col) if c not in names]
         if missing:
-            raise WitError(f"--pairs file {path} lacks column(s) {sorted(missing)}")
-        cols = [c for c in ADDITIONAL_COLUMNS if c in names]
+            found = sorted(names)
+            shown = ", ".join(found[:30]) + (f", ... ({len(found)} in all)" if len(found) > 30 else "")
+            raise WitError(f"--pairs file {path} lacks column(s) {missing} (--url-col {url_col}, "
+                           f"--caption-col {caption_col}); its columns: {shown or 'none'}")
+        cols = [c for c in ADDITIONAL_COLUMNS if c in names and c not in (url_col, caption_col)]
         if extra is None:
             extra = cols
         elif cols != extra:
@@ -209,30 +238,37 @@ def _read_json(fs, path: str):
         return None
 
 
-def completed_shards(out: str, shards: list[InputShard]) -> set[int]:
-    """Shard ids whose stats json parses (with the right count) and whose tar+parquet exist."""
+def shard_files(output_format: str = "webdataset") -> tuple[str, ...]:
+    """The suffixes of a finished shard's data files besides its stats file, for ``output_format``:
+    ``""`` is the folder ``NNNNN/`` of the files format."""
+    return {"webdataset": (".tar", ".parquet"), "parquet": (".parquet",), "files": ("", ".parquet")}[output_format]
+
+
+def completed_shards(out: str, shards: list[InputShard], output_format: str = "webdataset") -> set[int]:
+    """Shard ids whose stats json parses (with the right count) and whose data files (tar+parquet;
+    parquet; folder+parquet: :func:`shard_files`) exist."""
     fs, root = filesystem(out)
     done = set()
     for s in shards:
         name = shard_name(s.shard_id)
         stats = _read_json(fs, f"{root}/{name}_stats.json")
         if (isinstance(stats, dict) and stats.get("count") == s.rows
-                and fs.exists(f"{root}/{name}.tar") and fs.exists(f"{root}/{name}.parquet")):
+                and all(fs.exists(f"{root}/{name}{ext}") for ext in shard_files(output_format))):
             done.add(s.shard_id)
     return done
 
 
-def reconcile(out: str, shards: list[InputShard]) -> set[int]:
+def reconcile(out: str, shards: list[InputShard], output_format: str = "webdataset") -> set[int]:
     """Keep complete shards, delete every trace of incomplete ones; return the complete ids."""
     fs, root = filesystem(out)
-    done = completed_shards(out, shards)
+    done = completed_shards(out, shards, output_format)
     for s in shards:
         if s.shard_id in done:
             continue
         name = shard_name(s.shard_id)
-        for suffix in ("_stats.json", ".tar", ".parquet"):
+        for suffix in ("_stats.json", ".tar", ".parquet", ""):
             if fs.exists(f"{root}/{name}{suffix}"):
-                fs.rm(f"{root}/{name}{suffix}")
+                fs.rm(f"{root}/{name}{suffix}", recursive=not suffix)
     keep = {shard_name(i) for i in done}
     for sub in ("partial", "progress"):  # partial files are never part of a finished shard
         if fs.exists(f"{root}/{WORK}/{sub}"):
@@ -255,7 +291,7 @@ def _check_plan(out: str, plan: dict) -> None:
         raise WitError(f"{out} holds a download with other {', '.join(names)} "
                        f"(see {out}/{WORK}/plan.json); use another --out, or delete it to start over")
     if old is None and fs.exists(root):
-        stray = [p for p in fs.ls(root, detail=False) if re.fullmatch(r"\d+(_stats\.json|\.tar|\.parquet)",
+        stray = [p for p in fs.ls(root, detail=False) if re.fullmatch(r"\d+(_stats\.json|\.tar|\.parquet)?",
                                                                        os.path.basename(p))]
         if stray:
             raise WitError(f"{out} already holds shards not written by `wit download`; use another --out")
@@ -264,7 +300,7 @@ def _check_plan(out: str, plan: dict) -> None:
 # --------------------------------------------------------------------------------------------
 # error kinds and summary
 # --------------------------------------------------------------------------------------------
-def summarize(out: str, shards: list[InputShard] | None = None) -> dict:
+def summarize(out: str, shards: list[InputShard] | None = None, output_format: str = "webdataset") -> dict:
     """Counts by status and error kind over the per-shard parquets of ``out``."""
     fs, root = filesystem(out)
     names = sorted(p for p in fs.ls(root, detail=False) if re.fullmatch(r"\d+\.parquet", os.path.basename(p)))
@@ -288,7 +324,7 @@ def summarize(out: str, shards: list[InputShard] | None = None) -> dict:
         "top_error_messages": dict(messages.most_common(10)),
     }
     if shards is not None:
-        done = completed_shards(out, shards)
+        done = completed_shards(out, shards, output_format)
         summary["incomplete_shards"] = [shard_name(s.shard_id) for s in shards if s.shard_id not in done]
     return summary
 
@@ -364,7 +400,7 @@ def prepare(pairs, out: str, opts: DownloadOptions, planner: Planner | None = No
     partial shards); write ``policy.json`` (read by the workers) and ``options.json``."""
     opts.validate()
     out = absolute_path(out)
-    inputs, extra, empty, units = _read_inputs(pairs)
+    inputs, extra, empty, units = _read_inputs(pairs, opts.url_col, opts.caption_col)
     per_shard = max(MIN_SAMPLES_PER_SHARD, opts.samples_per_shard)
     # an input rewritten under the same name (and row count) is another input: its content key
     plan = {"pairs": [[s.path, s.rows, content_key(s.path)] for s in inputs], "additional_columns": PART_COLUMNS,
@@ -372,6 +408,7 @@ def prepare(pairs, out: str, opts: DownloadOptions, planner: Planner | None = No
             "number_sample_per_shard": per_shard, "oom_shard_count": OOM_SHARD_COUNT,
             "image_size": opts.image_size, "resize_mode": opts.resize_mode,
             "resize_only_if_bigger": opts.resize_only_if_bigger, "encode_format": opts.encode_format}
+    plan.update({k: getattr(opts, k) for k, default in PLAN_EXTRAS.items() if getattr(opts, k) != default})
     _check_plan(out, plan)
     fs, root = filesystem(out)
     fs.makedirs(f"{root}/{WORK}", exist_ok=True)
@@ -382,7 +419,8 @@ def prepare(pairs, out: str, opts: DownloadOptions, planner: Planner | None = No
             fs.rm(f"{root}/{WORK}/input", recursive=True)
         total = sum(s.rows for s in inputs)
         job = PlanJob(out, units, extra, opts.samples_per_shard,
-                      partitions=max(1, math.ceil(total / opts.samples_per_shard)), digest=digest)
+                      partitions=max(1, math.ceil(total / opts.samples_per_shard)), digest=digest,
+                      url_col=opts.url_col, caption_col=opts.caption_col)
         (planner or plan_in_memory)(job)
         manifest = read_manifest(out, digest)
         if manifest is None:
@@ -390,7 +428,7 @@ def prepare(pairs, out: str, opts: DownloadOptions, planner: Planner | None = No
     shards = [InputShard(k, part_path(out, k), rows) for k, rows, _ in manifest["parts"]]
     # "inputs": img2dataset's input files, one per shard (`wit shards` counts the planned shards)
     atomic_write_json(f"{out}/{WORK}/plan.json", {**plan, "inputs": [[s.path, s.rows] for s in shards]})
-    done = reconcile(out, shards)
+    done = reconcile(out, shards, opts.output_format)
     atomic_write_json(f"{out}/{WORK}/policy.json", json.loads(opts.policy().to_json()))
     atomic_write_json(f"{out}/{WORK}/options.json", asdict(opts))
     return Plan(out, opts, shards, list(PART_COLUMNS), per_shard, empty, done, inputs, manifest["pairs"])
@@ -414,15 +452,20 @@ def img2dataset_kwargs(opts: DownloadOptions, extra: list[str], per_shard: int) 
         image_size=opts.image_size, processes_count=opts.processes or os.cpu_count() or 1,
         resize_mode=opts.resize_mode, resize_only_if_bigger=opts.resize_only_if_bigger,
         encode_format=opts.encode_format, encode_quality=opts.encode_quality,
-        output_format="webdataset", input_format="parquet", url_col="url", caption_col="text",
+        output_format=opts.output_format, input_format="parquet", url_col="url", caption_col="text",
         save_additional_columns=list(extra) or None, thread_count=opts.threads,
         number_sample_per_shard=per_shard, oom_shard_count=OOM_SHARD_COUNT, timeout=opts.timeout,
         retries=opts.retries, distributor="multiprocessing", incremental_mode="incremental",
         max_shard_retry=opts.max_shard_retry, max_image_area=float(opts.max_pixels),
         user_agent_token=opts.user_agent_token, compute_hash="sha256", extract_exif=False,
         disallowed_header_directives=list(opts.disallowed_header_directives),
+        min_image_size=opts.min_image_size, max_aspect_ratio=_aspect(opts),
         enable_wandb=False,
     )
+
+
+def _aspect(opts: DownloadOptions) -> float:
+    return float("inf") if opts.max_aspect_ratio is None else float(opts.max_aspect_ratio)
 
 
 def make_downloader(plan: Plan):
@@ -431,14 +474,15 @@ def make_downloader(plan: Plan):
     from img2dataset.downloader import Downloader
     from img2dataset.resizer import Resizer
 
-    from wit_builder.download_worker import WitShardWriter
+    from wit_builder.download_worker import WRITERS
     kw = img2dataset_kwargs(plan.options, plan.extra_columns, plan.per_shard)
     resizer = Resizer(image_size=kw["image_size"], resize_mode=kw["resize_mode"],
                       resize_only_if_bigger=kw["resize_only_if_bigger"], encode_quality=kw["encode_quality"],
-                      encode_format=kw["encode_format"], max_image_area=kw["max_image_area"])
+                      encode_format=kw["encode_format"], max_image_area=kw["max_image_area"],
+                      min_image_size=kw["min_image_size"], max_aspect_ratio=kw["max_aspect_ratio"])
     directives = kw["disallowed_header_directives"] or None  # download() maps [] to None too
     return Downloader(
-        sample_writer_class=WitShardWriter, resizer=resizer, thread_count=kw["thread_count"],
+        sample_writer_class=WRITERS[plan.options.output_format], resizer=resizer, thread_count=kw["thread_count"],
         save_caption=True, extract_exif=kw["extract_exif"], output_folder=plan.out,
         column_list=_column_list(plan.extra_columns), timeout=kw["timeout"],
         number_sample_per_shard=plan.per_shard, oom_shard_count=OOM_SHARD_COUNT,
@@ -455,7 +499,8 @@ def download_one_shard(plan: Plan, shard: InputShard, downloader, tmp_dir: str) 
     """Download one input shard with ``downloader`` (see :func:`make_downloader`); True if the
     shard is complete afterwards (already complete counts). Used by the Beam pipeline."""
     from img2dataset.reader import Reader
-    if completed_shards(plan.out, [shard]):
+    fmt = plan.options.output_format
+    if completed_shards(plan.out, [shard], fmt):
         return True
     reader = Reader(shard.path, "parquet", "url", "text", None, None, list(plan.extra_columns) or None,
                     plan.per_shard, set(), tmp_dir, shard.shard_id)
@@ -464,4 +509,4 @@ def download_one_shard(plan: Plan, shard: InputShard, downloader, tmp_dir: str) 
     ok = True
     for task in tasks:
         ok = downloader(task)[0] and ok
-    return ok and bool(completed_shards(plan.out, [shard]))
+    return ok and bool(completed_shards(plan.out, [shard], fmt))

@@ -98,17 +98,19 @@ def _wit_classes_bound(distributor):
     """Make img2dataset's ``download()`` use our writer and logger-process classes and our
     process pool (``distributor``) in place of its multiprocessing distributor.
 
-    ``download()`` looks ``WebDatasetSampleWriter``, ``LoggerProcess`` and
+    ``download()`` looks its writer class (``WebDatasetSampleWriter``, ``ParquetSampleWriter``,
+    ``FilesSampleWriter``: per ``output_format``), ``LoggerProcess`` and
     ``multiprocessing_distributor`` up by name in ``img2dataset.main`` when it runs; the classes
     travel to the spawned processes by reference (module and name), not by value.
     """
     import img2dataset  # noqa: F401 - the package binds the name `main` to a function
 
-    from wit_builder.download_worker import WitLoggerProcess, WitShardWriter
+    from wit_builder.download_worker import I2D_NAMES, WRITERS, WitLoggerProcess
     i2d_main = sys.modules["img2dataset.main"]
-    names = ("WebDatasetSampleWriter", "LoggerProcess", "multiprocessing_distributor")
+    formats = sorted(WRITERS)
+    names = (*(I2D_NAMES[f] for f in formats), "LoggerProcess", "multiprocessing_distributor")
     originals = [getattr(i2d_main, name) for name in names]
-    for name, value in zip(names, (WitShardWriter, WitLoggerProcess, distributor)):
+    for name, value in zip(names, (*(WRITERS[f] for f in formats), WitLoggerProcess, distributor)):
         setattr(i2d_main, name, value)
     try:
         yield

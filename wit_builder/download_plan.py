@@ -61,6 +61,8 @@ class PlanJob:
     samples_per_shard: int
     partitions: int
     digest: str
+    url_col: str = "url"       # the inputs' URL and caption columns (--url-col, --caption-col)
+    caption_col: str = "text"
 
 
 def pair_uid(url: str, text: str | None) -> str:
@@ -150,28 +152,33 @@ class Sample:
                 "other_texts": others[:MAX_OTHER_TEXTS]}
 
 
-def read_pairs(path: str, row_group: int | None, columns: list[str]):
+def read_pairs(path: str, row_group: int | None, columns: list[str], url_col: str = "url",
+               caption_col: str = "text"):
     """(url, (uid, text, page_url, query_ids)) of each pair in an input parquet (one row group,
-    or all with None); the uid is computed when the input has none; rows without a URL are skipped."""
+    or all with None), its URL and caption read from ``url_col`` and ``caption_col``; the uid is
+    the input's (as a string: DataComp's hex uid) or, without one, :func:`pair_uid`; rows without
+    a URL are skipped."""
+    optional = [c for c in ("uid", "page_url", "query_ids") if c in columns and c not in (url_col, caption_col)]
     with open_read(path) as fh:
         pf = pq.ParquetFile(fh)
-        names = ["url", "text", *[c for c in ("uid", "page_url", "query_ids") if c in columns]]
+        names = [url_col, caption_col, *optional]
         groups = range(pf.num_row_groups) if row_group is None else [row_group]
         for g in groups:
             table = pf.read_row_group(g, columns=names)
             cols = {n: table.column(n).to_pylist() for n in names}
             n = table.num_rows
             uids, pages, qids = (cols.get(c, [None] * n) for c in ("uid", "page_url", "query_ids"))
-            for url, text, uid, page, q in zip(cols["url"], cols["text"], uids, pages, qids):
+            for url, text, uid, page, q in zip(cols[url_col], cols[caption_col], uids, pages, qids):
                 if url:
-                    yield url, (uid or pair_uid(url, text), text, page, q)
+                    url, text = str(url), None if text is None else str(text)
+                    yield url, (pair_uid(url, text) if uid is None or uid == "" else str(uid), text, page, q)
 
 
 def samples_in_memory(job: PlanJob) -> list[dict]:
     """Every sample of ``job``'s inputs, in :func:`sample_order` (one machine's memory)."""
     by_url: dict[str, Sample] = {}
     for path, group in job.units:
-        for url, pair in read_pairs(path, group, job.columns):
+        for url, pair in read_pairs(path, group, job.columns, job.url_col, job.caption_col):
             sample = by_url.get(url)
             if sample is None:
                 sample = by_url[url] = Sample()

@@ -16,14 +16,14 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # before img2dataset imp
 
 import pyarrow as pa
 from img2dataset.logger import LoggerProcess
-from img2dataset.writer import WebDatasetSampleWriter
+from img2dataset.writer import FilesSampleWriter, ParquetSampleWriter, WebDatasetSampleWriter
 
 from wit_builder.core import filesystem
 from wit_builder.core import is_local
 from wit_builder.download_layout import WORK, error_kind, one_line_error
 from wit_builder.netsafety import NetPolicy, install_guard
 
-__all__ = ["WitShardWriter", "WitLoggerProcess"]
+__all__ = ["WitShardWriter", "WitParquetWriter", "WitFilesWriter", "WRITERS", "WitLoggerProcess"]
 
 _setup_lock = threading.Lock()
 _watchdog_started = False
@@ -96,13 +96,16 @@ def _atomic_stats_writer(write_stats):
     return atomic_write_stats
 
 
-class WitShardWriter(WebDatasetSampleWriter):
-    """img2dataset's WebDataset writer, writing in a private folder and renaming on close.
+class _AtomicShard:
+    """What wit adds to an img2dataset sample writer: it writes in a private folder and renames
+    its files into place on close (``FILES``: the shard's files, in the order they are moved).
 
     img2dataset constructs it in the worker with (shard_id, output_folder, save_caption,
     oom_shard_count, schema, encode_format) before the shard's first request, which is where the
-    guard is installed. Rows get an ``error_kind`` column (tar json and parquet).
+    guard is installed. Rows get an ``error_kind`` column (parquet, and the json of tar or files).
     """
+
+    FILES: tuple[str, ...] = ()
 
     def __init__(self, shard_id, output_folder, save_caption, oom_shard_count, schema, encode_format):
         _worker_setup(output_folder)
@@ -113,8 +116,7 @@ class WitShardWriter(WebDatasetSampleWriter):
         self._fs.makedirs(self._partial, exist_ok=True)
         super().__init__(shard_id, partial, save_caption, oom_shard_count,
                          schema.append(pa.field("error_kind", pa.string())), encode_format)
-        # parquet first: a tar without its parquet is never taken for a finished shard
-        self._moves = [(f"{self._partial}/{name}{ext}", f"{root}/{name}{ext}") for ext in (".parquet", ".tar")]
+        self._moves = [(f"{self._partial}/{name}{ext}", f"{root}/{name}{ext}") for ext in self.FILES]
         self._progress_path = (os.path.join(root, WORK, "progress", f"{name}.json")
                                if is_local(output_folder) else None)
         if self._progress_path:
@@ -143,10 +145,35 @@ class WitShardWriter(WebDatasetSampleWriter):
     def close(self):
         super().close()
         for src, dst in self._moves:
-            self._fs.mv(src, dst)
+            if self._fs.isdir(src):  # the files format's NNNNN/ (fsspec's mv of a folder needs recursive)
+                if self._fs.exists(dst):  # an earlier, unfinished try's: a folder would be moved into it
+                    self._fs.rm(dst, recursive=True)
+                self._fs.mv(src, dst, recursive=True)
+            else:
+                self._fs.mv(src, dst)
         self._fs.rm(self._partial, recursive=True)
         if self._progress_path:
             self._report()
+
+
+class WitShardWriter(_AtomicShard, WebDatasetSampleWriter):
+    """img2dataset's WebDataset writer (``NNNNN.tar`` + ``NNNNN.parquet``), atomic."""
+    FILES = (".parquet", ".tar")  # parquet first: a tar without its parquet is never taken for a finished shard
+
+
+class WitParquetWriter(_AtomicShard, ParquetSampleWriter):
+    """img2dataset's parquet writer (``NNNNN.parquet``: every sample with its image bytes), atomic."""
+    FILES = (".parquet",)
+
+
+class WitFilesWriter(_AtomicShard, FilesSampleWriter):
+    """img2dataset's files writer (``NNNNN/KEY.jpg``, ``.txt``, ``.json`` + ``NNNNN.parquet``), atomic."""
+    FILES = (".parquet", "")
+
+
+# --output-format -> writer; download() looks the classes up by these names in img2dataset.main
+WRITERS = {"webdataset": WitShardWriter, "parquet": WitParquetWriter, "files": WitFilesWriter}
+I2D_NAMES = {"webdataset": "WebDatasetSampleWriter", "parquet": "ParquetSampleWriter", "files": "FilesSampleWriter"}
 
 
 class WitLoggerProcess(LoggerProcess):

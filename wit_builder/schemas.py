@@ -85,5 +85,6 @@ OUTPUTS = {
         stats_keys=("shards", "images", "embedded", "skipped", "threshold", "clusters", "kept",
                     "dropped_duplicates")),
     "shards": StageOutput("wit shards", "SHARDS", {
-        "NNNNN.tar": SHARD_JSON_FIELDS, "NNNNN.parquet": SHARD_SCHEMA, "sizes.json": None, "manifest.json": None}),
+        "NNNNN.tar": SHARD_JSON_FIELDS, "NNNNN.parquet": SHARD_SCHEMA, "NNNNN_stats.json": None, "sizes.json": None,
+        "manifest.json": None}),
 }

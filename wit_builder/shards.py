@@ -11,6 +11,10 @@ those that ``DEDUP/decisions.parquet`` (``wit dedup run``) marks ``kept = False`
   original_width, original_height, cluster_id, cluster_size, key, page_url). Tar members have
   a fixed mtime, owner and mode, so the same inputs give byte-identical shards;
 * ``OUT/NNNNN.parquet``: the same metadata, one row per sample (plus ``key``);
+* ``OUT/NNNNN_stats.json``: img2dataset's per-shard stats (``count``, ``successes``, ...), which
+  DataComp's resharder reads for each input shard's size (``successes``) and img2dataset's own
+  logger sums; ``shard_digits`` (default 5) gives the names' width, 8 for DataComp's
+  ``00000000.tar``;
 * ``OUT/sizes.json``: ``{"NNNNN.tar": samples}`` (OpenCLIP's ``get_dataset_size`` reads it);
 * ``OUT/manifest.json``: per shard name, samples, bytes and sha256 of the tar and the parquet,
   first/last key; totals (kept, dropped by dedup, ...); inputs. Written last: its presence
@@ -51,7 +55,8 @@ from wit_builder.schemas import SHARD_JSON_FIELDS, SHARD_SCHEMA
 
 __all__ = ["ShardsConfig", "start_shards", "count_kept", "assign_output_shards", "write_output_shard",
            "finish_shards", "remove_folder", "open_decisions", "DecisionsFile", "ShardRouter", "read_decision_group",
-           "shard_decisions", "find_image_shards", "SHARD_SCHEMA", "train_data_pattern"]
+           "shard_decisions", "find_image_shards", "SHARD_SCHEMA", "train_data_pattern", "shard_stats",
+           "output_shard_name"]
 
 IMAGE_EXTS = ("jpg", "png", "webp")
 MTIME = 946684800  # 2000-01-01: a fixed member time keeps the tars reproducible
@@ -63,6 +68,15 @@ def find_image_shards(images: str, allow_incomplete: bool = False) -> list[str]:
     fs, root = filesystem(images)
     if not fs.isdir(root):
         raise WitError(f"--images {images}: not a directory")
+    try:
+        with fs.open(f"{root}/_wit/plan.json", "r") as fh:
+            fmt = json.load(fh).get("output_format", "webdataset")
+    except (FileNotFoundError, ValueError, AttributeError):
+        fmt = "webdataset"
+    if fmt != "webdataset":
+        raise WitError(f"--images {images}: a `wit download --output-format {fmt}` download; wit shards, "
+                       "wit balance --pool and wit dedup read WebDataset downloads only (NNNNN.tar): "
+                       "download again with --output-format webdataset")
     names = {os.path.basename(p) for p in fs.ls(root, detail=False)}
     done = sorted(m.group(1) for n in names if (m := re.fullmatch(r"(\d+)_stats\.json", n))
                   and f"{m.group(1)}.tar" in names and f"{m.group(1)}.parquet" in names)
@@ -209,10 +223,13 @@ class ShardsConfig:
     dedup: str | None = None         # `wit dedup run` folder or its decisions.parquet
     samples_per_shard: int = 10_000
     allow_incomplete: bool = False
+    shard_digits: int = 5            # output names: 00000.tar; 8 = DataComp's 00000000.tar
 
     def __post_init__(self):
         if self.samples_per_shard <= 0:
             raise WitError("--samples-per-shard must be positive")
+        if not 5 <= self.shard_digits <= 12:
+            raise WitError(f"--shard-digits {self.shard_digits}: choose 5 to 12 (DataComp's names have 8)")
 
 
 def _shard_samples(images: str, name: str, decisions: dict[str, Decision] | None, counts: Counter,
@@ -365,11 +382,28 @@ def write_output_shard(cfg: ShardsConfig, index: int, ranges: list,
     for name, start, stop in ranges:
         samples.extend(_shard_samples(cfg.images, name, decisions.get(name, {}) if decisions is not None else None,
                                       Counter(), start=start, stop=stop))
-    return _write_shard(cfg.out.rstrip("/"), index, samples)
+    return _write_shard(cfg.out.rstrip("/"), index, samples, cfg.shard_digits)
 
 
-def _write_shard(out: str, index: int, samples: list[dict]) -> dict:
-    name = f"{index:05d}"
+def output_shard_name(index: int, digits: int = 5) -> str:
+    """Output shard ``index``'s name (``00000``; ``00000000`` with 8 digits, DataComp's)."""
+    if index >= 10 ** digits:
+        raise WitError(f"output shard {index} does not fit in --shard-digits {digits}; raise it")
+    return f"{index:0{digits}d}"
+
+
+def shard_stats(samples: int, start_time: float, end_time: float) -> dict:
+    """``NNNNN_stats.json`` of an output shard: img2dataset's per-shard stats fields (every sample
+    of a final shard is a success)."""
+    return {"count": samples, "successes": samples, "failed_to_download": 0, "failed_to_resize": 0,
+            "duration": end_time - start_time, "start_time": start_time, "end_time": end_time,
+            "status_dict": {"success": samples}}
+
+
+def _write_shard(out: str, index: int, samples: list[dict], digits: int = 5) -> dict:
+    import time
+    started = time.time()
+    name = output_shard_name(index, digits)
     with atomic_open(f"{out}/{name}.tar", "wb") as fh:
         hashing = _HashingWriter(fh)
         with tarfile.open(fileobj=hashing, mode="w", format=tarfile.USTAR_FORMAT) as tar:
@@ -384,15 +418,17 @@ def _write_shard(out: str, index: int, samples: list[dict]) -> dict:
     data = buf.getvalue()
     with atomic_open(f"{out}/{name}.parquet", "wb") as fh:
         fh.write(data)
-    return {"name": name, "tar": f"{name}.tar", "parquet": f"{name}.parquet", "samples": len(samples),
+    atomic_write_json(f"{out}/{name}_stats.json", shard_stats(len(samples), started, time.time()))
+    return {"name": name, "tar": f"{name}.tar", "parquet": f"{name}.parquet", "stats": f"{name}_stats.json",
+            "samples": len(samples),
             "tar_bytes": hashing.size, "tar_sha256": hashing.sha.hexdigest(),
             "parquet_bytes": len(data), "parquet_sha256": hashlib.sha256(data).hexdigest(),
             "first_key": samples[0]["key"], "last_key": samples[-1]["key"]}
 
 
-def train_data_pattern(out: str, shards: int) -> str:
+def train_data_pattern(out: str, shards: int, digits: int = 5) -> str:
     """OpenCLIP's --train-data brace pattern for ``shards`` shards in ``out``."""
-    return f"{out.rstrip('/')}/{{00000..{shards - 1:05d}}}.tar"
+    return f"{out.rstrip('/')}/{{{0:0{digits}d}..{shards - 1:0{digits}d}}}.tar"
 
 
 def finish_shards(cfg: ShardsConfig, shards: list[dict], plans: list[dict], decisions: int | None) -> dict:
@@ -403,10 +439,10 @@ def finish_shards(cfg: ShardsConfig, shards: list[dict], plans: list[dict], deci
     counts: Counter = Counter()
     for p in plans:
         counts.update(p["counts"])
-    keep = {f"{s['name']}.{ext}" for s in shards for ext in ("tar", "parquet")}
+    keep = {f"{s['name']}{ext}" for s in shards for ext in (".tar", ".parquet", "_stats.json")}
     for path in fs.ls(root, detail=False):
         base = os.path.basename(path)
-        if re.fullmatch(r"\d{5}\.(tar|parquet)", base) and base not in keep:
+        if re.fullmatch(r"\d{5,12}(\.tar|\.parquet|_stats\.json)", base) and base not in keep:
             fs.rm(path)  # left by an earlier run with more shards
     atomic_write_json(f"{out}/sizes.json", {s["tar"]: s["samples"] for s in shards})
     deduped = decisions is not None
@@ -427,7 +463,7 @@ def finish_shards(cfg: ShardsConfig, shards: list[dict], plans: list[dict], deci
             "not_in_dedup": counts["not_in_dedup"] if deduped else None,
         },
         "samples_per_shard": cfg.samples_per_shard,
-        "train_data": train_data_pattern(out, len(shards)),
+        "train_data": train_data_pattern(out, len(shards), cfg.shard_digits),
         "inputs": {"images": cfg.images, "image_shards": sorted(p["name"] for p in plans), "dedup": cfg.dedup,
                    "decisions": decisions},
     }
@@ -453,7 +489,8 @@ def start_shards(cfg: ShardsConfig) -> tuple[list[str], DecisionsFile | None]:
     fs, root = filesystem(cfg.out.rstrip("/"))
     fs.makedirs(root, exist_ok=True)
     records.begin(cfg.out, "shards")
-    remove_temporaries(cfg.out, r"\d{5}\.(tar|parquet)|sizes\.json|manifest\.json", folders=r"\.wit-work-[0-9a-f]+")
+    remove_temporaries(cfg.out, r"\d{5,12}(\.tar|\.parquet|_stats\.json)|sizes\.json|manifest\.json",
+                       folders=r"\.wit-work-[0-9a-f]+")
     if fs.exists(f"{root}/manifest.json"):
         fs.rm(f"{root}/manifest.json")
     return names, decisions

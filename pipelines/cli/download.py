@@ -36,8 +36,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = DownloadOptions()
     parser.add_argument("--pairs", nargs="+", required=True,
                         help="balanced pairs: OUT/balanced (a directory), globs or parquet files with "
-                             "url and text columns (uid, query_ids, page_url are carried along)")
+                             "url and text columns (uid, query_ids, page_url are carried along); or a "
+                             "LAION/DataComp parquet with --url-col/--caption-col")
     parser.add_argument("--out", required=True, help="output folder IMAGES (local path or gs://...)")
+    parser.add_argument("--url-col", default=d.url_col,
+                        help="the inputs' URL column (img2dataset's url_col; LAION: URL, DataComp: url)")
+    parser.add_argument("--caption-col", default=d.caption_col,
+                        help="the inputs' caption column (img2dataset's caption_col; LAION: TEXT, "
+                             "DataComp: text). A uid column is kept (DataComp's hex uid); without one "
+                             "the uid is sha256(url + newline + caption), first 32 hex digits")
+    parser.add_argument("--output-format", default=d.output_format, choices=["webdataset", "parquet", "files"],
+                        help="img2dataset's output_format: webdataset = NNNNN.tar (what wit dedup, wit "
+                             "balance --pool and wit shards read), parquet = the images inside "
+                             "NNNNN.parquet, files = NNNNN/KEY.jpg")
 
     g = parser.add_argument_group("images")
     g.add_argument("--image-size", type=int, default=d.image_size, help="side of the resized image, pixels")
@@ -47,6 +58,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "keep_ratio = smaller side to --image-size, keep_ratio_largest = larger side "
                         "to --image-size, center_crop = keep_ratio then crop the centre, no = as is")
     g.add_argument("--resize-only-if-bigger", action="store_true", help="never upscale small images")
+    g.add_argument("--min-image-size", type=int, default=d.min_image_size,
+                   help="img2dataset's: an image whose width or height is below this fails (too_small)")
+    g.add_argument("--max-aspect-ratio", type=float, default=d.max_aspect_ratio,
+                   help="img2dataset's: an image whose longer side / shorter side is above this fails "
+                        "(aspect_ratio); default: no limit")
     g.add_argument("--encode-format", default=d.encode_format, choices=["jpg", "png", "webp"],
                    help="format images are re-encoded to (the stage contract expects jpg)")
     g.add_argument("--encode-quality", type=int, default=d.encode_quality,
@@ -120,7 +136,9 @@ def options_from_args(args):
         allow_private_networks=args.allow_private_networks, allowed_endpoints=list(args.allowed_endpoint),
         resolve=dict(args.resolve), max_bytes=args.max_bytes, max_pixels=args.max_pixels,
         content_types=list(args.content_types), user_agent=args.user_agent, max_seconds=args.max_seconds,
-        samples_per_shard=args.samples_per_shard)
+        samples_per_shard=args.samples_per_shard, url_col=args.url_col, caption_col=args.caption_col,
+        min_image_size=args.min_image_size, max_aspect_ratio=args.max_aspect_ratio,
+        output_format=args.output_format)
 
 
 def run(args) -> int:

@@ -10,8 +10,9 @@ BEAM_OPTIONS = True
 DESCRIPTION = (
     "Write the final training shards from `wit download`'s IMAGES: successful images only, minus "
     "those `wit dedup run` marked kept=False (--dedup), in key order, as SHARDS/NNNNN.tar "
-    "(KEY.jpg, KEY.txt, KEY.json) + NNNNN.parquet, with sizes.json and manifest.json (sha256 of "
-    "every file). Train with OpenCLIP's --train-data 'SHARDS/{00000..N}.tar'. See docs/download.md.")
+    "(KEY.jpg, KEY.txt, KEY.json) + NNNNN.parquet + NNNNN_stats.json (img2dataset's per-shard stats, "
+    "read by DataComp's resharder), with sizes.json and manifest.json (sha256 of every file). Train "
+    "with OpenCLIP's --train-data 'SHARDS/{00000..N}.tar'. See docs/download.md.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder SHARDS (local path or gs://...)")
     parser.add_argument("--samples-per-shard", type=int, default=10_000,
                         help="samples per output tar (every tar but the last holds exactly this many)")
+    parser.add_argument("--shard-digits", type=int, default=5,
+                        help="digits of the output shards' names: 5 = 00000.tar; 8 = 00000000.tar, the names "
+                             "DataComp's resharder expects by default (--shard-format '{:08d}')")
     parser.add_argument("--allow-incomplete", action="store_true",
                         help="use the finished download shards even if `wit download` has not finished all")
     add_skip_share(parser, 0.05, "the downloaded images (missing from their tar, empty or unreadable)")
@@ -33,7 +37,7 @@ def run(args) -> int:
     from pipelines import shards
     from wit_builder.shards import ShardsConfig
     cfg = ShardsConfig(args.images, args.out, dedup=args.dedup, samples_per_shard=args.samples_per_shard,
-                       allow_incomplete=args.allow_incomplete)
+                       allow_incomplete=args.allow_incomplete, shard_digits=args.shard_digits)
     m = shards.run(cfg, args.beam)
     t = m["totals"]
     print(f"wrote {t['samples']} samples in {t['shards']} shards ({t['tar_bytes'] / 1e6:.1f} MB) to {args.out}")
