@@ -4,6 +4,7 @@ import os
 import sys
 import types
 
+import pytest
 import torch
 from PIL import Image
 
@@ -59,3 +60,32 @@ def test_eval_cli_writes_metrics(tmp_path, bundle, monkeypatch, capsys):  # noqa
     assert m["linear_probe"]["num_test"] == 3
     assert main(["eval", "--checkpoint", ckpt, "--out", str(out)]) == 2
     assert "nothing to evaluate" in capsys.readouterr().err
+
+
+def test_eval_cli_paper_options(tmp_path, bundle, monkeypatch, capsys):  # noqa: F811
+    """Caption-file retrieval, a given validation set, the binary sweep and the feature choice."""
+    ckpt, _ = _checkpoint(tmp_path, bundle, monkeypatch)
+    root = tmp_path / "zs"
+    for name, rgb in zip(COLOURS, [(250, 0, 0), (0, 250, 0), (0, 0, 250)]):
+        os.makedirs(root / name)
+        for i in range(3):
+            Image.new("RGB", (30, 30), tuple(max(0, c - 20 * i) for c in rgb)).save(root / name / f"{i}.png")
+    (tmp_path / "caps.jsonl").write_text(
+        json.dumps({"image": "zs/red/0.png", "captions": ["blue", "a red one"]}) + "\n"
+        + json.dumps({"image": "zs/blue/0.png", "caption": "blue"}) + "\n")
+    out = tmp_path / "metrics.json"
+    assert main(["eval", "--checkpoint", ckpt, "--retrieval-data", str(tmp_path / "caps.jsonl"),
+                 "--linear-probe-train", str(root), "--linear-probe-test", str(root),
+                 "--linear-probe-val", str(root), "--probe-sweep", "binary",
+                 "--probe-features", "embedding", "--out", str(out)]) == 0
+    m = json.loads(out.read_text())
+    assert m["retrieval"]["num_images"] == 2 and m["retrieval"]["num_texts"] == 3
+    assert m["retrieval"]["image_to_text_R@1"] == 1.0
+    # the red image's caption "blue" finds the blue image first
+    assert m["retrieval"]["text_to_image_R@1"] == pytest.approx(2 / 3)
+    lp = m["linear_probe"]
+    assert lp["num_train"] == 18 and lp["l2_tried"] <= 15 and lp["features"] == "embedding"
+    assert lp["top1"] == 1.0
+    assert main(["eval", "--checkpoint", ckpt, "--zeroshot-dir", str(root), "--wnid-map",
+                 str(tmp_path / "caps.jsonl"), "--out", str(out)]) == 2
+    assert "--wnid-map maps wnid folders to class names: give --classes" in capsys.readouterr().err

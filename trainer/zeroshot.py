@@ -11,17 +11,29 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 
 from wit_builder.core import WitError, atomic_open
 
 __all__ = ["read_lines", "build_classifier", "ZeroShotClassifier", "DEFAULT_TEMPLATES",
-           "topk_accuracy"]
+           "topk_accuracy", "BUILTIN_LISTS", "load_list", "is_wnid", "read_wnid_map",
+           "wnid_class_index"]
 
 DEFAULT_TEMPLATES = ["a photo of a {}.", "a bad photo of a {}.", "a photo of the large {}.",
                      "a photo of the small {}.", "a cropped photo of a {}.",
                      "a close-up photo of a {}.", "a bright photo of a {}.", "itap of a {}."]
 
 _CACHE: dict[tuple, object] = {}
+
+EVAL_DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "eval_data")
+# Lists shipped with the package (trainer/eval_data/, sources in its README.md): a --classes or
+# --templates value equal to one of these names means the shipped file ("./imagenet" for a
+# file of that name in the working directory).
+BUILTIN_LISTS = {
+    "classes": {"imagenet": "imagenet_classes.txt"},       # OpenAI's 1000 ImageNet class names
+    "templates": {"imagenet": "imagenet_templates.txt"},   # OpenAI's 80 ImageNet prompts
+}
+_WNID = re.compile(r"n[0-9]{8}")
 
 
 def read_lines(path: str, what: str) -> list[str]:
@@ -34,6 +46,57 @@ def read_lines(path: str, what: str) -> list[str]:
     if not lines:
         raise WitError(f"{what} file {path} is empty")
     return lines
+
+
+def load_list(value: str, what: str) -> list[str]:
+    """Lines of a shipped list (``value`` is a name of ``BUILTIN_LISTS[what]``) or of a file."""
+    builtin = BUILTIN_LISTS.get(what, {})
+    if value in builtin:
+        return read_lines(os.path.join(EVAL_DATA_DIR, builtin[value]), f"shipped {what}")
+    return read_lines(value, what)
+
+
+def is_wnid(name: str) -> bool:
+    """A WordNet noun id as ImageNet names its class folders (``n01440764``)."""
+    return _WNID.fullmatch(name) is not None
+
+
+def read_wnid_map(path: str) -> list[str]:
+    """The wnids of a map file in class order: the first field of each line (so a plain wnid
+    list and ImageNet's ``LOC_synset_mapping.txt``, "n01440764 tench, Tinca tinca", both work).
+    Line i's wnid is class i of the class-name list."""
+    wnids = [line.split()[0] for line in read_lines(path, "wnid map")]
+    for i, w in enumerate(wnids):
+        if not is_wnid(w):
+            raise WitError(f"wnid map {path}: entry {i + 1} is {w!r}, not a wnid like n01440764")
+    seen: set[str] = set()
+    for w in wnids:
+        if w in seen:
+            raise WitError(f"wnid map {path}: {w} is listed twice")
+        seen.add(w)
+    return wnids
+
+
+def wnid_class_index(root: str, folders: list[str], num_classes: int,
+                     wnids: list[str] | None = None) -> dict[str, int]:
+    """Class index of each wnid folder of ``root``. With ``wnids`` (a map file's list, one per
+    class in class order) a folder's index is its position in the list; without, the folders
+    must be all ``num_classes`` classes, and the i-th in sorted order is class i (ImageNet's
+    standard order, which OpenAI's class-name list follows)."""
+    if wnids is not None:
+        if len(wnids) != num_classes:
+            raise WitError(f"the wnid map lists {len(wnids)} wnids for {num_classes} class names")
+        pos = {w: i for i, w in enumerate(wnids)}
+        missing = [f for f in folders if f not in pos]
+        if missing:
+            raise WitError(f"{root}/{missing[0]}: wnid folder not in the wnid map "
+                           f"({len(missing)} such folder(s))")
+        return {f: pos[f] for f in folders}
+    if len(folders) != num_classes:
+        raise WitError(f"{root}: {len(folders)} wnid folders for {num_classes} class names; "
+                       "give --wnid-map FILE (the class-order wnid list, e.g. ImageNet's "
+                       "LOC_synset_mapping.txt) to map a subset")
+    return {f: i for i, f in enumerate(sorted(folders))}
 
 
 def _fill(template: str, name: str) -> str:

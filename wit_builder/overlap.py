@@ -1,5 +1,6 @@
 """``wit dedup overlap``: which examples of evaluation sets have a near-duplicate in the training
-shards (CLIP section 5), and optionally the training images to drop for them."""
+shards (CLIP section 5), optionally the training images to drop for them, and a model's accuracy
+on the All / Overlap / Clean subsets (:func:`subset_accuracy`, :func:`add_accuracy`)."""
 from __future__ import annotations
 
 import os
@@ -198,3 +199,58 @@ def run_overlap(cfg: OverlapConfig, embed: EmbedFn) -> dict:
         summary["decisions"] = os.path.join(out, "decisions.parquet")
     atomic_write_json(os.path.join(out, "summary.json"), summary)
     return summary
+
+
+def _subset(hits: dict, ids: list[str]) -> dict:
+    n = len(ids)
+    return {"examples": n,
+            "top1": sum(hits[i][0] for i in ids) / n if n else None,
+            "top5": sum(hits[i][1] for i in ids) / n if n else None}
+
+
+def subset_accuracy(hits: dict, overlap_ids, clean_ids) -> dict:
+    """Accuracy on All / Overlap / Clean (CLIP section 5). ``hits`` maps an example id to
+    (top-1 correct, top-5 correct); All is Overlap + Clean, over the examples that have both a
+    prediction and an overlap decision (the others are counted under ``unmatched``).
+    ``all_minus_clean_top1`` is the paper's measure of how much the overlap inflates accuracy."""
+    overlap_set, clean_set = set(overlap_ids), set(clean_ids)
+    both = overlap_set & clean_set
+    if both:
+        raise WitError(f"{len(both)} example id(s) are both overlapping and clean, e.g. {sorted(both)[0]!r}")
+    overlap = sorted(i for i in overlap_set if i in hits)
+    clean = sorted(i for i in clean_set if i in hits)
+    out = {"all": _subset(hits, overlap + clean), "overlap": _subset(hits, overlap),
+           "clean": _subset(hits, clean),
+           "unmatched": {"no_prediction": len(overlap_set | clean_set) - len(overlap) - len(clean),
+                         "no_overlap_decision": len(set(hits) - overlap_set - clean_set)}}
+    a, c = out["all"]["top1"], out["clean"]["top1"]
+    out["all_minus_clean_top1"] = a - c if a is not None and c is not None else None
+    return out
+
+
+def _read_ids(path: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return [line.rstrip("\n") for line in fh if line.rstrip("\n")]
+    except OSError as exc:
+        raise WitError(f"{path}: {exc.strerror or exc} (run `wit dedup overlap` first)") from None
+
+
+def add_accuracy(out: str, name: str, hits: dict, skipped: dict | None = None) -> dict:
+    """Accuracy of eval set ``name`` on All / Overlap / Clean from the OUT/<name>.overlap.txt and
+    OUT/<name>.clean.txt lists :func:`run_overlap` wrote; stored under the set's ``accuracy`` in
+    OUT/summary.json (rewritten) and returned."""
+    import json
+    acc = subset_accuracy(hits, _read_ids(os.path.join(out, f"{name}.overlap.txt")),
+                          _read_ids(os.path.join(out, f"{name}.clean.txt")))
+    if skipped is not None:
+        acc["skipped"] = dict(skipped)   # examples the model could not read or label
+    summary_path = os.path.join(out, "summary.json")
+    try:
+        with open(summary_path, encoding="utf-8") as fh:
+            summary = json.load(fh)
+        summary["sets"][name]["accuracy"] = acc
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise WitError(f"{summary_path}: cannot add the accuracy of set {name!r} ({exc})") from None
+    atomic_write_json(summary_path, summary)
+    return acc

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from pipelines.cli.beam_args import add_beam_arguments
 from wit_builder.core import WitError
@@ -47,7 +48,7 @@ def _common_embed(p: argparse.ArgumentParser) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    from pipelines.cli.helpfmt import HelpFormatter as fmt
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     t = sub.add_parser("train", formatter_class=fmt, help="train the detector on images sampled from the shards",
@@ -141,6 +142,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--train-embeddings", default=None,
                    help="directory with the training shards' embeddings to reuse, e.g. DEDUP/embeddings")
     _common_embed(o)
+    a = o.add_argument_group("accuracy on All / Overlap / Clean (CLIP section 5)")
+    a.add_argument("--checkpoint", default=None,
+                   help="trainer checkpoint: also report its zero-shot top-1/top-5 on each eval set's "
+                        "All / Overlap / Clean subsets (eval sets must be labelled: class folders, or "
+                        "shards with --label-field)")
+    a.add_argument("--classes", default=None, help="class names file or 'imagenet' (see `wit eval`)")
+    a.add_argument("--templates", default=None, help="prompt templates file or 'imagenet' (see `wit eval`)")
+    a.add_argument("--wnid-map", default=None, help="wnids in class order for wnid folders (see `wit eval`)")
+    a.add_argument("--label-field", default="label", help="json field with the class index or name (shards)")
+    a.add_argument("--device", default="auto", help="torch device for --checkpoint (auto, cpu, cuda, cuda:N)")
+
+
+def _overlap_accuracy(args: argparse.Namespace, summary: dict) -> None:
+    """Zero-shot hits of --checkpoint per eval set, split by the overlap lists just written."""
+    from trainer.evaluate import labelled_set_hits
+    from wit_builder.detector import resolve_device
+    from wit_builder.overlap import add_accuracy, parse_eval_arg
+    device = str(resolve_device(args.device))
+    for name, path in (parse_eval_arg(e) for e in args.evals):
+        hits, skipped = labelled_set_hits(args.checkpoint, path, args.classes, args.templates,
+                                          args.label_field, args.wnid_map, args.batch_size, device)
+        summary["sets"][name]["accuracy"] = add_accuracy(args.out, name, hits, skipped)
 
 
 def _check_outcome(stats: dict, out: str, warn_share: float) -> None:
@@ -200,12 +223,18 @@ def run(args: argparse.Namespace) -> int:
         from pipelines import dedup
         if args.decisions and not args.drop_overlapping:
             raise WitError("--decisions only makes sense with --drop-overlapping")
+        if (args.classes or args.templates or args.wnid_map) and not args.checkpoint:
+            raise WitError("--classes/--templates/--wnid-map are for the accuracy report: give --checkpoint")
+        if args.checkpoint and not os.path.isfile(args.checkpoint):
+            raise WitError(f"--checkpoint {args.checkpoint}: not found")
         cfg = dedup.OverlapConfig(evals=tuple(args.evals), shards=tuple(args.shards), detector=args.detector,
                                   out=args.out, threshold=args.threshold, drop_overlapping=args.drop_overlapping,
                                   decisions=args.decisions, exact_below=args.exact_below, nprobe=args.nprobe,
                                   batch_size=args.batch_size, threads=args.threads,
                                   train_embeddings=args.train_embeddings)
         summary = dedup.run_overlap(cfg, args.beam)
+        if args.checkpoint:
+            _overlap_accuracy(args, summary)
         print(json.dumps(summary, indent=2))
         return 0
     raise WitError(f"unknown action {args.action!r}")

@@ -1,0 +1,1 @@
+"""Evaluation lists shipped with the trainer (plain text files; see README.md here)."""
