@@ -15,6 +15,9 @@ $(BIN)/wit: pyproject.toml
 	# torch first, pinned: the CPU wheel; an unpinned torch pulls GBs of CUDA packages.
 	$(BIN)/pip install torch==2.13.0
 	$(BIN)/pip install -e '.[test]'
+	# OpenCLIP, as the reference the interop tests compare against (its vocabulary, configs and
+	# tokenizer); --no-deps because its torchvision dependency would replace the CPU torch.
+	$(BIN)/pip install --no-deps open_clip_torch==3.3.0
 	touch $(BIN)/wit
 
 venv: $(BIN)/wit

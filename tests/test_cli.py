@@ -71,3 +71,45 @@ def test_a_wit_error_inside_a_beam_step_is_one_clean_line(capsys):
     assert str(info.value) == "key 1 appears twice"
     with pytest.raises(RuntimeError):          # anything else is not turned into a WitError
         run_pipeline(lambda p: (_ for _ in ()).throw(RuntimeError("boom")), BeamOptions())
+
+
+def _all_help_texts(capsys) -> dict[str, str]:
+    """`wit COMMAND --help` (and `wit dedup ACTION --help`, `wit tokenizer train --help`) by command."""
+    commands = [[name] for name in cli.COMMANDS]
+    commands += [["dedup", a] for a in ("train", "calibrate", "run", "overlap")] + [["tokenizer", "train"]]
+    texts = {}
+    for argv in commands:
+        with pytest.raises(SystemExit) as exc:
+            cli.main(argv + ["--help"])
+        assert exc.value.code == 0, argv
+        texts[" ".join(argv)] = capsys.readouterr().out
+    return texts
+
+
+def test_help_shows_only_defaults_that_say_something(capsys):
+    import re
+    for command, text in _all_help_texts(capsys).items():
+        flat = " ".join(text.split())
+        assert "(default: None)" not in flat, command
+        assert "(default: False)" not in flat and "(default: True)" not in flat, command
+        assert not re.search(r"\(default: [\[(]", flat), f"{command}: a list default in Python syntax"
+        # no second default after help that already states one
+        for option_help in re.split(r"\n  (?=-)", text):
+            option_help = " ".join(option_help.split())
+            if "(default:" in option_help:
+                before = option_help[:option_help.rindex("(default:")]
+                assert not re.search(r"\(default\b|\bdefaults? ?[:=]", before, re.I), f"{command}: {option_help}"
+    # required options show no default; list defaults are comma strings as typed
+    collect = " ".join(_all_help_texts(capsys)["collect"].split())
+    assert re.search(r"--queries QUERIES .*?(?=--input)", collect).group(0).count("default") == 0
+    download = " ".join(_all_help_texts(capsys)["download"].split())
+    assert "(default: noai,noimageai,noindex,noimageindex)" in download
+
+
+def test_version(capsys):
+    from importlib.metadata import version
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"wit {version(cli.DISTRIBUTION)}"
+    assert cli.DISTRIBUTION != "wit"  # the PyPI name `wit` belongs to another project

@@ -12,6 +12,7 @@ import importlib
 import os
 import sys
 
+from pipelines.cli.helpfmt import HelpFormatter
 from wit_builder.core import WitError
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations phones home otherwise
@@ -28,8 +29,21 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("pipelines.cli.train", "train a CLIP model on WebDataset shards"),
     "eval": ("pipelines.cli.eval", "zero-shot classification, retrieval and linear-probe evaluation"),
     "predict": ("pipelines.cli.predict", "label probabilities for one image, like CLIP's README example"),
+    "export": ("pipelines.cli.export", "export a trained model as a folder OpenCLIP loads (--openclip)"),
     "demo": ("pipelines.cli.demo", "end-to-end demo on a bundled simulated web: raw data to a trained model"),
 }
+
+
+DISTRIBUTION = "wit-clip-recipe"  # the PyPI name (`wit` itself is another project's); the command is `wit`
+
+
+def version() -> str:
+    """The installed distribution's version (pyproject.toml), or "unknown" when run from a bare checkout."""
+    from importlib.metadata import PackageNotFoundError, version as dist_version
+    try:
+        return dist_version(DISTRIBUTION)
+    except PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="wit: CLIP's WebImageText recipe (queries -> pairs -> balance -> images -> "
         "dedup -> shards) and a CLIP trainer. Run `wit COMMAND --help` for each stage.",
     )
+    parser.add_argument("--version", action="version", version=f"wit {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_) in COMMANDS.items():
         sub.add_parser(name, help=help_, add_help=False)
@@ -47,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    if argv and argv[0] == "--version":
+        parser.parse_args(argv[:1])  # prints the version and exits 0
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         if argv and argv[0] not in ("-h", "--help"):
             parser.error(f"unknown command {argv[0]!r}; choose from {', '.join(COMMANDS)}")
@@ -62,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         raise
     sub = argparse.ArgumentParser(prog=f"wit {name}", description=getattr(module, "DESCRIPTION", help_),
-                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                  formatter_class=HelpFormatter)
     module.add_arguments(sub)
     beam_stage = getattr(module, "BEAM_OPTIONS", False)
     if beam_stage:
