@@ -15,13 +15,22 @@ the model's largest GEMM shape: the MLP of the image transformer at this batch),
     MFU = samples/s x training FLOPs per sample / measured matmul rate (same dtype)
 
 plus where the step time goes (forward / backward / optimiser).
+
+When ``open_clip`` imports (``--openclip auto``, the default; ``on`` requires it), each model and
+precision is also timed against OpenCLIP's own training step on the same random batch: its
+``CLIP`` built from the same config (``trainer.export.openclip_model_cfg``), its ``ClipLoss``,
+AdamW with OpenCLIP's weight-decay groups, the same autocast and the temperature clamp. The two
+steps alternate (wit, OpenCLIP, wit, ...) so that both see the same machine state, and the line
+gives the median step time of each and their ratio.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import json
+import math
 import os
+import statistics
 import sys
 import time
 
@@ -130,6 +139,78 @@ def bench_model(name: str, batch: int, precision: str, device, steps: int, warmu
             "gemm": gemm_shape(cfg, batch)}
 
 
+def openclip_step(cfg: dict, batch: int, precision: str, device):
+    """A closure running one OpenCLIP training step on a fixed random batch (None, reason when
+    open_clip does not import)."""
+    try:
+        import open_clip
+        from open_clip.loss import ClipLoss as OpenClipLoss
+    except Exception as exc:  # ImportError, or its own dependencies failing to load
+        return None, f"open_clip does not import ({type(exc).__name__}: {exc})"
+    from trainer.export import openclip_model_cfg
+    torch.manual_seed(0)
+    model = open_clip.model.CLIP(**openclip_model_cfg(cfg)).to(device).train()
+    decay = [p for n, p in model.named_parameters()
+             if not (p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n)]
+    rest = [p for n, p in model.named_parameters() if all(p is not q for q in decay)]
+    opt = torch.optim.AdamW([{"params": rest, "weight_decay": 0.0}, {"params": decay, "weight_decay": 0.2}],
+                            lr=1e-5, betas=(0.9, 0.98), eps=1e-6)
+    loss_fn = OpenClipLoss()
+    size, ctx = cfg["vision_cfg"]["image_size"], cfg["text_cfg"]["context_length"]
+    images = torch.randn(batch, 3, size, size, device=device)
+    tokens = torch.randint(1, cfg["text_cfg"]["vocab_size"] - 1, (batch, ctx), device=device)
+    tokens[:, -1] = cfg["text_cfg"]["vocab_size"] - 1
+    dtype = DTYPES[precision]
+
+    def step():
+        with torch.autocast(device.type, dtype=dtype, enabled=precision != "fp32"):
+            image_features, text_features, logit_scale = model(images, tokens)[:3]
+            loss = loss_fn(image_features, text_features, logit_scale)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+    return step, f"open_clip {open_clip.__version__}"
+
+
+def wit_step(cfg: dict, batch: int, precision: str, device):
+    """One wit training step (as `wit train` runs it) on a fixed random batch, as a closure."""
+    torch.manual_seed(0)
+    model, cfg = create_model(cfg)
+    model.to(device).train()
+    opt = torch.optim.AdamW(param_groups(model, 0.2), lr=1e-5, betas=(0.9, 0.98), eps=1e-6)
+    size, ctx = cfg["vision_cfg"]["image_size"], cfg["text_cfg"]["context_length"]
+    images = torch.randn(batch, 3, size, size, device=device)
+    tokens = torch.randint(1, cfg["text_cfg"]["vocab_size"] - 1, (batch, ctx), device=device)
+    tokens[:, -1] = cfg["text_cfg"]["vocab_size"] - 1
+    loss_fn = ClipLoss()
+
+    def autocast():
+        return torch.autocast(device.type, dtype=DTYPES[precision], enabled=precision != "fp32")
+
+    def step():
+        forward_backward(model, loss_fn, [(images, tokens)], autocast)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        clamp_logit_scale(model)
+    return step
+
+
+def side_by_side(steps: dict, rounds: int, warmup: int, device) -> dict:
+    """Median seconds per step of each closure, run alternately (A B A B ...)."""
+    times = {k: [] for k in steps}
+    for r in range(warmup + rounds):
+        for name, fn in steps.items():
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            if r >= warmup:
+                times[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -156,6 +237,9 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=None, help="override the image size")
     ap.add_argument("--grad-checkpointing", action="store_true")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model")
+    ap.add_argument("--openclip", choices=("auto", "on", "off"), default="auto",
+                    help="also time OpenCLIP's training step side by side (auto: when open_clip "
+                         "imports; on: fail if it does not)")
     ap.add_argument("--json", default=None, help="also write the results here")
     a = ap.parse_args()
     device = torch.device(a.device)
@@ -203,6 +287,20 @@ def main() -> None:
                      rates else "")
                   + f"  [forward {share['forward']:.0%}, backward {share['backward']:.0%}, "
                   f"AdamW {share['optimizer']:.0%}]")
+            if a.openclip != "off":
+                oc_step, why = openclip_step(cfg, batch, precision, device)
+                if oc_step is None:
+                    if a.openclip == "on":
+                        raise SystemExit(f"--openclip on: {why}")
+                    print(f"  OpenCLIP comparison skipped: {why}")
+                else:
+                    med = side_by_side({"wit": wit_step(cfg, batch, precision, device), "openclip": oc_step},
+                                       steps, warmup, device)
+                    r["openclip"] = {"version": why, "wit_step_s": med["wit"], "openclip_step_s": med["openclip"],
+                                     "ratio": med["openclip"] / med["wit"]}
+                    print(f"  {precision:5s} side by side ({why}, {steps} alternating steps, median): "
+                          f"wit {batch / med['wit']:.2f} samples/s, OpenCLIP {batch / med['openclip']:.2f}: "
+                          f"wit {med['openclip'] / med['wit']:.2f}x")
     if a.json:
         with open(a.json, "w", encoding="utf-8") as fh:
             json.dump(results, fh, indent=1)

@@ -200,6 +200,10 @@ def test_wit_train_end_to_end(data, tmp_path, capsys):
     assert main(args) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["step"] == 48 and printed["total_steps"] == 48   # 96 // 16 * 8
+    # no --precision: auto, resolved for this machine's CPU and said so
+    from trainer.precision import resolve_precision
+    assert printed["precision"] == resolve_precision("auto", torch.device("cpu"))[0]
+    assert printed["precision_reason"].startswith("auto: the CPU")
     ckpts = sorted(os.listdir(out / "checkpoints"))
     assert ckpts == ["latest.pt", "step-00000040.pt", "step-00000048.pt"]
     ckpt = torch.load(out / "checkpoints/latest.pt", weights_only=True)

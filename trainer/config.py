@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 __all__ = ["TrainConfig", "PRECISIONS"]
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -30,7 +30,8 @@ class TrainConfig:
     beta2: float = 0.98
     eps: float = 1e-6
     grad_clip: float | None = None        # max global gradient norm
-    precision: str = "fp32"               # fp32 | bf16 (autocast) | fp16 (autocast + scaler, GPU)
+    precision: str = "fp32"               # fp32 | bf16 (autocast) | fp16 (autocast + scaler, GPU) |
+                                          # auto (trainer.precision; `wit train`'s default)
     grad_checkpointing: bool = False
     compile: bool = False
     image_size: int | None = None         # override the config's image size

@@ -47,6 +47,7 @@ from trainer.checkpoint import (find_resume, load_training_checkpoint, remove_st
                                 restore, rng_state, save_checkpoint, truncate_log)
 from trainer.config import PRECISIONS, TrainConfig
 from trainer.curves import plot_curves
+from trainer.precision import resolve_precision
 from trainer.reporting import ReportConfig, open_reporter
 from trainer.reporting import check_available as check_report_available
 from trainer.skips import SkipWatch, no_usable_data
@@ -92,6 +93,7 @@ class _Run:
     resume_path: str | None
     log_fh: Any = None     # the open log (rank 0)
     reporter: Any = None   # rank 0, --report-to: trainer.reporting.Reporter
+    precision_why: str = ""  # how cfg.precision was chosen (trainer.precision)
 
     def log(self, record: dict) -> None:
         if self.log_fh is not None:
@@ -152,6 +154,8 @@ def _setup(cfg: TrainConfig) -> tuple[_Run, _Position]:
 
     check_config(cfg)
     rank, world, device, dist_here = setup_device(cfg)
+    precision, precision_why = resolve_precision(cfg.precision, device)
+    cfg = dataclasses.replace(cfg, precision=precision)
     ckpt_dir = os.path.join(cfg.out, "checkpoints")
     log_path = os.path.join(cfg.out, "log.jsonl")
 
@@ -183,7 +187,7 @@ def _setup(cfg: TrainConfig) -> tuple[_Run, _Position]:
                train_model=train_model, model_cfg=model_cfg, tokenizer=tokenizer,
                optimizer=optimizer, scaler=scaler, loss_fn=loss_fn, autocast=autocast,
                loader=loader, plan=plan, ckpt_dir=ckpt_dir, log_path=log_path,
-               resume_path=resume_path, log_fh=log_fh)
+               resume_path=resume_path, log_fh=log_fh, precision_why=precision_why)
     return run, pos
 
 
@@ -372,7 +376,8 @@ def _finish(run: _Run, pos: _Position, progress: _Progress) -> dict:
                "skipped": dict(run.loader.skipped), "checkpoint": progress.last_ckpt,
                "log": run.log_path, "curves": os.path.join(run.cfg.out, "curves.png"),
                "eval": progress.last_eval, "model_cfg": run.model_cfg,
-               "done": pos.step >= plan.total_steps}
+               "done": pos.step >= plan.total_steps,
+               "precision": run.cfg.precision, "precision_reason": run.precision_why}
     if run.rank == 0:
         plot_curves(run.log_path, summary["curves"])
         atomic_write_json(os.path.join(run.cfg.out, "summary.json"), summary)

@@ -68,8 +68,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="clip the global gradient norm to this value (default: no clipping)")
     c = parser.add_argument_group("compute")
     c.add_argument("--precision", choices=PRECISIONS + tuple(OPENCLIP_PRECISIONS),
-                   default=d.precision,
-                   help="fp32; bf16 autocast (CPU or GPU); fp16 autocast with a gradient "
+                   default="auto",
+                   help="auto (default): bf16 on a CPU with native bf16 (AMX / AVX512-BF16) or a "
+                        "GPU with bf16, fp16 on an older GPU, else fp32 (the choice is printed and "
+                        "in summary.json); fp32; bf16 autocast (CPU or GPU); fp16 autocast with a gradient "
                         "scaler (GPU only). Parameters and the loss stay float32. OpenCLIP's "
                         "amp = fp16, amp_bf16 = amp_bfloat16 = bf16; pure_bf16/pure_fp16 "
                         "(half-precision weights) are not implemented")
@@ -317,7 +319,7 @@ def run(args) -> int:
         logger.removeHandler(handler)
         logger.setLevel(level)
     if int(os.environ.get("RANK", "0")) == 0:
-        keys = ("step", "total_steps", "epoch", "final_loss", "samples_per_s", "checkpoint",
-                "eval", "skipped")
+        keys = ("step", "total_steps", "epoch", "final_loss", "samples_per_s", "precision",
+                "precision_reason", "checkpoint", "eval", "skipped")
         print(json.dumps({k: summary[k] for k in keys}, indent=1, default=str))
     return 0
