@@ -46,6 +46,14 @@ def folder_classes(root: str) -> list[str]:
     return subdirs
 
 
+def _load_image(path: str, transform):
+    """The model input of one image file (any error of opening or decoding it propagates)."""
+    from PIL import Image
+    with Image.open(path) as im:
+        im.load()
+        return transform(im)
+
+
 def iter_folder(root: str, transform, classnames: list[str] | None,
                 skipped: Counter, wnid_map: list[str] | None = None) -> Iterator[tuple]:
     """(image tensor, label index) for every readable image under ``root/<class>/``.
@@ -59,8 +67,6 @@ def iter_folder(root: str, transform, classnames: list[str] | None,
 
 def _folder_items(root: str, transform, classnames, skipped: Counter, wnid_map=None):
     """:func:`iter_folder`'s items plus each image's path relative to ``root`` (its id)."""
-    from PIL import Image
-
     from trainer.zeroshot import is_wnid, wnid_class_index
     subdirs = folder_classes(root)
     if classnames is None:
@@ -79,9 +85,7 @@ def _folder_items(root: str, transform, classnames, skipped: Counter, wnid_map=N
             if not path.lower().endswith(IMAGE_SUFFIXES):
                 continue
             try:
-                with Image.open(path) as im:
-                    im.load()
-                    x = transform(im)
+                x = _load_image(path, transform)
             except Exception:
                 skipped["bad_image"] += 1
                 continue
@@ -274,7 +278,6 @@ def iter_caption_file(path: str, transform, skipped: Counter) -> Iterator[tuple]
     """(image tensor, [captions]) from a JSON Lines file (or a JSON list) of records
     ``{"image": PATH, "captions": [...]}`` (or ``"caption": "..."``); relative image paths are
     relative to the file's directory."""
-    from PIL import Image
     try:
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
@@ -309,9 +312,7 @@ def iter_caption_file(path: str, transform, skipped: Counter) -> Iterator[tuple]
             continue
         image_path = os.path.join(base, rec["image"])
         try:
-            with Image.open(image_path) as im:
-                im.load()
-                x = transform(im)
+            x = _load_image(image_path, transform)
         except FileNotFoundError:
             skipped["missing_image"] += 1
             continue
