@@ -83,8 +83,7 @@ def bench_model(name: str, batch: int, precision: str, device, steps: int, warmu
     torch.manual_seed(0)
     model, cfg = create_model(name, grad_checkpointing=grad_checkpointing, vocab_size=vocab_size)
     model.to(device).train()
-    opt = torch.optim.AdamW(param_groups(model, 0.2), lr=1e-5, betas=(0.9, 0.98), eps=1e-6,
-                            **({"fused": True} if device.type == "cuda" else {}))
+    opt = torch.optim.AdamW(param_groups(model, 0.2), lr=1e-5, betas=(0.9, 0.98), eps=1e-6, fused=True)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     run_model = torch.compile(model) if compile_ else model
     size, ctx = cfg["vision_cfg"]["image_size"], cfg["text_cfg"]["context_length"]
@@ -179,7 +178,7 @@ def wit_step(cfg: dict, batch: int, precision: str, device):
     torch.manual_seed(0)
     model, cfg = create_model(cfg)
     model.to(device).train()
-    opt = torch.optim.AdamW(param_groups(model, 0.2), lr=1e-5, betas=(0.9, 0.98), eps=1e-6)
+    opt = torch.optim.AdamW(param_groups(model, 0.2), lr=1e-5, betas=(0.9, 0.98), eps=1e-6, fused=True)
     size, ctx = cfg["vision_cfg"]["image_size"], cfg["text_cfg"]["context_length"]
     images = torch.randn(batch, 3, size, size, device=device)
     tokens = torch.randint(1, cfg["text_cfg"]["vocab_size"] - 1, (batch, ctx), device=device)

@@ -82,3 +82,27 @@ def test_bf16_loss_tracks_fp32_within_the_seed_noise():
     noise = max(_apart(fp32[0], fp32[1]), _apart(fp32[0], fp32[2]))
     gap = _apart(fp32[0], bf16)
     assert gap <= noise, (gap, noise)
+
+
+def test_adamw_is_the_fused_kernel_and_matches_the_per_tensor_loop():
+    """`wit train` builds torch's fused AdamW on CPU too (4.5x faster than the default loop on
+    ViT-B/32's parameters); it must take the same steps."""
+    from trainer.build import build_optimizer
+    from trainer.config import TrainConfig
+    torch.manual_seed(0)
+    model, _ = create_model(MICRO)
+    ref, _ = create_model(MICRO)
+    ref.load_state_dict(model.state_dict())
+    cfg = TrainConfig(train_data="unused", out="unused", lr=1e-3)
+    fused, _ = build_optimizer(cfg, model, CPU)
+    assert fused.defaults["fused"] is True
+    loop = torch.optim.AdamW(param_groups(ref, cfg.wd), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                             eps=cfg.eps, foreach=False)
+    for _ in range(20):
+        for p, q in zip(model.parameters(), ref.parameters()):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        fused.step()
+        loop.step()
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)

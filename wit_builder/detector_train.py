@@ -179,7 +179,7 @@ def train_detector(shards: Sequence[str] | None, out: str, cfg: DetectorTrainCon
     torch.manual_seed(seed)
     device = resolve_device(device)
     model = build_model(config).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay, fused=True)  # see trainer/build.py
     start, history = (_resume(out, config, cfg, model, opt, source) if exists(out) and not restart else (0, []))
     if start >= steps:
         source.close()
