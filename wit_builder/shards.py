@@ -63,16 +63,23 @@ MTIME = 946684800  # 2000-01-01: a fixed member time keeps the tars reproducible
 
 
 
+def _download_plan(fs, root: str) -> dict:
+    """``IMAGES/_wit/plan.json`` of `wit download` ({} when absent or unreadable)."""
+    try:
+        with fs.open(f"{root}/_wit/plan.json", "r") as fh:
+            plan = json.load(fh)
+    except (FileNotFoundError, ValueError):
+        return {}
+    return plan if isinstance(plan, dict) else {}
+
+
 def find_image_shards(images: str, allow_incomplete: bool = False) -> list[str]:
     """Names (``00000``...) of the finished download shards in ``images``, sorted."""
     fs, root = filesystem(images)
     if not fs.isdir(root):
         raise WitError(f"--images {images}: not a directory")
-    try:
-        with fs.open(f"{root}/_wit/plan.json", "r") as fh:
-            fmt = json.load(fh).get("output_format", "webdataset")
-    except (FileNotFoundError, ValueError, AttributeError):
-        fmt = "webdataset"
+    plan = _download_plan(fs, root)
+    fmt = plan.get("output_format", "webdataset")
     if fmt != "webdataset":
         raise WitError(f"--images {images}: a `wit download --output-format {fmt}` download; wit shards, "
                        "wit balance --pool and wit dedup read WebDataset downloads only (NNNNN.tar): "
@@ -80,12 +87,10 @@ def find_image_shards(images: str, allow_incomplete: bool = False) -> list[str]:
     names = {os.path.basename(p) for p in fs.ls(root, detail=False)}
     done = sorted(m.group(1) for n in names if (m := re.fullmatch(r"(\d+)_stats\.json", n))
                   and f"{m.group(1)}.tar" in names and f"{m.group(1)}.parquet" in names)
-    planned = None
     try:
-        with fs.open(f"{root}/_wit/plan.json", "r") as fh:
-            planned = len(json.load(fh)["inputs"])
-    except (FileNotFoundError, ValueError, KeyError, TypeError):
-        pass
+        planned = len(plan["inputs"])
+    except (KeyError, TypeError):
+        planned = None
     if planned is not None and len(done) < planned and not allow_incomplete:
         raise WitError(f"--images {images}: only {len(done)} of {planned} download shards are finished; "
                        "re-run the same `wit download` command to finish them (or pass --allow-incomplete)")
