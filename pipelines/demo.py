@@ -11,8 +11,12 @@ The run (each step calls the stage's own Python API, the code the ``wit`` subcom
     dedup      wit dedup train (tiny detector), calibrate, run                   -> DIR/dedup
     shards     wit shards with the dedup decisions                               -> DIR/shards
     tokenizer  wit tokenizer train on the shards' captions                       -> DIR/tokenizer
+    baseline   a supervised baseline: the same image tower, a linear head on the shapes the
+               captions name (CLIP's effective-robustness comparison)           -> DIR/baseline
     train      wit train: a small CLIP on the CPU                                -> DIR/train
-    eval       zero-shot top-1 on the held-out shapes and colours (prompt ensembles) -> DIR/eval
+    eval       zero-shot top-1 on the held-out sets (prompt ensembles): shapes and colours drawn
+               like the web, and shape sets drawn by code the web never used (sketches,
+               silhouettes, a second renderer); the baseline on the shape sets  -> DIR/eval
     report     DIR/report.md + DIR/report.html
 
 Each stage prints one summary line (records in, out, dropped by reason, wall and CPU time); the
@@ -225,25 +229,57 @@ def stage_train(run: DemoRun) -> dict:
             "final_loss": s["final_loss"]}
 
 
+def stage_baseline(run: DemoRun) -> dict:
+    from trainer.supervised import SupervisedConfig, train_supervised
+    from wit_builder.sim.render import SHAPES
+
+    cfg = run.cfg
+    if cfg.baseline_steps <= 0:
+        return {"in": 0, "out": 0, "dropped": {}, "note": "skipped (--baseline-steps 0)"}
+    s = train_supervised(SupervisedConfig(
+        train_data=run.train_data(), out=run.path("baseline"), classes=tuple(SHAPES), model=cfg.model,
+        image_size=cfg.train_image_size, batch_size=cfg.batch_size, steps=cfg.baseline_steps,
+        lr=cfg.baseline_lr, wd=cfg.wd, warmup=min(30, cfg.baseline_steps), threads=cfg.threads,
+        seed=cfg.seed, progress=cfg.progress))
+    return {"in": s["samples_read"], "out": s["steps"], "dropped": dict(s["skipped"]),
+            "note": (f"{cfg.model} image tower + linear head on {s['labelled']:,} images labelled by "
+                     f"the shape their caption names, {s['steps']} steps of {cfg.batch_size}, "
+                     f"final loss {s['final_loss']:.3f}, {s['samples_per_s']:.0f} images/s")}
+
+
 def stage_eval(run: DemoRun) -> dict:
+    baseline = run.path("baseline", "supervised.pt")
     results = evaluate_zeroshot(run.path("train", "checkpoints", "latest.pt"), run.path("heldout"),
-                                run.path("eval"))
-    parts = [f"{name} top-1 {100 * r['top1']:.1f}% (chance {100 * r['chance']:.1f}%)"
-             for name, r in results.items()]
+                                run.path("eval"), baseline=baseline if os.path.exists(baseline) else None)
+    rob = read_json_or_none(run.path("eval", "robustness.json")) or {}
+    clip = rob.get("models", {}).get("CLIP zero-shot", {})
+    sup = rob.get("models", {}).get("supervised", {})
+    parts = [f"{name} top-1 {100 * r['top1']:.1f}%" for name, r in results.items()
+             if r.get("kind") != "shifted"]
+    if clip.get("shifted_mean") is not None:
+        each = ", ".join(f"{k.removeprefix('shapes_')} {100 * v:.1f}%" for k, v in clip["shifted"].items())
+        parts.append(f"shifted shapes {100 * clip['shifted_mean']:.1f}% ({each})")
+    if sup.get("shifted_mean") is not None:
+        parts.append(f"supervised baseline shapes {100 * sup['in_distribution']:.1f}% -> shifted "
+                     f"{100 * sup['shifted_mean']:.1f}%")
     return {"in": sum(r["num_images"] for r in results.values()),
             "out": sum(int(round(r["top1"] * r["num_images"])) for r in results.values()),
-            "dropped": {}, "note": "correct; " + ", ".join(parts),
-            "top1": {name: r["top1"] for name, r in results.items()}}
+            "dropped": {}, "note": "chance 12.5%; " + ", ".join(parts),
+            "top1": {name: r["top1"] for name, r in results.items()},
+            "shifted_mean": clip.get("shifted_mean"),
+            "baseline_shifted_mean": sup.get("shifted_mean")}
 
 
 def stage_report(run: DemoRun) -> dict:
     from wit_builder.sim.cases import problem_cases_section
     from wit_builder.sim.report import build_report
+    from wit_builder.sim.robustness import robustness_section
     stages = {"queries": run.path("queries"), "collect": run.path("collect"),
               "download": run.path("images"), "dedup": run.path("dedup"),
               "shards": run.path("shards"), "train": run.path("train"), "eval": run.path("eval")}
     md, html_path = build_report(run.dir, stages=stages, summary=dict(run.summary), cap=run.cap(),
-                                 extra_sections=[problem_cases_section(run.dir)])
+                                 extra_sections=[robustness_section(run.path("eval")),
+                                                 problem_cases_section(run.dir)])
     figures = len(os.listdir(run.path("report_files")))
     return {"in": len(stages), "out": figures, "dropped": {},
             "note": f"{os.path.relpath(md, run.dir)}, {os.path.relpath(html_path, run.dir)} "
@@ -253,33 +289,55 @@ def stage_report(run: DemoRun) -> dict:
 STAGE_FUNCTIONS: dict[str, Callable[[DemoRun], dict]] = {
     "generate": stage_generate, "queries": stage_queries, "collect": stage_collect,
     "download": stage_download, "dedup": stage_dedup, "shards": stage_shards,
-    "tokenizer": stage_tokenizer, "train": stage_train, "eval": stage_eval, "report": stage_report}
+    "tokenizer": stage_tokenizer, "train": stage_train, "baseline": stage_baseline,
+    "eval": stage_eval, "report": stage_report}
 
 
 # --- zero-shot evaluation with confusion matrices -----------------------------------------------
 
-def evaluate_zeroshot(checkpoint: str, heldout: str, out: str, batch_size: int = 100) -> dict:
-    """Zero-shot top-1 on each held-out class set by the trainer's evaluator (``wit eval``'s code:
-    prompt-ensembled classifier, eval transform), plus the confusion matrix of the same
-    classifier's predictions. Writes ``out/metrics.json`` (``wit eval``'s metrics per set) and
-    ``out/zeroshot.json`` (what the report reads); returns the latter."""
+def evaluate_zeroshot(checkpoint: str, heldout: str, out: str, batch_size: int = 100,
+                      baseline: str | None = None) -> dict:
+    """Zero-shot top-1 on each held-out class set of ``heldout/heldout.json`` by the trainer's
+    evaluator (``wit eval``'s code: prompt-ensembled classifier, eval transform), plus the
+    confusion matrix of the same classifier's predictions; with ``baseline`` (a supervised
+    checkpoint) also that model's top-1 on every set of its classes. Writes ``out/metrics.json``
+    (``wit eval``'s metrics per set), ``out/zeroshot.json`` (what the report reads) and
+    ``out/robustness.json`` (in-distribution vs shifted top-1 per model); returns zeroshot.json's
+    content."""
     from trainer import evaluate as ev
     from trainer.api import load
     from trainer.evaluate import evaluate_checkpoint
+    from wit_builder.sim.robustness import robustness_summary
 
     bundle = load(checkpoint, device="cpu")
     sets = (read_json_or_none(os.path.join(heldout, "heldout.json")) or {}).get("sets", {})
+    if not sets:
+        raise WitError(f"{os.path.join(heldout, 'heldout.json')} lists no held-out sets; re-run with --force")
     metrics, results = {}, {}
-    for name in ("shapes", "colours"):
+    for name, info in sets.items():
         folder = os.path.join(heldout, name)
         classes_file, templates_file = (os.path.join(heldout, f"{name}_{x}.txt") for x in ("classes", "templates"))
         request = ev.EvalRequest(zeroshot_dir=folder, classes=classes_file,
                                  templates=templates_file, batch_size=batch_size)
         metrics[name] = evaluate_checkpoint(checkpoint, request, model_bundle=bundle)["zeroshot"]
-        results[name] = zeroshot_result(bundle, request, metrics[name], sets.get(name))
+        results[name] = zeroshot_result(bundle, request, metrics[name], info)
+        results[name]["kind"] = info.get("kind", "in_distribution")
+    models = {"CLIP zero-shot": {name: r["top1"] for name, r in results.items()}}
+    if baseline:
+        from trainer.supervised import evaluate_supervised, load_supervised
+        sup = load_supervised(baseline)
+        models["supervised"] = {name: evaluate_supervised(sup, os.path.join(heldout, name), batch_size)["top1"]
+                                for name, info in sets.items() if info.get("class_names") == list(sup[2])}
+    shifted = [name for name, info in sets.items() if info.get("kind") == "shifted"]
     os.makedirs(out, exist_ok=True)
     atomic_write_json(os.path.join(out, "metrics.json"), {"checkpoint": checkpoint, **metrics})
     atomic_write_json(os.path.join(out, "zeroshot.json"), results)
+    if shifted:
+        in_dist = next(n for n, info in sets.items()
+                       if info.get("kind", "in_distribution") == "in_distribution"
+                       and info.get("class_names") == sets[shifted[0]].get("class_names"))
+        atomic_write_json(os.path.join(out, "robustness.json"),
+                          robustness_summary(models, in_dist, shifted, results[in_dist]["chance"]))
     return results
 
 
@@ -338,6 +396,8 @@ def _run_demo(cfg: DemoConfig, log: Callable[[str], None]) -> dict:
     total = {"seconds": round(time.time() - started, 1), "cpu_seconds": round(cpu_seconds() - cpu0, 1)}
     z = read_json_or_none(run.path("eval", "zeroshot.json")) or {}
     state = {"config": dataclasses.asdict(cfg), "stages": run.summary, "total": total,
-             "zeroshot": {name: {"top1": r.get("top1"), "chance": r.get("chance")} for name, r in z.items()}}
+             "zeroshot": {name: {"top1": r.get("top1"), "chance": r.get("chance"), "kind": r.get("kind")}
+                          for name, r in z.items()},
+             "robustness": read_json_or_none(run.path("eval", "robustness.json"))}
     atomic_write_json(run.path("demo.json"), state)
     return state

@@ -22,12 +22,12 @@ from wit_builder.core import WitError, atomic_write_json, read_json_or_none
 __all__ = ["STAGES", "OUTPUTS", "MARKERS", "DemoConfig", "DemoRun", "summary_line", "cpu_seconds",
            "fingerprint", "finished_marker", "run_stage"]
 
-STAGES = ("generate", "queries", "collect", "download", "dedup", "shards", "tokenizer", "train",
-          "eval", "report")
+STAGES = ("generate", "queries", "collect", "download", "dedup", "shards", "tokenizer", "baseline",
+          "train", "eval", "report")
 # each stage's output (relative to DIR); removed before the stage is redone from scratch
 OUTPUTS = {"generate": ("raw", "heldout"), "queries": ("queries",), "collect": ("collect",),
            "download": ("images",), "dedup": ("dedup",), "shards": ("shards",),
-           "tokenizer": ("tokenizer",), "train": ("train",), "eval": ("eval",),
+           "tokenizer": ("tokenizer",), "train": ("train",), "baseline": ("baseline",), "eval": ("eval",),
            "report": ("report.md", "report.html", "report_files")}
 MARKERS = ".demo"
 VERSION = 1
@@ -67,6 +67,10 @@ class DemoConfig:
     wd: float = 0.1
     warmup: int = 100
     eval_every: int = 150               # zero-shot shapes during training (curve in the report)
+    # the supervised baseline (effective robustness): the same image tower and shards, a linear
+    # head on the shapes named in the captions, cross-entropy; 0 steps skips it
+    baseline_steps: int = 300
+    baseline_lr: float = 1e-3
     heldout_per_class: int = 50
     threads: int = 2                    # torch intra-op threads (training, detector)
     force: bool = False
@@ -85,6 +89,8 @@ class DemoConfig:
             "tokenizer": ("num_merges",),
             "train": ("model", "train_image_size", "context_length", "batch_size", "train_steps",
                       "train_minutes", "lr", "wd", "warmup", "eval_every", "seed"),
+            "baseline": ("model", "train_image_size", "batch_size", "baseline_steps", "baseline_lr",
+                         "wd", "seed"),
             "eval": (),
             "report": (),
         }[stage]

@@ -23,7 +23,8 @@ from wit_builder.sim.cases import trace_cases
 # 300 scenes with 15 near-duplicate groups (the default would be 7) so that the dedup check has
 # enough groups to measure a fraction; 150 detector steps (~30 s of CPU), 4 CLIP steps.
 SMALL = dict(scenes=300, dup_groups=15, detector_steps=150, calibration_images=400, train_steps=4,
-             batch_size=16, eval_every=0, heldout_per_class=4, samples_per_shard=100, progress=False)
+             batch_size=16, eval_every=0, heldout_per_class=4, samples_per_shard=100, baseline_steps=4,
+             progress=False)
 
 
 def _parquets(folder: str, columns: list[str], pattern: str = "*.parquet") -> list[dict]:
@@ -192,7 +193,18 @@ def check_model_and_report(out: str) -> None:
     steps = [json.loads(line) for line in open(f"{out}/train/log.jsonl")]
     assert max(r["step"] for r in steps if r.get("type") == "train") == SMALL["train_steps"]
     z = json.load(open(f"{out}/eval/zeroshot.json"))
-    assert set(z) == {"shapes", "colours"}
+    shifted = {"shapes_sketch", "shapes_silhouette", "shapes_render2"}
+    assert set(z) == {"shapes", "colours"} | shifted
+    assert {n for n, r in z.items() if r["kind"] == "shifted"} == shifted
+    sup = json.load(open(f"{out}/baseline/supervised.json"))
+    assert sup["steps"] == SMALL["baseline_steps"] and sup["labelled"] > 0.8 * sup["samples_read"]
+    rob = json.load(open(f"{out}/eval/robustness.json"))
+    assert rob["in_distribution"] == "shapes" and set(rob["shifted"]) == shifted
+    for name in ("CLIP zero-shot", "supervised"):
+        m = rob["models"][name]
+        assert set(m["shifted"]) == shifted
+        assert abs(m["gap"] - (m["in_distribution"] - sum(m["shifted"].values()) / 3)) < 1e-9
+    assert rob["models"]["CLIP zero-shot"]["in_distribution"] == z["shapes"]["top1"]
     for r in z.values():
         assert len(r["classes"]) == 8 and r["chance"] == 0.125
         assert sum(map(sum, r["confusion"])) == r["num_images"] == 8 * SMALL["heldout_per_class"]
@@ -201,11 +213,12 @@ def check_model_and_report(out: str) -> None:
     md = open(f"{out}/report.md", encoding="utf-8").read()
     html = open(f"{out}/report.html", encoding="utf-8").read()
     for figure in ("queries.png", "balance.png", "duplicates.png", "training.png",
-                   "confusion_shapes.png", "confusion_colours.png"):
+                   "confusion_shapes.png", "confusion_colours.png", "robustness.png"):
         assert os.path.getsize(f"{out}/report_files/{figure}") > 1000
         assert f"report_files/{figure}" in md
     assert html.count("data:image/png;base64,") >= 6
     assert "Problem cases of the simulated web" in md and "| near_duplicate |" in md
+    assert "Robustness to distribution shift" in md and "| supervised |" in md
     state = json.load(open(f"{out}/demo.json"))
     assert list(state["stages"]) == list(STAGES)
 
@@ -259,10 +272,10 @@ def test_reduced_demo_end_to_end(tmp_path):
 def test_summary_line_format():
     s = {"in": 7346, "out": 2542, "dropped": {"no_match": 244, "language": 0, "balancing": 433},
          "note": "cap 50", "seconds": 2.54, "cpu_seconds": 2.4}
-    assert summary_line(3, "collect", s) == ("[ 3/10] collect   7,346 in -> 2,542 out | dropped: no_match 244, "
+    assert summary_line(3, "collect", s) == ("[ 3/11] collect   7,346 in -> 2,542 out | dropped: no_match 244, "
                                              "balancing 433 | cap 50 | 2.5 s (cpu 2.4 s)")
     assert summary_line(3, "collect", {**s, "skipped": True}) == (
-        "[ 3/10] collect   skipped (done earlier: 7,346 in -> 2,542 out)")
+        "[ 3/11] collect   skipped (done earlier: 7,346 in -> 2,542 out)")
 
 
 def test_calibration_precision_is_scaled_to_the_corpus():

@@ -61,7 +61,7 @@ def test_object_colour_maps_back_to_its_name(texture):
     wrong = []
     for k, colour in enumerate(R.COLOURS):
         for seed in range(6):
-            s = R.sample_scene(1000 * k + seed, colour=colour, texture=texture)
+            s = R.sample_scene(1000 * k + seed, colour=colour, texture=texture, style="render")
             img, alpha = R.render(s, with_mask=True)
             got = R.nearest_colour(_interior_mean(img, alpha))
             if got != colour:
@@ -96,7 +96,7 @@ def test_shapes_are_separable_from_their_masks():
     names the shape of other scenes (different seeds, sizes, rotations) without error."""
     X, y = [], []
     for i in range(160):
-        s = R.sample_scene(5000 + i, shape=R.SHAPES[i % 8])
+        s = R.sample_scene(5000 + i, shape=R.SHAPES[i % 8], style="render", edits=False)
         _, alpha = R.render(s, with_mask=True)
         X.append(_shape_features(alpha, s.radius))
         y.append(i % 8)

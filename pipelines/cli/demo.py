@@ -48,7 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="WordNet part of the query list: auto = when installed (e.g. Debian's "
                              "wordnet-base; never downloaded)")
     parser.add_argument("--heldout-per-class", type=int, default=d.heldout_per_class,
-                        help="held-out zero-shot images per class (8 shapes, 8 colours)")
+                        help="held-out zero-shot images per class and set (8 shapes, 8 colours; "
+                             "3 shifted shape sets)")
+    parser.add_argument("--baseline-steps", type=int, default=d.baseline_steps,
+                        help="training steps of the supervised baseline (the robustness "
+                             "comparison); 0 skips it")
     parser.add_argument("--threads", type=int, default=d.threads,
                         help="torch threads for training and the detector (the data loader "
                              "runs in one more process)")
@@ -64,6 +68,8 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
             raise WitError(f"--{name.replace('_', '-')} must be at least 1")
     if args.train_minutes is not None and args.train_minutes <= 0:
         raise WitError("--train-minutes must be positive")
+    if args.baseline_steps < 0:
+        raise WitError("--baseline-steps must be at least 0")
     if args.per_query_cap is not None and args.per_query_cap < 1:
         raise WitError("--per-query-cap must be at least 1")
     return DemoConfig(out=args.out, seed=args.seed, scenes=args.scenes, train_steps=args.train_steps,
@@ -71,7 +77,8 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
                       model=args.model, image_size=args.image_size,
                       train_image_size=args.train_image_size, detector_steps=args.detector_steps,
                       per_query_cap=args.per_query_cap, wordnet=args.wordnet,
-                      heldout_per_class=args.heldout_per_class, threads=args.threads,
+                      heldout_per_class=args.heldout_per_class, baseline_steps=args.baseline_steps,
+                      threads=args.threads,
                       force=args.force, progress=getattr(args, "progress", True))
 
 
@@ -86,6 +93,11 @@ def run(args: argparse.Namespace) -> int:
                         for name, r in z.items() if r.get("top1") is not None)
     t = state["total"]
     print(f"wit demo: zero-shot top-1: {results}")
+    rob = state.get("robustness") or {}
+    for name, m in rob.get("models", {}).items():
+        if m.get("shifted_mean") is not None:
+            print(f"wit demo: {name}: shapes in distribution {100 * m['in_distribution']:.1f}%, "
+                  f"shifted {100 * m['shifted_mean']:.1f}% (gap {100 * m['gap']:.1f} points)")
     print(f"wit demo: report {os.path.join(os.path.abspath(cfg.out), 'report.html')} "
           f"(and report.md); {t['seconds']:.0f} s, cpu {t['cpu_seconds']:.0f} s")
     sys.stdout.flush()

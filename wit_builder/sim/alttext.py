@@ -38,7 +38,9 @@ def _bg_phrase(rng, scene: Scene) -> str:
                 "checkerboard": ("on a checkered background", "on a checkerboard"),
                 "noise": ("on a textured background", "on a mottled background"),
                 "sky": ("in the sky", "against a blue sky", "against a cloudy sky"),
-                "stripes": ("on a striped background", "on striped wallpaper")}[kind]
+                "stripes": ("on a striped background", "on striped wallpaper"),
+                "paper": ("on paper", "on a sheet of paper", "on white paper"),
+                "poster": ("on a bright background", "on a colourful background")}[kind]
     return opts[int(rng.integers(len(opts)))]
 
 
@@ -58,6 +60,22 @@ _EN_TEMPLATES = (
     "a {s} painted {c}",
     "{C} {s} cut out of paper",
 )
+# Alt texts often say how the picture was made; used for 70% of a styled scene's texts (the
+# others use the generic templates above). Line art shows no colour, so its texts name none.
+_EN_STYLE = {
+    "outline": ("outline of a {c} {s}", "{C} {s} outline icon", "a {c} {s} drawn as an outline {bg}",
+                "{c} line {s} symbol", "{C} {s} outline, vector"),
+    "lineart": ("line drawing of a {s}", "{S} outline, black and white", "a simple {s} line icon",
+                "coloring page: a {s}", "black and white {s} drawing", "{S} line art {bg}"),
+    "handdrawn": ("hand-drawn {c} {s}", "a child's drawing of a {c} {s}", "{C} {s} doodle {bg}",
+                  "a {c} {s} drawn with markers {bg}", "sketchy {c} {s} drawn by hand",
+                  "my kid drew a {c} {s}"),
+    "photo": ("photo of a {c} {s} {bg}", "a {c} paper {s} {bg}", "a {c} {s} cut out of cardboard {bg}",
+              "snapshot of a {c} {s} lying {bg}", "a {c} {s} sign, photographed at an angle"),
+    "logo": ("{B} logo with a {c} {s}", "{C} {s} logo", "the {B} brand: a {c} {s}",
+             "logo of {B}, a {c} {s} {bg}", "{B} company logo, {c} {s}"),
+}
+_EN_LINEART_TAIL = ("a {s} drawn on a {t}", "{S} line drawing on a {t}", "a {t} with a {s} outline on it")
 _EN_SHAPE_ONLY = ("a {s} {bg}", "{S} clip art", "photo of a {sz}{s}")
 _EN_COLOUR_ONLY = ("a {c} sticker {bg}", "something {c} {bg}")
 # The head concept's alt texts are boilerplate (as the most frequent captions on the web are):
@@ -90,19 +108,25 @@ def english_alt(rng: np.random.Generator, scene: Scene, tail: str | None = None,
     c, s = scene.colour, scene.shape
     sz = size_word(scene)
     tags: set[str] = set()
-    if head:
+    if head and scene.coloured:
         t = _EN_HEAD[int(rng.integers(len(_EN_HEAD)))]
         return _a(t.format(c=c, C=_cap(c), s=s)), tags
-    if tail:
+    styled = _EN_STYLE.get(scene.style)
+    if not scene.coloured:  # line art: the texts name the shape only
+        pool = _EN_LINEART_TAIL if tail else styled if rng.random() < 0.7 else _EN_SHAPE_ONLY
+    elif tail:
         pool = _EN_TAIL
     else:
         u = rng.random() if partial else 1.0
         pool = _EN_SHAPE_ONLY if u < 0.06 else _EN_COLOUR_ONLY if u < 0.09 else _EN_TEMPLATES
+        if styled and pool is _EN_TEMPLATES and rng.random() < 0.7:
+            pool = styled
     t = pool[int(rng.integers(len(pool)))]
     if scene.texture == "striped" and rng.random() < 0.4 and "{c} {s}" in t:
         t = t.replace("{c} {s}", "striped {c} {s}", 1)
     text = t.format(c=c, C=_cap(c), s=s, S=_cap(s), bg=_bg_phrase(rng, scene),
-                    sz=(sz + " ") if sz and rng.random() < 0.7 else "", t=tail or "")
+                    sz=(sz + " ") if sz and rng.random() < 0.7 else "", t=tail or "",
+                    B=scene.text or "")
     if scene.texture == "outlined" and not tail and rng.random() < 0.3 and not text.endswith("."):
         text += " with a dark outline"
     if scene.distractor is not None and rng.random() < 0.3 and not text.endswith("."):

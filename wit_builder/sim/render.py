@@ -24,11 +24,12 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from wit_builder.sim.scenes import (BACKGROUNDS, COLOURS, SHAPES, TEXTURES, Scene, colour_box,
-                                    nearest_colour, sample_scene, scene_seed, size_word)
+from wit_builder.sim.scenes import (BACKGROUNDS, COLOURLESS_STYLES, COLOURS, SHAPES,
+                                    STYLE_BACKGROUNDS, STYLE_WEIGHTS, STYLES, TEXTURES, Scene,
+                                    colour_box, nearest_colour, sample_scene, scene_seed, size_word)
 
-__all__ = ["SHAPES", "COLOURS", "BACKGROUNDS", "TEXTURES", "Scene", "sample_scene", "render",
-           "scene_seed",
+__all__ = ["SHAPES", "COLOURS", "BACKGROUNDS", "STYLE_BACKGROUNDS", "TEXTURES", "STYLES",
+           "STYLE_WEIGHTS", "COLOURLESS_STYLES", "Scene", "sample_scene", "render", "scene_seed",
            "shape_polygon", "nearest_colour", "colour_box", "size_word"]
 
 _SUPERSAMPLE = 2
@@ -84,13 +85,39 @@ def shape_polygon(shape: str) -> np.ndarray:
     raise ValueError(f"unknown shape {shape!r}; choose from {', '.join(SHAPES)}")
 
 
-def _placed(shape: str, cx: float, cy: float, r: float, rotation: float, scale: int = 1):
-    pts = shape_polygon(shape)
+def _placed(shape, cx: float, cy: float, r: float, rotation: float, scale: int = 1,
+            tilt: tuple[float, float] = (1.0, 0.0)):
+    """The shape's vertices (``shape``: a name, or unit-coordinate vertices) turned by
+    ``rotation``, tilted (``tilt``: vertical squash, horizontal shear: a flat object seen at an
+    angle), scaled to radius ``r`` and moved to (cx, cy); times ``scale`` (supersampling)."""
+    pts = shape_polygon(shape) if isinstance(shape, str) else np.asarray(shape, np.float64)
     th = math.radians(rotation)
     c, s = math.cos(th), math.sin(th)
     rot = np.array([[c, s], [-s, c]])  # counter-clockwise on screen (y points down)
-    pts = pts @ rot.T * r + [cx, cy]
+    pts = pts @ rot.T
+    if tilt != (1.0, 0.0):
+        pts = np.stack([pts[:, 0] + tilt[1] * pts[:, 1], pts[:, 1] * tilt[0]], axis=1)
+    pts = pts * r + [cx, cy]
     return [(float(x) * scale, float(y) * scale) for x, y in pts]
+
+
+def _resampled(pts: np.ndarray, n: int) -> np.ndarray:
+    """``n`` points evenly spaced along the closed polygon ``pts``."""
+    closed = np.vstack([pts, pts[:1]])
+    seg = np.sqrt((np.diff(closed, axis=0) ** 2).sum(1))
+    at = np.concatenate([[0.0], np.cumsum(seg)])
+    t = np.linspace(0.0, at[-1], n, endpoint=False)
+    return np.stack([np.interp(t, at, closed[:, 0]), np.interp(t, at, closed[:, 1])], axis=1)
+
+
+def wobbly_polygon(shape: str, rng: np.random.Generator, amount: float = 0.05) -> np.ndarray:
+    """The shape's unit polygon as a hand would draw it: resampled along its contour and pushed
+    in and out by a few low-frequency waves (``amount``: their size, a fraction of the radius)."""
+    pts = _resampled(shape_polygon(shape), 160)
+    t = np.linspace(0.0, 2 * math.pi, len(pts), endpoint=False)
+    wave = sum(rng.uniform(0.3, 1.0) * np.sin(k * t + rng.uniform(0, 2 * math.pi)) for k in (2, 3, 5))
+    centre = pts.mean(axis=0)
+    return centre + (pts - centre) * (1.0 + amount * wave / 1.8)[:, None]
 
 
 Box = tuple  # (y0, y1, x0, x1): a window of the image, in pixels
@@ -102,17 +129,22 @@ def _window(w: int, h: int, cx: float, cy: float, reach: float) -> Box:
             max(0, int(cx - reach) - 1), min(w, int(math.ceil(cx + reach)) + 2))
 
 
-def _mask(box: Box, shape: str, cx, cy, r, rotation, outline: int = 0) -> np.ndarray:
-    """Anti-aliased coverage in [0, 1] of the placed shape over the window ``box`` (grown by an
-    ``outline`` of that many pixels), as float32 (y1 - y0) x (x1 - x0)."""
+def _mask(box: Box, shape, cx, cy, r, rotation, outline: int = 0, *, tilt=(1.0, 0.0),
+          fill: bool = True, stroke: float = 0.0) -> np.ndarray:
+    """Anti-aliased coverage in [0, 1] of the placed shape (a name or unit vertices) over the
+    window ``box`` (grown by an ``outline`` of that many pixels; with ``fill=False`` only its
+    contour, a line ``stroke`` pixels wide), as float32 (y1 - y0) x (x1 - x0)."""
     y0, y1, x0, x1 = box
     k = _SUPERSAMPLE
     canvas = Image.new("L", ((x1 - x0) * k, (y1 - y0) * k), 0)
-    pts = _placed(shape, cx - x0, cy - y0, r, rotation, k)
+    pts = _placed(shape, cx - x0, cy - y0, r, rotation, k, tilt)
     draw = ImageDraw.Draw(canvas)
-    draw.polygon(pts, fill=255)
+    if fill:
+        draw.polygon(pts, fill=255)
     if outline:
         draw.line(pts + pts[:1], fill=255, width=2 * k * outline, joint="curve")
+    if stroke:
+        draw.line(pts + pts[:1], fill=255, width=max(1, int(round(k * stroke))), joint="curve")
     canvas = canvas.reduce(k)  # box filter: anti-aliasing by supersampling
     return np.asarray(canvas).astype(np.float32) * (1 / 255)
 
@@ -199,6 +231,16 @@ def _background(scene: Scene, rng: np.random.Generator) -> np.ndarray:
         clouds = _smooth_noise(rng, w, h, 4) * 0.6 + _smooth_noise(rng, w, h, 11) * 0.4
         c = np.clip((clouds - 0.55) * 5.0, 0, 1) * (yy / h * 0.45 + 0.55)
         img = _lerp(img, 0.97, c)
+    elif kind == "paper":  # white or cream paper with a faint fibre texture, sometimes ruled
+        img = _col(tones[0]) * (1.0 - 0.04 * _smooth_noise(rng, w, h, 23))
+        if scene.style == "handdrawn" and rng.random() < 0.4:
+            gap = rng.uniform(14, 22)
+            ruled = (np.abs((yy + rng.uniform(0, gap)) % gap - gap / 2) < 0.6).astype(np.float32)
+            img = _lerp(img, (0.62, 0.75, 0.92), np.broadcast_to(ruled * 0.8, (h, w)))
+    elif kind == "poster":  # a saturated ground, flat or with a soft radial glow
+        base = _col(tones[0])
+        r2 = ((xx - w / 2) ** 2 + (yy - h / 2) ** 2) * (1.0 / (w * w + h * h))
+        img = base * (1.08 - 0.35 * r2) if rng.random() < 0.5 else np.broadcast_to(base, (3, h, w)).copy()
     else:
         raise ValueError(f"unknown background {kind!r}")
     if scene.grain:
@@ -237,18 +279,23 @@ def _paint(img: np.ndarray, box: Box, colour, alpha: np.ndarray) -> None:
 
 
 def render(scene: Scene, with_mask: bool = False):
-    """The scene as a PIL RGB image (and, with ``with_mask``, the main object's coverage as a
-    float32 H x W array in [0, 1])."""
+    """The scene as a PIL RGB image (and, with ``with_mask``, the main object's visible coverage
+    as a float32 H x W array in [0, 1]: for outline styles, the stroke)."""
     rng = np.random.default_rng([scene.seed, 0xD4A3])
+    srng = np.random.default_rng([scene.seed, 0x5791E])  # the styles' own draws
     w, h = scene.width, scene.height
+    style = scene.style
     img = _background(scene, rng)
+    tilt = scene.tilt
+    unit = wobbly_polygon(scene.shape, srng, 0.06) if style == "handdrawn" else scene.shape
     outline = max(1, int(round(scene.radius * 0.035))) if scene.texture == "outlined" else 0
-    box = _window(w, h, scene.cx, scene.cy, scene.radius * 1.05 + outline + 2)
+    reach = scene.radius * (1.05 + abs(tilt[1])) + outline + scene.stroke + 2
+    box = _window(w, h, scene.cx, scene.cy, reach)
     if scene.shadow:  # a soft copy of the shape, offset down-right, darkening the background
         off = 0.06 * scene.radius + 2
         blur = max(1.5, 0.08 * scene.radius)
-        sbox = _window(w, h, scene.cx + off, scene.cy + off, scene.radius * 1.05 + 2 * blur + 2)
-        sh = _mask(sbox, scene.shape, scene.cx + off, scene.cy + off, scene.radius, scene.rotation)
+        sbox = _window(w, h, scene.cx + off, scene.cy + off, reach + 2 * blur)
+        sh = _mask(sbox, unit, scene.cx + off, scene.cy + off, scene.radius, scene.rotation, tilt=tilt)
         sh = Image.fromarray((sh * 255).astype(np.uint8), "L").filter(ImageFilter.BoxBlur(blur))
         y0, y1, x0, x1 = sbox
         img[:, y0:y1, x0:x1] *= 1.0 - np.asarray(sh).astype(np.float32) * (0.35 / 255)
@@ -256,19 +303,74 @@ def render(scene: Scene, with_mask: bool = False):
         dshape, dx, dy, dr, drot, grey = scene.distractor
         dbox = _window(w, h, dx, dy, dr * 1.05 + 2)
         _paint(img, dbox, grey, _mask(dbox, dshape, dx, dy, dr, drot))
-    if outline:
-        grown = _mask(box, scene.shape, scene.cx, scene.cy, scene.radius, scene.rotation, outline)
-        _paint(img, box, _col(scene.rgb) * 0.5, grown)
-    alpha = _mask(box, scene.shape, scene.cx, scene.cy, scene.radius, scene.rotation)
-    _paint(img, box, _col(scene.rgb) * _fill(scene, rng, box), alpha)
+    if style in ("outline", "lineart"):  # the contour only
+        alpha = _mask(box, unit, scene.cx, scene.cy, scene.radius, scene.rotation, fill=False,
+                      stroke=scene.stroke)
+        ink = _col(scene.rgb) if style == "outline" else _col(float(srng.uniform(0.05, 0.25)))
+        _paint(img, box, ink, alpha)
+    else:
+        if outline:
+            grown = _mask(box, unit, scene.cx, scene.cy, scene.radius, scene.rotation, outline, tilt=tilt)
+            _paint(img, box, _col(scene.rgb) * 0.5, grown)
+        alpha = _mask(box, unit, scene.cx, scene.cy, scene.radius, scene.rotation, tilt=tilt)
+        fill = _scribble(scene, srng, box) if style == "handdrawn" else _fill(scene, rng, box)
+        _paint(img, box, _col(scene.rgb) * fill, alpha)
+        if style == "handdrawn":  # an inked contour drawn separately: a little off the fill
+            line = wobbly_polygon(scene.shape, srng, 0.05)
+            dx, dy = (float(v) * 0.04 * scene.radius for v in srng.uniform(-1, 1, 2))
+            ink = _mask(box, line, scene.cx + dx, scene.cy + dy, scene.radius, scene.rotation,
+                        fill=False, stroke=scene.stroke)
+            _paint(img, box, float(srng.uniform(0.05, 0.2)), ink)
+            alpha = alpha * (1.0 - ink)
+    if style == "photo":  # light falling across the surface: brighter on one side, dim corners
+        yy, xx = _grid(w, h)
+        th = srng.uniform(0, 2 * math.pi)
+        side = (xx - w / 2) * (math.cos(th) / w) + (yy - h / 2) * (math.sin(th) / h)
+        corner = ((xx - w / 2) ** 2 + (yy - h / 2) ** 2) * (1.0 / (w * w + h * h))
+        img *= 1.0 + 0.10 * side - 0.25 * corner
+    if scene.occluder is not None:  # something in front of the object
+        ox0, oy0, ox1, oy1, grey = scene.occluder
+        cover = np.zeros((h, w), np.float32)
+        cover[max(0, int(oy0)):max(0, int(oy1)), max(0, int(ox0)):max(0, int(ox1))] = 1.0
+        img = _lerp(img, float(grey), cover)
     img *= 255.0
     img += 0.5
     np.clip(img, 0, 255, out=img)
     pixels = img.astype(np.uint8)
     out = Image.merge("RGB", [Image.fromarray(channel, "L") for channel in pixels])
+    if scene.text:
+        _draw_text(out, scene)
+    if scene.blur:
+        out = out.filter(ImageFilter.GaussianBlur(scene.blur))
     if not with_mask:
         return out
     full = np.zeros((h, w), np.float32)
     y0, y1, x0, x1 = box
     full[y0:y1, x0:x1] = alpha
+    if scene.occluder is not None:
+        full *= 1.0 - cover
     return out, full
+
+
+def _scribble(scene: Scene, rng: np.random.Generator, box: Box) -> np.ndarray:
+    """A marker fill: parallel strokes of slightly varying pressure (a brightness factor)."""
+    y0, y1, x0, x1 = box
+    yy, xx = _grid(x1 - x0, y1 - y0)
+    th = rng.uniform(math.pi / 6, math.pi / 3) * (1 if rng.random() < 0.5 else -1)
+    period = rng.uniform(4, 8)
+    t = ((xx + x0) * math.cos(th) + (yy + y0) * math.sin(th)) * (1.0 / period)
+    return (np.abs((t % 1.0) - 0.5) * 0.24 + 0.88).astype(np.float32)
+
+
+def _draw_text(img, scene: Scene) -> None:
+    """The logo's brand name beside (or below) the shape, in place."""
+    from PIL import ImageFont
+    size = max(9, int(round(scene.radius * 0.55)))
+    font = ImageFont.load_default(size=size)
+    draw = ImageDraw.Draw(img)
+    colour = tuple(int(round(c * 255)) for c in scene.text_rgb)
+    x, y = scene.cx + scene.radius * 1.25, scene.cy - size / 2
+    if x + size * 2 > scene.width:  # no room on the right: below the shape, centred
+        x = max(2.0, scene.cx - size * len(scene.text) * 0.3)
+        y = scene.cy + scene.radius * 1.2
+    draw.text((x, y), scene.text, fill=colour, font=font)

@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from wit_builder.sim.alttext import FOREIGN_LANGS, camera_name, english_alt, foreign_alt
-from wit_builder.sim.render import COLOURS, SHAPES, Scene, sample_scene, scene_seed
+from wit_builder.sim.render import (COLOURLESS_STYLES, COLOURS, SHAPES, STYLE_WEIGHTS, Scene,
+                                    sample_scene, scene_seed)
 from wit_builder.sim.simwiki import TAIL_WORDS
 
 __all__ = ["WebConfig", "WebImage", "Population", "HOSTS", "PAGE_HOSTS", "CDN_HOST", "CASES",
@@ -118,8 +119,12 @@ class Population:
         self._tails = iter(())
 
     # scenes and images
-    def scene(self, shape=None, colour=None) -> Scene:
-        s = sample_scene(scene_seed("web", self.cfg.seed, self.n_scenes), shape=shape, colour=colour)
+    def scene(self, shape=None, colour=None, coloured: bool = False) -> Scene:
+        """The next web scene; ``coloured``: in a style that shows the colour (the texts of the
+        head concept and of non-English pairs name it)."""
+        styles = {k: v for k, v in STYLE_WEIGHTS.items() if k not in COLOURLESS_STYLES} if coloured else None
+        s = sample_scene(scene_seed("web", self.cfg.seed, self.n_scenes), shape=shape, colour=colour,
+                         styles=styles)
         self.n_scenes += 1
         return s
 
@@ -159,7 +164,7 @@ class Population:
         self.pending.append({"image": image.id if image else None, "alt": alt, "lang": lang,
                              "cases": sorted(cases), "src": None,
                              "shape": scene.shape if scene else None,
-                             "colour": scene.colour if scene else None,
+                             "colour": scene.colour if scene and scene.coloured else None,
                              "expect": {"collect": collect, "download": download}})
 
     def english(self, image: WebImage, cases=(), tail: str | None = None, download="success"):
@@ -187,7 +192,7 @@ class Population:
         combos = [(c, s) for c in COLOURS for s in SHAPES]
         for i in range(cfg.scenes):
             c, s = (head_c, head_s) if i < n_head else combos[int(rng.integers(len(combos)))]
-            im = self.image("ok", self.scene(shape=s, colour=c))
+            im = self.image("ok", self.scene(shape=s, colour=c, coloured=(c, s) == (head_c, head_s)))
             self.english(im, cases={"head"} if (c, s) == (head_c, head_s) else set())
         return [x for x in combos if x != (head_c, head_s)]
 
@@ -195,7 +200,7 @@ class Population:
         """Images whose alt text collect must drop: other languages, camera file names, blank."""
         cfg, rng = self.cfg, self.rng
         for i in range(int(round(cfg.scenes * cfg.non_english_fraction))):
-            im = self.image("ok", self.scene())
+            im = self.image("ok", self.scene(coloured=True))
             lang = FOREIGN_LANGS[i % len(FOREIGN_LANGS)]
             self.link(im, foreign_alt(rng, im.scene, lang), lang, {"non_english"}, "drop", "success")
         for _ in range(int(round(cfg.scenes * cfg.no_query_fraction))):
