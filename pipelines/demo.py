@@ -332,10 +332,10 @@ def evaluate_zeroshot(checkpoint: str, heldout: str, out: str, batch_size: int =
     os.makedirs(out, exist_ok=True)
     atomic_write_json(os.path.join(out, "metrics.json"), {"checkpoint": checkpoint, **metrics})
     atomic_write_json(os.path.join(out, "zeroshot.json"), results)
-    if shifted:
-        in_dist = next(n for n, info in sets.items()
-                       if info.get("kind", "in_distribution") == "in_distribution"
-                       and info.get("class_names") == sets[shifted[0]].get("class_names"))
+    in_dist = next((n for n, info in sets.items()
+                    if info.get("kind", "in_distribution") == "in_distribution"
+                    and shifted and info.get("class_names") == sets[shifted[0]].get("class_names")), None)
+    if in_dist is not None:
         atomic_write_json(os.path.join(out, "robustness.json"),
                           robustness_summary(models, in_dist, shifted, results[in_dist]["chance"]))
     return results

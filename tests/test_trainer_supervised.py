@@ -13,6 +13,7 @@ from PIL import Image
 from trainer.supervised import (SupervisedConfig, caption_label, evaluate_supervised,
                                 load_supervised, train_supervised)
 from wit_builder.core import WitError
+from wit_builder.sim.fixtures import write_shard
 
 COLOURS = {"red": (220, 30, 30), "blue": (30, 40, 220)}
 CLASSES = ("red", "blue")
@@ -33,15 +34,16 @@ def _write_shards(root, n_shards=2, per_shard=24, unlabelled_every=0, seed=0):
     sizes, key = {}, 0
     for s in range(n_shards):
         name = f"{s:05d}.tar"
-        with wds.TarWriter(os.path.join(root, name)) as sink:
-            for _ in range(per_shard):
-                colour = rng.choice(sorted(COLOURS))
-                unlabelled = unlabelled_every and key % unlabelled_every == 0
-                caption = "a thing" if unlabelled else rng.choice(
-                    ["a {} thing", "something {}", "A {} square"]).format(colour)
-                sink.write({"__key__": f"{key:09d}", "jpg": _jpeg(COLOURS[colour], rng),
-                            "txt": caption})
-                key += 1
+        items = []
+        for _ in range(per_shard):
+            colour = rng.choice(sorted(COLOURS))
+            unlabelled = unlabelled_every and key % unlabelled_every == 0
+            caption = "a thing" if unlabelled else rng.choice(
+                ["a {} thing", "something {}", "A {} square"]).format(colour)
+            items.append({"key": f"{key:09d}", "image": _jpeg(COLOURS[colour], rng),
+                          "width": 40, "height": 36, "caption": caption})
+            key += 1
+        write_shard(os.path.join(root, name), items)
         sizes[name] = per_shard
     with open(os.path.join(root, "sizes.json"), "w") as fh:
         json.dump(sizes, fh)

@@ -52,7 +52,7 @@ from wit_builder.core import WitError, expand_shards
 
 from trainer.transforms import image_transform
 
-__all__ = ["make_train_loader", "LoaderConfig", "expand_urls", "read_num_samples",
+__all__ = ["make_train_loader", "LoaderConfig", "expand_urls", "checked_shards", "read_num_samples",
            "WebDatasetLoader", "decode_sample", "iter_samples"]
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -348,16 +348,22 @@ class WebDatasetLoader:
         return self.num_batches
 
 
-def make_train_loader(urls: str, tokenizer, config: LoaderConfig):
-    """Build the training loader. Returns ``(loader, num_samples)``; see the module docstring
-    for sharding, determinism and resuming (``epoch`` / ``skip_batches`` /
-    ``loader.set_epoch``)."""
+def checked_shards(urls: str, what: str = "--train-data") -> list[str]:
+    """``urls`` expanded to shard paths, every local one present and none left by a killed or
+    another `wit shards` run (wit_builder/records.py); ``what`` names the option in errors."""
     shards = expand_urls(urls)
     missing = [s for s in shards if "://" not in s and not os.path.exists(s)]
     if missing:
         raise WitError(f"{len(missing)} shard(s) not found, e.g. {missing[0]}")
-    # shards of a killed or another `wit shards` run are refused (wit_builder/records.py)
-    records.verify_inputs(sorted({s for s in shards if not s.startswith("pipe:")}), "--train-data")
+    records.verify_inputs(sorted({s for s in shards if not s.startswith("pipe:")}), what)
+    return shards
+
+
+def make_train_loader(urls: str, tokenizer, config: LoaderConfig):
+    """Build the training loader. Returns ``(loader, num_samples)``; see the module docstring
+    for sharding, determinism and resuming (``epoch`` / ``skip_batches`` /
+    ``loader.set_epoch``)."""
+    shards = checked_shards(urls)
     c = config
     if c.batch_size < 1 or c.workers < 0 or c.world_size < 1 or not 0 <= c.rank < c.world_size:
         raise WitError(f"bad loader settings: batch_size={c.batch_size} workers={c.workers} "

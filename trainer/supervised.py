@@ -40,10 +40,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wit_builder import records
 from wit_builder.core import WitError, atomic_open, atomic_write_json
 
-from trainer.data import decode_sample, expand_urls, iter_samples
+from trainer.data import checked_shards, decode_sample, expand_urls, iter_samples
 from trainer.model import create_model, resolve_config
 from trainer.step import lr_at, param_groups
 from trainer.transforms import image_transform
@@ -132,14 +131,9 @@ def caption_label(caption: str, classes: Sequence[str]) -> int | None:
 
 # --- data -------------------------------------------------------------------------------------
 def _check_shards(urls: str) -> list[str]:
-    shards = expand_urls(urls)
-    if not shards:
+    if not expand_urls(urls):
         raise WitError(f"train_data {urls!r} names no shards")
-    missing = [s for s in shards if "://" not in s and not os.path.exists(s)]
-    if missing:
-        raise WitError(f"{len(missing)} shard(s) not found, e.g. {missing[0]}")
-    records.verify_inputs(sorted({s for s in shards if not s.startswith("pipe:")}), "train_data")
-    return shards
+    return checked_shards(urls, "train_data")
 
 
 def _keep_image(im):
