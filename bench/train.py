@@ -14,7 +14,9 @@ the model's largest GEMM shape: the MLP of the image transformer at this batch),
 
     MFU = samples/s x training FLOPs per sample / measured matmul rate (same dtype)
 
-plus where the step time goes (forward / backward / optimiser).
+plus where the step time goes (forward / backward / optimiser). For ResNet configs it also times
+the image tower's two memory layouts side by side (channels-last, what `wit train` uses, against
+the contiguous NCHW layout), alternating steps in the same run.
 
 When ``open_clip`` imports (``--openclip auto``, the default; ``on`` requires it), each model and
 precision is also timed against OpenCLIP's own training step on the same random batch: its
@@ -43,6 +45,7 @@ from trainer.flops import forward_flops, image_flops, text_flops, train_flops  #
 from trainer.loss import ClipLoss, clamp_logit_scale  # noqa: E402
 from trainer.model import create_model, resolve_config  # noqa: E402
 from trainer.train import forward_backward, param_groups  # noqa: E402
+from trainer.vision import use_channels_last  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -82,6 +85,7 @@ def bench_model(name: str, batch: int, precision: str, device, steps: int, warmu
                 grad_checkpointing: bool, compile_: bool, vocab_size: int | None = None) -> dict:
     torch.manual_seed(0)
     model, cfg = create_model(name, grad_checkpointing=grad_checkpointing, vocab_size=vocab_size)
+    use_channels_last(model.visual)  # as `wit train` (ResNet towers only)
     model.to(device).train()
     opt = torch.optim.AdamW(param_groups(model, 0.2), lr=1e-5, betas=(0.9, 0.98), eps=1e-6, fused=True)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
@@ -173,10 +177,13 @@ def openclip_step(cfg: dict, batch: int, precision: str, device):
     return step, f"open_clip {open_clip.__version__}"
 
 
-def wit_step(cfg: dict, batch: int, precision: str, device):
-    """One wit training step (as `wit train` runs it) on a fixed random batch, as a closure."""
+def wit_step(cfg: dict, batch: int, precision: str, device, channels_last: bool = True):
+    """One wit training step (as `wit train` runs it: a ResNet image tower channels-last unless
+    ``channels_last=False``) on a fixed random batch, as a closure."""
     torch.manual_seed(0)
     model, cfg = create_model(cfg)
+    if channels_last:
+        use_channels_last(model.visual)
     model.to(device).train()
     opt = torch.optim.AdamW(param_groups(model, 0.2), lr=1e-5, betas=(0.9, 0.98), eps=1e-6, fused=True)
     size, ctx = cfg["vision_cfg"]["image_size"], cfg["text_cfg"]["context_length"]
@@ -287,6 +294,15 @@ def main() -> None:
                   + f"  [forward {share['forward']:.0%}, backward {share['backward']:.0%}, "
                   f"AdamW {share['optimizer']:.0%}; fused {r['optimizer_s'] * 1e3:.0f} ms vs per-tensor loop "
                   f"{r['optimizer_loop_s'] * 1e3:.0f} ms: {r['optimizer_loop_s'] / r['optimizer_s']:.1f}x]")
+            if isinstance(cfg["vision_cfg"]["layers"], (list, tuple)):
+                med = side_by_side({"channels_last": wit_step(cfg, batch, precision, device),
+                                    "contiguous": wit_step(cfg, batch, precision, device, channels_last=False)},
+                                   steps, warmup, device)
+                r["channels_last"] = {"step_s": med["channels_last"], "contiguous_step_s": med["contiguous"],
+                                      "ratio": med["contiguous"] / med["channels_last"]}
+                print(f"  {precision:5s} ResNet layout side by side ({steps} alternating steps, median): "
+                      f"channels-last {batch / med['channels_last']:.2f} samples/s, contiguous "
+                      f"{batch / med['contiguous']:.2f}: channels-last {med['contiguous'] / med['channels_last']:.2f}x")
             if a.openclip != "off":
                 oc_step, why = openclip_step(cfg, batch, precision, device)
                 if oc_step is None:

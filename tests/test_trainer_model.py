@@ -318,3 +318,40 @@ def test_vit_b32_flops():
     # the issue's figure: about 14.8 GFLOPs forward per image-text pair
     assert forward_flops(cfg) / 1e9 == pytest.approx(14.78, abs=0.01)
     assert train_flops(cfg) == 3 * forward_flops(cfg)
+
+
+def test_resnet_tower_runs_channels_last_with_the_same_numbers():
+    """trainer.build and the supervised baseline store a ResNet tower channels-last (NHWC); its
+    features and gradients equal the contiguous layout's, and the state dict moves freely
+    between the layouts. A ViT tower is left alone."""
+    from trainer.vision import use_channels_last
+    torch.manual_seed(0)
+    ref, _ = create_model("tiny-rn", vocab_size=300)
+    nhwc, _ = create_model("tiny-rn", vocab_size=300)
+    nhwc.load_state_dict(ref.state_dict())
+    assert use_channels_last(nhwc.visual)
+    conv = nhwc.visual.layer2[0].conv2.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    x = torch.randn(6, 3, 32, 32)
+    a, b = ref.visual(x), nhwc.visual(x)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    a.square().sum().backward()
+    b.square().sum().backward()
+    for name in ("conv1", "layer4.0.conv3"):  # first and last conv: up to summation order
+        g_ref = ref.visual.get_submodule(name).weight.grad
+        g_nhwc = nhwc.visual.get_submodule(name).weight.grad
+        assert (g_ref - g_nhwc).norm() <= 1e-4 * g_ref.norm()
+    back, _ = create_model("tiny-rn", vocab_size=300)
+    back.load_state_dict(nhwc.state_dict())
+    torch.testing.assert_close(back.visual.eval()(x), nhwc.visual.eval()(x), rtol=1e-4, atol=1e-5)
+    vit, _ = create_model("tiny-vit", vocab_size=300)
+    assert not use_channels_last(vit.visual)
+
+
+def test_trainer_builds_resnets_channels_last(tmp_path, tok):
+    from trainer.build import build_model
+    from trainer.config import TrainConfig
+    model, _ = build_model(TrainConfig(train_data="x", out=str(tmp_path), model="tiny-rn"), None, None,
+                           tok, torch.device("cpu"))
+    assert model.visual.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not model.visual.conv1.weight.is_contiguous()

@@ -124,6 +124,7 @@ def build_model(cfg: TrainConfig, ckpt: dict | None, resume_path: str | None, to
     """``(model on device, model config)``: the checkpoint's config on resume (after
     :func:`check_resume`), else the flags'."""
     from trainer.model import create_model
+    from trainer.vision import use_channels_last
     if ckpt is not None:
         check_resume(cfg, ckpt, resume_path, tokenizer)
         model, model_cfg = create_model(ckpt["model_cfg"])
@@ -136,6 +137,7 @@ def build_model(cfg: TrainConfig, ckpt: dict | None, resume_path: str | None, to
                        f"{model_cfg['text_cfg']['vocab_size']}")
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing(True)
+    use_channels_last(model.visual)  # ResNet towers: NHWC convolutions (bench/train.py)
     model.to(device)
     return model, model_cfg
 

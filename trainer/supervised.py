@@ -46,6 +46,7 @@ from trainer.data import checked_shards, decode_sample, expand_urls, iter_sample
 from trainer.model import create_model, resolve_config
 from trainer.step import lr_at, param_groups
 from trainer.transforms import image_transform
+from trainer.vision import use_channels_last
 
 __all__ = ["SupervisedConfig", "SupervisedClassifier", "caption_label", "train_supervised",
            "load_supervised", "evaluate_supervised", "CHECKPOINT_NAME", "SUMMARY_NAME"]
@@ -194,6 +195,7 @@ def build_classifier(model_cfg: str | dict, num_classes: int, image_size: int | 
             torch.manual_seed(seed)
         clip, cfg = create_model(model_cfg, image_size=image_size)
         model = SupervisedClassifier(clip.visual, cfg["embed_dim"], num_classes)
+    use_channels_last(model.visual)  # ResNet towers: NHWC convolutions, as trainer.build
     return model, cfg
 
 

@@ -13,7 +13,7 @@ from wit_builder.core import WitError
 
 from trainer.layers import LayerNorm, Transformer
 
-__all__ = ["VisionTransformer", "ModifiedResNet", "Bottleneck", "AttentionPool2d"]
+__all__ = ["VisionTransformer", "ModifiedResNet", "Bottleneck", "AttentionPool2d", "use_channels_last"]
 
 
 class VisionTransformer(nn.Module):
@@ -133,3 +133,16 @@ class ModifiedResNet(nn.Module):
         for i in range(self.num_layers):
             x = getattr(self, f"layer{i + 1}")(x)
         return self.attnpool(x)
+
+
+def use_channels_last(visual: nn.Module) -> bool:
+    """Store a ResNet image tower's weights channels-last (NHWC); True when it did. The first
+    convolution then returns NHWC activations for NCHW input, so the whole trunk runs oneDNN's
+    NHWC kernels (CPU) or cuDNN's (GPU): the tiny-rn step of the demo, `python bench/train.py
+    --models tiny-rn`, runs faster that way. The numbers are those of the contiguous layout up to
+    floating-point summation order; state dicts load into either layout. ViT towers are left
+    as they are (no convolution after the patch embedding)."""
+    if not isinstance(visual, ModifiedResNet):
+        return False
+    visual.to(memory_format=torch.channels_last)
+    return True
