@@ -138,7 +138,7 @@ def stage_download(run: DemoRun) -> dict:
         port = server.port
         opts = DownloadOptions(
             image_size=cfg.image_size, processes=cfg.download_processes,
-            threads=cfg.download_threads, timeout=10,
+            threads=cfg.download_threads, timeout=10, samples_per_shard=cfg.download_shard_size,
             resolve=web.connect_to(server.port), allowed_endpoints=[f"127.0.0.1:{server.port}"])
         s = download.run(DownloadConfig(run.path("collect", "balanced"), run.path("images"), opts),
                          progress=cfg.progress)
@@ -238,12 +238,12 @@ def stage_baseline(run: DemoRun) -> dict:
         return {"in": 0, "out": 0, "dropped": {}, "note": "skipped (--baseline-steps 0)"}
     s = train_supervised(SupervisedConfig(
         train_data=run.train_data(), out=run.path("baseline"), classes=tuple(SHAPES), model=cfg.model,
-        image_size=cfg.train_image_size, batch_size=cfg.batch_size, steps=cfg.baseline_steps,
+        image_size=cfg.train_image_size, batch_size=cfg.baseline_batch, steps=cfg.baseline_steps,
         lr=cfg.baseline_lr, wd=cfg.wd, warmup=min(30, cfg.baseline_steps), threads=cfg.threads,
         seed=cfg.seed, progress=cfg.progress))
     return {"in": s["samples_read"], "out": s["steps"], "dropped": dict(s["skipped"]),
             "note": (f"{cfg.model} image tower + linear head on {s['labelled']:,} images labelled by "
-                     f"the shape their caption names, {s['steps']} steps of {cfg.batch_size}, "
+                     f"the shape their caption names, {s['steps']} steps of {cfg.baseline_batch}, "
                      f"final loss {s['final_loss']:.3f}, {s['samples_per_s']:.0f} images/s")}
 
 

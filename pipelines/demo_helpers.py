@@ -82,10 +82,12 @@ def measure_step_seconds(model_name: str, batch_size: int, image_size: int | Non
 
     from trainer.loss import ClipLoss
     from trainer.model import create_model
+    from trainer.vision import use_channels_last
     if threads:
         torch.set_num_threads(threads)
     model, cfg = create_model(model_name, image_size=image_size, vocab_size=4096)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    use_channels_last(model.visual)  # as trainer.build: the step `wit train` will run
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     loss_fn = ClipLoss()
     size = cfg["vision_cfg"]["image_size"]
     x = torch.randn(batch_size, 3, size, size)

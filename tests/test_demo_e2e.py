@@ -21,10 +21,11 @@ from pipelines.demo import STAGES, DemoConfig, run_demo, summary_line
 from wit_builder.sim.cases import trace_cases
 
 # 300 scenes with 15 near-duplicate groups (the default would be 7) so that the dedup check has
-# enough groups to measure a fraction; 150 detector steps (~30 s of CPU), 4 CLIP steps.
+# enough groups to measure a fraction; 150 detector steps (~30 s of CPU), 4 CLIP steps; download
+# shards of 150 pairs, so that the ~270 balanced pairs are downloaded as two shards at once.
 SMALL = dict(scenes=300, dup_groups=15, detector_steps=150, calibration_images=400, train_steps=4,
              batch_size=16, eval_every=0, heldout_per_class=4, samples_per_shard=100, baseline_steps=4,
-             progress=False)
+             baseline_batch=16, download_shard_size=150, progress=False)
 
 
 def _parquets(folder: str, columns: list[str], pattern: str = "*.parquet") -> list[dict]:
@@ -127,6 +128,8 @@ def check_download(out: str, m: dict) -> dict:
         assert all((r["status"], r["error_kind"]) == (status, kind) for r in seen), (case, seen)
     redirects = [rows[link["url"]] for link in _links(m, "redirect") if link["url"] in rows]
     assert redirects and all(r["status"] == "success" for r in redirects)
+    tars = sorted(os.path.basename(p) for p in glob.glob(f"{out}/images/[0-9]*.tar"))
+    assert tars == ["00000.tar", "00001.tar"], tars   # download_shard_size=150: two shards
     policy = json.load(open(f"{out}/images/_wit/policy.json"))
     assert policy["allow_private_networks"] is False and len(policy["allowed_endpoints"]) == 1
     endpoint = policy["allowed_endpoints"][0]
@@ -198,6 +201,7 @@ def check_model_and_report(out: str) -> None:
     assert {n for n, r in z.items() if r["kind"] == "shifted"} == shifted
     sup = json.load(open(f"{out}/baseline/supervised.json"))
     assert sup["steps"] == SMALL["baseline_steps"] and sup["labelled"] > 0.8 * sup["samples_read"]
+    assert sup["batch_size"] == SMALL["baseline_batch"]  # the baseline's own batch, not CLIP's
     rob = json.load(open(f"{out}/eval/robustness.json"))
     assert rob["in_distribution"] == "shapes" and set(rob["shifted"]) == shifted
     for name in ("CLIP zero-shot", "supervised"):

@@ -51,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="held-out zero-shot images per class and set (8 shapes, 8 colours; "
                              "3 shifted shape sets)")
     parser.add_argument("--baseline-steps", type=int, default=d.baseline_steps,
-                        help="training steps of the supervised baseline (the robustness "
+                        help="training steps (of 128 images) of the supervised baseline (the robustness "
                              "comparison); 0 skips it")
     parser.add_argument("--threads", type=int, default=d.threads,
                         help="torch threads for training and the detector (the data loader "
