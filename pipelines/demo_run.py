@@ -59,8 +59,8 @@ class DemoConfig:
     train_image_size: int | None = None  # CLIP input; None: the model config's (tiny-rn: 32)
     # CLIP training. The styled web (six drawing styles, captions naming colour, style, ground and
     # brand as well as the shape) rewards large batches: at the same 115,200 pairs seen, batch 64 x
-    # 900 steps reached 17.2% zero-shot shapes, 128 x 900 57.5%, 256 x 450 61.5% (and ran 1.1x
-    # faster per pair: 180 vs 162 pairs/s on 2 cores), docs/demo.md. lr 3e-3 and warmup 100 come
+    # 900 steps reached 17.2% zero-shot shapes, 128 x 900 57.5%, 256 x 450 61.5%, 512 x 225
+    # 46.0% (docs/demo.md). lr 3e-3 and warmup 100 come
     # from a GPU sweep on the single-style web (3 seeds x 5 settings; lr 6e-3 was worse here too).
     batch_size: int = 256
     train_steps: int = 450

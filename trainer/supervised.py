@@ -42,7 +42,7 @@ from torch import nn
 
 from wit_builder.core import WitError, atomic_open, atomic_write_json
 
-from trainer.data import checked_shards, decode_sample, expand_urls, iter_samples
+from trainer.data import checked_shards, decode_sample, iter_samples
 from trainer.model import create_model, resolve_config
 from trainer.step import lr_at, param_groups
 from trainer.transforms import image_transform
@@ -132,9 +132,10 @@ def caption_label(caption: str, classes: Sequence[str]) -> int | None:
 
 # --- data -------------------------------------------------------------------------------------
 def _check_shards(urls: str) -> list[str]:
-    if not expand_urls(urls):
+    shards = checked_shards(urls, "train_data")
+    if not shards:
         raise WitError(f"train_data {urls!r} names no shards")
-    return checked_shards(urls, "train_data")
+    return shards
 
 
 def _keep_image(im):
