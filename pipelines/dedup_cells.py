@@ -7,6 +7,8 @@ between (the sample, the centroids, the edge list: pairs at or above the thresho
     files -> SampleRows          -> WORK/sample.npz              (bottom-k sample + row count)
     launcher: train the quantizer -> WORK/quantizer.pkl
     files -> SearchCells         -> WORK/best/<file>.parquet, WORK/edges/<file>.parquet
+             (pieces joined per search group, and answers merged per file, by combiners: each
+              worker pre-joins its own files' pieces before the shuffle)
     launcher: components + representatives from the edges
     files -> CheckRepresentatives -> WORK/check/*.parquet        (only when some member's similarity
                                                                   to its representative is unknown)
@@ -58,6 +60,15 @@ def _work_folder(work: str) -> None:
         fs.makedirs(f"{inner}/{sub}", exist_ok=True)
 
 
+def _one_thread():
+    """numpy's BLAS and OpenMP (faiss) on one thread inside a worker: the workers are the
+    parallelism (N DirectRunner processes, one Dataflow process per vCPU; BLAS threads in each would
+    put N x cores spinning threads on the cores), and a product's rounding in OpenBLAS depends on
+    its thread count, so one thread keeps the similarities bit-identical for any worker count."""
+    from threadpoolctl import threadpool_limits
+    return threadpool_limits(limits=1)
+
+
 def _remove_folder(work: str) -> None:
     fs, inner = filesystem(work)
     if fs.exists(inner):
@@ -67,6 +78,7 @@ def _remove_folder(work: str) -> None:
 class _SampleFile(beam.DoFn):
     def __init__(self, size: int):
         self.size = size
+
 
     def process(self, item):
         index, path = item
@@ -109,36 +121,83 @@ class _AssignFile(beam.DoFn):
     def __init__(self, quantizer_path: str):
         self.quantizer_path = quantizer_path
 
-    def setup(self):
         self.q = _load_pickle(self.quantizer_path)
 
     def process(self, item):
         index, path = item
         rows = dc.read_rows(path, index)
-        for group, piece in dc.group_pieces(self.q, rows, dc.key_hashes(rows.keys)):
+        with _one_thread():
+            pieces = list(dc.group_pieces(self.q, rows, dc.key_hashes(rows.keys)))
+        for group, piece in pieces:
             Metrics.counter("wit.dedup", "rows_sent").inc(len(piece[0]))
             yield group, piece
+
+
+class _ConcatPieces(beam.CombineFn):
+    """The pieces of one search group, concatenated. As a combiner (not a GroupByKey) so that each
+    worker joins the pieces of its own files before the shuffle: the shuffle carries one element per
+    group and worker bundle, not one per group and file (files x cells, quadratic in the corpus)."""
+
+    def create_accumulator(self):
+        return []
+
+    def add_input(self, acc, piece):
+        acc.append(piece)
+        return acc
+
+    def merge_accumulators(self, accs):
+        return [p for acc in accs for p in acc]
+
+    def compact(self, acc):
+        return [dc.concat_pieces(acc)] if len(acc) > 1 else acc
+
+    def extract_output(self, acc):
+        return dc.concat_pieces(acc)
+
+
+class _MergeAnswers(beam.CombineFn):
+    """The search groups' answers for the rows of one file, merged (per row: the best neighbour and
+    the k best edges; associative, so each worker merges its part before the shuffle)."""
+
+    def __init__(self, k: int):
+        self.k = k
+
+    def create_accumulator(self):
+        return []
+
+    def add_input(self, acc, answers):
+        acc.append(answers)
+        return acc
+
+    def merge_accumulators(self, accs):
+        return [a for acc in accs for a in acc]
+
+    def compact(self, acc):
+        return [dc.merge_answers(acc, self.k)] if len(acc) > 1 else acc
+
+    def extract_output(self, acc):
+        return dc.merge_answers(acc, self.k)
 
 
 class _SearchGroup(beam.DoFn):
     def __init__(self, threshold: float, k: int):
         self.threshold, self.k = threshold, k
 
+
     def process(self, item):
-        (cell, i, j), pieces = item
-        answers = dc.search_group(list(pieces), self.threshold, self.k, same_block=(i == j))
+        (cell, i, j), piece = item
+        with _one_thread():
+            answers = dc.search_group([piece], self.threshold, self.k, same_block=(i == j))
         Metrics.counter("wit.dedup", "groups").inc()
-        for f in dc.answer_files(answers):
-            yield f, dc.answers_for_file(answers, f)
+        yield from dc.answers_by_file(answers)
 
 
 class _WriteAnswers(beam.DoFn):
-    def __init__(self, work: str, k: int):
-        self.work, self.k = work, k
+    def __init__(self, work: str):
+        self.work = work
 
     def process(self, item):
-        f, parts = item
-        a = dc.merge_answers(list(parts), self.k)
+        f, a = item
         atomic_write_parquet(os.path.join(self.work, "best", f"{f:06d}.parquet"), dc.best_table(a))
         atomic_write_parquet(os.path.join(self.work, "edges", f"{f:06d}.parquet"), dc.edges_table(a))
         Metrics.counter("wit.dedup", "edges").inc(len(a.edge_q))
@@ -156,10 +215,10 @@ class SearchCells(beam.PTransform):
         return (files
                 | "Spread" >> beam.Reshuffle()
                 | "Assign" >> beam.ParDo(_AssignFile(self.quantizer_path))
-                | "ByGroup" >> beam.GroupByKey()
+                | "ByGroup" >> beam.CombinePerKey(_ConcatPieces())
                 | "Search" >> beam.ParDo(_SearchGroup(self.threshold, self.k))
-                | "ByFile" >> beam.GroupByKey()
-                | "Write" >> beam.ParDo(_WriteAnswers(self.work, self.k)))
+                | "ByFile" >> beam.CombinePerKey(_MergeAnswers(self.k))
+                | "Write" >> beam.ParDo(_WriteAnswers(self.work)))
 
 
 class _EmitForCheck(beam.DoFn):
@@ -204,7 +263,8 @@ class _Check(beam.DoFn):
         if not len(ids):
             return
         vec = np.stack([v for kind, _, v in members if kind == "m"])
-        sims = vec @ rv[0] if rv else np.full(len(ids), -np.inf, np.float32)
+        with _one_thread():
+            sims = vec @ rv[0] if rv else np.full(len(ids), -np.inf, np.float32)
         atomic_write_parquet(os.path.join(self.work, "check", f"{rep}-{chunk}.parquet"),
                              pa.table({"id": ids, "sim": sims.astype(np.float32)}))
         yield len(ids)

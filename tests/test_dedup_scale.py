@@ -168,3 +168,89 @@ def test_embedding_files_of_two_sizes_are_one_line_error(tmp_path):
     b = write_embedding_files(str(tmp_path / "b"), planted_embeddings(50, 8, seed=2)[0], 50)
     with pytest.raises(WitError, match="mix embedding sizes"):
         cluster_files([a[0], b[0]], str(tmp_path / "out"), dc.CellParams(threshold=THR))
+
+
+def _fnv_splitmix_reference(key: str) -> int:
+    """The documented key hash written out byte by byte (FNV-1a 64, length, splitmix64 finaliser)."""
+    m = (1 << 64) - 1
+    h = 0xCBF29CE484222325
+    data = key.encode()
+    for b in data:
+        h = ((h ^ b) * 0x100000001B3) & m
+    h ^= len(data)
+    h ^= h >> 30
+    h = (h * 0xBF58476D1CE4E5B9) & m
+    h ^= h >> 27
+    h = (h * 0x94D049BB133111EB) & m
+    h ^= h >> 31
+    return h >> 1
+
+
+def test_key_hashes_are_the_documented_hash_for_any_key():
+    keys = ["", "a", "000000012345", "é-ü/ß", "x" * 70, "short"]
+    got = dc.key_hashes(np.array(keys, object))
+    assert got.dtype == np.int64 and (got >= 0).all()
+    assert got.tolist() == [_fnv_splitmix_reference(k) for k in keys]
+    # the same from an Arrow column, a sliced one included (offsets not starting at 0)
+    import pyarrow as pa
+    assert dc.key_hashes(pa.array(keys)[2:]).tolist() == got[2:].tolist()
+    assert len(dc.key_hashes(np.array([], object))) == 0
+
+
+def _brute_force(v, ids, is_home, threshold, k):
+    """Per row: the best other row it is compared with, and its k best rows at or above the
+    threshold, where every pair with at least one home row is compared (both ways)."""
+    sims = v.astype(np.float32) @ v.astype(np.float32).T
+    np.fill_diagonal(sims, -np.inf)
+    sims[np.ix_(~is_home, ~is_home)] = -np.inf
+    best = sims.max(axis=1)
+    edges = set()
+    for r in range(len(v)):
+        above = np.nonzero(sims[r] >= threshold)[0]
+        top = sorted(above, key=lambda c: (-sims[r, c], ids[c]))[:k]
+        edges |= {(int(ids[r]), int(ids[c])) for c in top}
+    return best, edges
+
+
+@pytest.mark.parametrize("n_home", [700, 40])
+def test_search_group_compares_each_pair_once_and_both_rows_learn(n_home):
+    v, _ = planted_embeddings(900, 16, dup_share=0.3, seed=11)
+    rng = np.random.default_rng(0)
+    ids = np.sort(rng.choice(10**6, len(v), replace=False)).astype(np.int64)
+    is_home = np.zeros(len(v), bool)
+    is_home[rng.choice(len(v), n_home, replace=False)] = True
+    rows = dc.FileRows(ids, np.array([f"k{i}" for i in ids], object), np.ones(len(v), np.int64), v)
+    # delivered in two pieces, out of order
+    half = rng.permutation(len(v))
+    pieces = [(rows.take(p), is_home[p], np.zeros(len(p), np.int64)) for p in (half[:400], half[400:])]
+    a = dc.search_group(pieces, 0.8, 3, same_block=True, slice_rows=128)
+    best, edges = _brute_force(v, ids, is_home, 0.8, 3)
+    assert a.qid.tolist() == ids.tolist()
+    np.testing.assert_allclose(a.best_sim, best, atol=1e-5)
+    assert set(zip(a.edge_q.tolist(), a.edge_id.tolist())) == edges
+    # a home row learns from a probe row too (the probe is its best neighbour for some rows)
+    home_best_from_probe = [(ids[r], a.best_id[r]) for r in np.nonzero(is_home)[0]
+                            if a.best_id[r] in set(ids[~is_home].tolist())]
+    assert home_best_from_probe
+
+
+def test_answers_split_by_file_and_merged_in_any_grouping():
+    v, _ = planted_embeddings(600, 16, dup_share=0.3, seed=12)
+    files = np.repeat(np.arange(3), 200)
+    ids = dc.row_ids(0, np.arange(600)) | (files.astype(np.int64) << dc.ROW_BITS)
+    rows = dc.FileRows(ids, np.array([f"k{i}" for i in range(600)], object), np.ones(600, np.int64), v)
+    parts = [dc.search_group([(rows.take(s), np.ones(len(s), bool), np.zeros(len(s), np.int64))], 0.8, 4, True)
+             for s in (np.arange(0, 600, 2), np.arange(1, 600, 2), np.arange(600))]
+    whole = dc.merge_answers(parts, 4)
+    by_file = {}
+    for p in parts:
+        for f, a in dc.answers_by_file(p):
+            assert (dc.split_ids(a.qid)[0] == f).all() and (dc.split_ids(a.edge_q)[0] == f).all()
+            by_file.setdefault(f, []).append(a)
+    assert sorted(by_file) == [0, 1, 2]
+    # per file, merged in two steps (as a combiner before and after the shuffle) = merged at once
+    for f, answers in by_file.items():
+        two_step = dc.merge_answers([dc.merge_answers(answers[:2], 4), answers[2]], 4)
+        at_once = [a for g, a in dc.answers_by_file(whole) if g == f][0]
+        for name in ("qid", "best_sim", "best_id", "edge_q", "edge_id", "edge_sim"):
+            np.testing.assert_array_equal(getattr(two_step, name), getattr(at_once, name))

@@ -7,7 +7,7 @@ on one batch at a time, so no worker holds more than a bounded part of the corpu
 (its row in its embeddings file). Ties are broken by id, so the result depends only on the inputs.
 
 **Cells** (a coarse quantizer on a bounded sample).
-1. *Sample*: every file offers the rows with the smallest 64-bit hash of their key; the global
+1. *Sample*: every file offers the rows with the smallest 63-bit hash of their key; the global
    bottom ``sample_size`` (= ``sample_per_cell`` x cells, capped) is a uniform sample whatever the
    file order or worker count.
 2. *Quantizer*: ``cells = 1`` below ``exact_below`` rows (one cell: exact search over all pairs),
@@ -25,10 +25,13 @@ on one batch at a time, so no worker holds more than a bounded part of the corpu
    searches only the pairs across them (i < j) or inside i (i = j). No group holds more than
    about 2 x ``max_block`` rows.
 
-**Search** inside a group: one GEMM per slice of queries against the group's home rows. For each
-query row: its best other row (similarity, id, key) and its ``k`` most similar rows at or above
-the threshold (edges). Per file, the groups' answers are merged by row (max similarity, then
-smallest id; top k).
+**Search** inside a group: one GEMM per slice of rows; each pair of rows with at least one home
+row is computed once and both rows learn from it (a slice of home rows against itself and the
+home rows after it; the probe rows against the home rows). For each row: its best other row
+(similarity, id, key) and its ``k`` most similar rows at or above the threshold (edges). Per file,
+the groups' answers are merged by row (max similarity, then smallest id; top k): an associative
+merge, so a worker can merge its part before the shuffle. Every row that is an edge's neighbour
+also has an edge of its own (it learnt from the same pair).
 
 **Clusters.** The edges (only pairs at or above the threshold: O(duplicated images), never
 O(images)) are joined into connected components on the launcher. Guard against chaining: each
@@ -39,7 +42,6 @@ kept as a cluster of its own and counted (``chained`` in stats.json).
 """
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 
@@ -75,10 +77,37 @@ def split_ids(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ids >> ROW_BITS, ids & ((1 << ROW_BITS) - 1)
 
 
+FNV_OFFSET, FNV_PRIME = np.uint64(0xCBF29CE484222325), np.uint64(0x100000001B3)
+
+
 def key_hashes(keys) -> np.ndarray:
-    """A 63-bit hash of each key (stable across processes and machines)."""
-    return np.array([int.from_bytes(hashlib.blake2b(str(k).encode(), digest_size=8).digest(), "little") >> 1
-                     for k in keys], dtype=np.int64)
+    """A 63-bit hash of each key, stable across processes and machines: FNV-1a over the key's
+    UTF-8 bytes, then splitmix64's finaliser (vectorised: one numpy pass per byte position)."""
+    import pyarrow as pa
+
+    arr = keys if isinstance(keys, (pa.Array, pa.ChunkedArray)) else pa.array(np.asarray(keys, object), pa.string())
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    arr = arr.cast(pa.large_binary())
+    n = len(arr)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    offsets = np.frombuffer(arr.buffers()[1], np.int64)[arr.offset:arr.offset + n + 1]
+    data = np.frombuffer(arr.buffers()[2], np.uint8) if arr.buffers()[2] is not None else np.zeros(1, np.uint8)
+    lengths = np.diff(offsets)
+    h = np.full(n, FNV_OFFSET, np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(int(lengths.max()) if n else 0):
+            live = lengths > j
+            b = data[np.minimum(offsets[:-1] + j, len(data) - 1)].astype(np.uint64)
+            h = np.where(live, (h ^ b) * FNV_PRIME, h)
+        h ^= lengths.astype(np.uint64)
+        h ^= h >> np.uint64(30)
+        h *= np.uint64(0xBF58476D1CE4E5B9)
+        h ^= h >> np.uint64(27)
+        h *= np.uint64(0x94D049BB133111EB)
+        h ^= h >> np.uint64(31)
+    return (h >> np.uint64(1)).astype(np.int64)
 
 
 @dataclass
@@ -97,18 +126,20 @@ class FileRows:
 
 
 def read_rows(path: str, file_index: int) -> FileRows:
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     t = pq.read_table(path, columns=["key", "width", "height", "status", "embedding"])
-    ok = np.array([s == "ok" for s in t.column("status").to_pylist()], bool)
-    rows = np.nonzero(ok)[0]
-    keys = np.array(t.column("key").to_pylist(), dtype=object)[rows]
-    w = t.column("width").fill_null(-1).to_numpy()[rows].astype(np.int64)
-    h = t.column("height").fill_null(-1).to_numpy()[rows].astype(np.int64)
+    ok_mask = pc.fill_null(pc.equal(t.column("status"), "ok"), False)
+    rows = np.nonzero(ok_mask.to_numpy(zero_copy_only=False))[0]
+    if len(rows) < t.num_rows:          # (filtering copies the embeddings: only when needed)
+        t = t.filter(ok_mask)
+    keys = t.column("key").to_numpy(zero_copy_only=False).astype(object)
+    w = t.column("width").fill_null(-1).to_numpy().astype(np.int64)
+    h = t.column("height").fill_null(-1).to_numpy().astype(np.int64)
     pixels = np.maximum(w, 0) * np.maximum(h, 0)
-    emb = t.column("embedding").combine_chunks().filter(ok)
+    emb = t.column("embedding").combine_chunks()
     if len(emb):
-        import pyarrow.compute as pc
         dims = np.unique(pc.list_value_length(emb).to_numpy(zero_copy_only=False))
         if len(dims) != 1:
             raise WitError(f"embeddings file {path} mixes embedding sizes ({', '.join(map(str, dims[:5]))})")
@@ -351,9 +382,9 @@ class _Best:
 
 def search_group(pieces, threshold: float, k: int, same_block: bool, slice_rows: int = 1024) -> Answers:
     """Exact search inside one group (see the module text). ``same_block``: the group is (i, i), so
-    pairs inside the block are searched; otherwise only pairs across its two blocks. Pairs of two
-    home rows are computed once (both learn from them); a probe row learns from the home rows and
-    they from it."""
+    pairs inside the block are searched; otherwise only pairs across its two blocks. Each pair of
+    rows is computed once and both learn from it: pairs of two home rows, and of a probe row and a
+    home row (two probe rows are not compared here)."""
     rows = concat_rows([p[0] for p in pieces])
     is_home = np.concatenate([p[1] for p in pieces]) if pieces else np.zeros(0, bool)
     block = np.concatenate([p[2] for p in pieces]) if pieces else np.zeros(0, np.int64)
@@ -371,26 +402,37 @@ def search_group(pieces, threshold: float, k: int, same_block: bool, slice_rows:
             return vec[pos[0]:pos[-1] + 1]
         return vec[pos]
 
-    def product(qa: np.ndarray, sb: np.ndarray) -> None:
-        """Rows ``qa`` learn from rows ``sb`` (not from themselves)."""
+    def both_ways(qa: np.ndarray, sb: np.ndarray) -> None:
+        """Rows ``qa`` and rows ``sb`` (disjoint, each ascending) learn from each other."""
         if not len(qa) or not len(sb):
             return
         S = take(sb)
-        spos = np.searchsorted(sb, qa)                     # each query row's own column, if any
-        own = (spos < len(sb)) & (sb[np.minimum(spos, len(sb) - 1)] == qa)
         for s in range(0, len(qa), slice_rows):
             q = qa[s:s + slice_rows]
             sims = take(q) @ S.T
-            mine = np.nonzero(own[s:s + slice_rows])[0]
-            sims[mine, spos[s:s + slice_rows][mine]] = -np.inf
             best.block(q, sb, sims)
+            best.block(sb, q, np.ascontiguousarray(sims.T))
 
+    def among(h: np.ndarray, slice_rows: int = 256) -> None:
+        """Rows ``h`` (ascending) learn from each other: each pair computed once (a slice of rows
+        against itself and the rows after it)."""
+        for s in range(0, len(h), slice_rows):
+            q, rest = h[s:s + slice_rows], h[s:]
+            sims = take(q) @ take(rest).T
+            sims[np.arange(len(q)), np.arange(len(q))] = -np.inf      # not from itself
+            best.block(q, rest, sims)
+            if len(rest) > len(q):
+                best.block(rest[len(q):], q, np.ascontiguousarray(sims[:, len(q):].T))
+
+    home, probe = np.nonzero(is_home)[0], np.nonzero(~is_home)[0]
     if same_block:
-        product(np.arange(m), np.nonzero(is_home)[0])
+        among(home)
+        both_ways(probe, home)
     elif m:
         lo = block == block.min()
-        product(np.nonzero(lo)[0], np.nonzero(~lo & is_home)[0])
-        product(np.nonzero(~lo)[0], np.nonzero(lo & is_home)[0])
+        both_ways(home[lo[home]], home[~lo[home]])
+        both_ways(probe[lo[probe]], home[~lo[home]])
+        both_ways(probe[~lo[probe]], home[lo[home]])
     eq, ei, es = best.result()
     best_id = np.where(best.pos >= 0, rows.ids[np.maximum(best.pos, 0)], -1)
     best_key = np.where(best.pos >= 0, rows.keys[np.maximum(best.pos, 0)], None) if m else np.zeros(0, object)
@@ -490,16 +532,26 @@ def direct_rep_sim(nodes, rep, edge_q, edge_id, edge_sim) -> np.ndarray:
     return out
 
 
-def answers_for_file(a: Answers, file_index: int) -> Answers:
-    """The part of ``a`` whose query rows belong to one file."""
-    f = split_ids(a.qid)[0] == file_index
-    e = split_ids(a.edge_q)[0] == file_index
-    return Answers(a.qid[f], a.best_sim[f], a.best_id[f], a.best_key[f], a.edge_q[e], a.edge_id[e],
-                   a.edge_sim[e], a.edge_key[e], a.edge_pixels[e], a.q_key[f], a.q_pixels[f])
+def answers_by_file(a: Answers):
+    """Yield (file index, the part of ``a`` whose query rows belong to it), one sort for all files
+    (not one pass over the rows per file)."""
+    fq, fe = split_ids(a.qid)[0], split_ids(a.edge_q)[0]
+    oq, oe = np.argsort(fq, kind="stable"), np.argsort(fe, kind="stable")
+    fq, fe = fq[oq], fe[oe]
+    for f in np.unique(fq):
+        i = oq[np.searchsorted(fq, f):np.searchsorted(fq, f, side="right")]
+        e = oe[np.searchsorted(fe, f):np.searchsorted(fe, f, side="right")]
+        yield int(f), Answers(a.qid[i], a.best_sim[i], a.best_id[i], a.best_key[i], a.edge_q[e], a.edge_id[e],
+                              a.edge_sim[e], a.edge_key[e], a.edge_pixels[e], a.q_key[i], a.q_pixels[i])
 
 
-def answer_files(a: Answers) -> list[int]:
-    return sorted(set(split_ids(a.qid)[0].tolist()))
+def concat_pieces(pieces) -> tuple:
+    """Pieces of one search group (``group_pieces``' values) as one piece."""
+    pieces = list(pieces)
+    if len(pieces) == 1:
+        return pieces[0]
+    return (concat_rows([p[0] for p in pieces]), np.concatenate([p[1] for p in pieces]),
+            np.concatenate([p[2] for p in pieces]))
 
 
 def edges_table(a: Answers):
