@@ -60,13 +60,20 @@ def _work_folder(work: str) -> None:
         fs.makedirs(f"{inner}/{sub}", exist_ok=True)
 
 
+_THREADPOOLS = None
+
+
 def _one_thread():
     """numpy's BLAS and OpenMP (faiss) on one thread inside a worker: the workers are the
     parallelism (N DirectRunner processes, one Dataflow process per vCPU; BLAS threads in each would
     put N x cores spinning threads on the cores), and a product's rounding in OpenBLAS depends on
     its thread count, so one thread keeps the similarities bit-identical for any worker count."""
-    from threadpoolctl import threadpool_limits
-    return threadpool_limits(limits=1)
+    global _THREADPOOLS
+    if _THREADPOOLS is None:             # finding the loaded libraries takes ~10 ms: once a process
+        import faiss  # noqa: F401  (its OpenMP must be loaded to be found)
+        from threadpoolctl import ThreadpoolController
+        _THREADPOOLS = ThreadpoolController()
+    return _THREADPOOLS.limit(limits=1)
 
 
 def _remove_folder(work: str) -> None:

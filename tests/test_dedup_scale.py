@@ -254,3 +254,18 @@ def test_answers_split_by_file_and_merged_in_any_grouping():
         at_once = [a for g, a in dc.answers_by_file(whole) if g == f][0]
         for name in ("qid", "best_sim", "best_id", "edge_q", "edge_id", "edge_sim"):
             np.testing.assert_array_equal(getattr(two_step, name), getattr(at_once, name))
+
+
+def test_the_search_runs_on_one_blas_and_openmp_thread_and_restores_them():
+    import faiss  # noqa: F401  (loads its OpenMP before the "before" picture)
+    from threadpoolctl import threadpool_info
+
+    from pipelines.dedup_cells import _one_thread
+    before = [(i["filepath"], i["num_threads"]) for i in threadpool_info()]
+    with _one_thread():
+        # the search's libraries: numpy's BLAS, faiss's OpenMP and BLAS (others a test process may
+        # have loaded later, e.g. scipy's or torch's, are not used by the search)
+        inside = [i for i in threadpool_info() if "numpy" in i["filepath"] or "faiss" in i["filepath"]]
+    assert {i["internal_api"] for i in inside} >= {"openblas", "openmp"}
+    assert all(i["num_threads"] == 1 for i in inside)
+    assert [(i["filepath"], i["num_threads"]) for i in threadpool_info()] == before
