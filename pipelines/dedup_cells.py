@@ -63,11 +63,21 @@ def _work_folder(work: str) -> None:
 _THREADPOOLS = None
 
 
+def search_threads(beam_options: BeamOptions) -> int:
+    """Slices each worker multiplies at once: the local cores shared among the DirectRunner's worker
+    processes (1 worker on 2 cores: 2); 1 on a distributed runner (Dataflow runs a Python process
+    per vCPU). Each product runs on one BLAS thread, so the result is the same for any count."""
+    if beam_options.is_local:
+        return max(1, (os.cpu_count() or 1) // max(1, int(beam_options.workers)))
+    return 1
+
+
 def _one_thread():
-    """numpy's BLAS and OpenMP (faiss) on one thread inside a worker: the workers are the
-    parallelism (N DirectRunner processes, one Dataflow process per vCPU; BLAS threads in each would
-    put N x cores spinning threads on the cores), and a product's rounding in OpenBLAS depends on
-    its thread count, so one thread keeps the similarities bit-identical for any worker count."""
+    """numpy's BLAS and OpenMP (faiss) on one thread inside a worker: the parallelism is the
+    workers and, inside one, :func:`search_threads` slices multiplied at once (BLAS threads in each
+    of N workers would put N x cores spinning threads on the cores), and a product's rounding in
+    OpenBLAS depends on its thread count, so one thread keeps the similarities bit-identical for
+    any worker count."""
     global _THREADPOOLS
     if _THREADPOOLS is None:             # finding the loaded libraries takes ~10 ms: once a process
         import faiss  # noqa: F401  (its OpenMP must be loaded to be found)
@@ -187,14 +197,14 @@ class _MergeAnswers(beam.CombineFn):
 
 
 class _SearchGroup(beam.DoFn):
-    def __init__(self, threshold: float, k: int):
-        self.threshold, self.k = threshold, k
+    def __init__(self, threshold: float, k: int, threads: int = 1):
+        self.threshold, self.k, self.threads = threshold, k, threads
 
 
     def process(self, item):
         (cell, i, j), piece = item
         with _one_thread():
-            answers = dc.search_group([piece], self.threshold, self.k, same_block=(i == j))
+            answers = dc.search_group([piece], self.threshold, self.k, same_block=(i == j), threads=self.threads)
         Metrics.counter("wit.dedup", "groups").inc()
         yield from dc.answers_by_file(answers)
 
@@ -214,16 +224,17 @@ class _WriteAnswers(beam.DoFn):
 class SearchCells(beam.PTransform):
     """(file index, path) -> per file, WORK/best and WORK/edges parquet (see the module text)."""
 
-    def __init__(self, quantizer_path: str, work: str, threshold: float, k: int):
+    def __init__(self, quantizer_path: str, work: str, threshold: float, k: int, threads: int = 1):
         super().__init__()
         self.quantizer_path, self.work, self.threshold, self.k = quantizer_path, work, threshold, k
+        self.threads = threads
 
     def expand(self, files):
         return (files
                 | "Spread" >> beam.Reshuffle()
                 | "Assign" >> beam.ParDo(_AssignFile(self.quantizer_path))
                 | "ByGroup" >> beam.CombinePerKey(_ConcatPieces())
-                | "Search" >> beam.ParDo(_SearchGroup(self.threshold, self.k))
+                | "Search" >> beam.ParDo(_SearchGroup(self.threshold, self.k, self.threads))
                 | "ByFile" >> beam.CombinePerKey(_MergeAnswers(self.k))
                 | "Write" >> beam.ParDo(_WriteAnswers(self.work)))
 
@@ -356,7 +367,8 @@ def cluster_files(files: list[str], out: str, params: dc.CellParams,
         pickle.dump(q, fh)
     t1 = time.time()
     run_pipeline(lambda p: (p | "Files" >> beam.Create(indexed)
-                            | "SearchCells" >> SearchCells(qpath, work, params.threshold, params.k)), beam_options)
+                            | "SearchCells" >> SearchCells(qpath, work, params.threshold, params.k,
+                                                         search_threads(beam_options))), beam_options)
     t2 = time.time()
     edges = _read_folder(os.path.join(work, "edges"))
     clusters, unknown, reps = dc.link_clusters(edges, params.threshold) if edges is not None else \

@@ -269,3 +269,27 @@ def test_the_search_runs_on_one_blas_and_openmp_thread_and_restores_them():
     assert {i["internal_api"] for i in inside} >= {"openblas", "openmp"}
     assert all(i["num_threads"] == 1 for i in inside)
     assert [(i["filepath"], i["num_threads"]) for i in threadpool_info()] == before
+
+
+def test_search_group_on_several_threads_is_the_same_bits():
+    from pipelines.dedup_cells import _one_thread
+    v, _ = planted_embeddings(3000, 64, dup_share=0.2, seed=13)
+    ids = np.arange(3000, dtype=np.int64)
+    rows = dc.FileRows(ids, np.array([f"k{i}" for i in ids], object), np.ones(3000, np.int64), v.astype(np.float16))
+    is_home = np.arange(3000) % 7 != 0
+    piece = (rows, is_home, np.zeros(3000, np.int64))
+    with _one_thread():
+        one = dc.search_group([piece], 0.8, 4, same_block=True, threads=1)
+        three = dc.search_group([piece], 0.8, 4, same_block=True, threads=3)
+    for name in ("qid", "best_sim", "best_id", "edge_q", "edge_id", "edge_sim"):
+        np.testing.assert_array_equal(getattr(one, name), getattr(three, name))
+    assert len(one.edge_q) > 500
+
+
+def test_one_local_worker_multiplies_on_every_core(monkeypatch):
+    from pipelines.dedup_cells import search_threads
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert search_threads(BeamOptions(workers=1)) == 8
+    assert search_threads(BeamOptions(workers=4)) == 2
+    assert search_threads(BeamOptions(workers=16)) == 1
+    assert search_threads(BeamOptions(runner="DataflowRunner", workers=1)) == 1

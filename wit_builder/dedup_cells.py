@@ -380,11 +380,14 @@ class _Best:
         return self.edges[0]
 
 
-def search_group(pieces, threshold: float, k: int, same_block: bool, slice_rows: int = 1024) -> Answers:
+def search_group(pieces, threshold: float, k: int, same_block: bool, slice_rows: int = 256,
+                 threads: int = 1) -> Answers:
     """Exact search inside one group (see the module text). ``same_block``: the group is (i, i), so
     pairs inside the block are searched; otherwise only pairs across its two blocks. Each pair of
     rows is computed once and both learn from it: pairs of two home rows, and of a probe row and a
-    home row (two probe rows are not compared here)."""
+    home row (two probe rows are not compared here). ``threads``: slices multiplied at once, each
+    product on the calling thread's BLAS (run it with one BLAS thread: each slice is then the same
+    bits whatever ``threads`` is, and what rows learn does not depend on the order slices finish)."""
     rows = concat_rows([p[0] for p in pieces])
     is_home = np.concatenate([p[1] for p in pieces]) if pieces else np.zeros(0, bool)
     block = np.concatenate([p[2] for p in pieces]) if pieces else np.zeros(0, np.int64)
@@ -402,27 +405,26 @@ def search_group(pieces, threshold: float, k: int, same_block: bool, slice_rows:
             return vec[pos[0]:pos[-1] + 1]
         return vec[pos]
 
+    # a task: rows q against rows cols, where cols starts with q itself (``own`` rows: the pairs
+    # among q, its diagonal masked) or not (own = 0); q learns from cols, cols[own:] from q
+    tasks: list[tuple[np.ndarray, np.ndarray, int]] = []
+
     def both_ways(qa: np.ndarray, sb: np.ndarray) -> None:
         """Rows ``qa`` and rows ``sb`` (disjoint, each ascending) learn from each other."""
-        if not len(qa) or not len(sb):
-            return
-        S = take(sb)
-        for s in range(0, len(qa), slice_rows):
-            q = qa[s:s + slice_rows]
-            sims = take(q) @ S.T
-            best.block(q, sb, sims)
-            best.block(sb, q, np.ascontiguousarray(sims.T))
+        if len(qa) and len(sb):
+            tasks.extend((qa[s:s + slice_rows], sb, 0) for s in range(0, len(qa), slice_rows))
 
-    def among(h: np.ndarray, slice_rows: int = 256) -> None:
+    def among(h: np.ndarray) -> None:
         """Rows ``h`` (ascending) learn from each other: each pair computed once (a slice of rows
         against itself and the rows after it)."""
-        for s in range(0, len(h), slice_rows):
-            q, rest = h[s:s + slice_rows], h[s:]
-            sims = take(q) @ take(rest).T
-            sims[np.arange(len(q)), np.arange(len(q))] = -np.inf      # not from itself
-            best.block(q, rest, sims)
-            if len(rest) > len(q):
-                best.block(rest[len(q):], q, np.ascontiguousarray(sims[:, len(q):].T))
+        tasks.extend((h[s:s + slice_rows], h[s:], len(h[s:s + slice_rows])) for s in range(0, len(h), slice_rows))
+
+    def product(task) -> np.ndarray:
+        q, cols, own = task
+        sims = take(q) @ take(cols).T
+        if own:
+            sims[np.arange(own), np.arange(own)] = -np.inf          # not from itself
+        return sims
 
     home, probe = np.nonzero(is_home)[0], np.nonzero(~is_home)[0]
     if same_block:
@@ -433,6 +435,10 @@ def search_group(pieces, threshold: float, k: int, same_block: bool, slice_rows:
         both_ways(home[lo[home]], home[~lo[home]])
         both_ways(probe[lo[probe]], home[~lo[home]])
         both_ways(probe[~lo[probe]], home[lo[home]])
+    for (q, cols, own), sims in zip(tasks, _in_order(product, tasks, threads)):
+        best.block(q, cols, sims)
+        if len(cols) > own:
+            best.block(cols[own:], q, np.ascontiguousarray(sims[:, own:].T))
     eq, ei, es = best.result()
     best_id = np.where(best.pos >= 0, rows.ids[np.maximum(best.pos, 0)], -1)
     best_key = np.where(best.pos >= 0, rows.keys[np.maximum(best.pos, 0)], None) if m else np.zeros(0, object)
@@ -440,6 +446,25 @@ def search_group(pieces, threshold: float, k: int, same_block: bool, slice_rows:
     return Answers(rows.ids[order], best.sim[order], best_id[order], best_key.astype(object)[order],
                    rows.ids[eq], rows.ids[ei], es, rows.keys[ei], rows.pixels[ei], rows.keys[order],
                    rows.pixels[order])
+
+
+def _in_order(fn, items, threads: int):
+    """``map(fn, items)`` with up to ``threads`` calls running at once on a thread pool (numpy's
+    products release the GIL), results in the items' order, at most ``threads`` + 1 held."""
+    if threads <= 1 or len(items) <= 1:
+        yield from map(fn, items)
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(threads) as pool:
+        pending = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) > threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def _top_k(q: np.ndarray, i: np.ndarray, sim: np.ndarray, k: int, *extra):

@@ -106,8 +106,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        "threshold are linked; in each linked group the image with the most pixels (then the "
                        "smallest key) is kept and the members similar to it are dropped (a member only chained to "
                        "it is kept). Writes OUT/decisions.parquet, OUT/stats.json and OUT/embeddings/ (reused on "
-                       "re-runs). The search runs on one thread in each worker (the same similarities for any "
-                       "number of workers): on a local machine, --workers N uses N cores.")
+                       "re-runs). The search shares the local cores among the workers, each matrix product on one "
+                       "thread (the same similarities for any number of workers).")
     r.add_argument("--shards", nargs="+", action="extend", required=True, help=SHARDS_HELP)
     r.add_argument("--detector", required=True, help="calibrated detector file")
     r.add_argument("--out", required=True, help="output directory")
