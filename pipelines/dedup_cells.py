@@ -17,6 +17,7 @@ between (the sample, the centroids, the edge list: pairs at or above the thresho
 """
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import time
@@ -150,50 +151,30 @@ class _AssignFile(beam.DoFn):
             yield group, piece
 
 
-class _ConcatPieces(beam.CombineFn):
-    """The pieces of one search group, concatenated. As a combiner (not a GroupByKey) so that each
-    worker joins the pieces of its own files before the shuffle: the shuffle carries one element per
-    group and worker bundle, not one per group and file (files x cells, quadratic in the corpus)."""
+class _Join(beam.CombineFn):
+    """Values of one key joined by ``join`` (a list of values -> one value; associative). As a
+    combiner, not a GroupByKey: each worker joins its own part before the shuffle, which then
+    carries one element per key and worker bundle, not one per key and file (the pieces of a
+    search group come from every file: files x cells elements, quadratic in the corpus)."""
+
+    def __init__(self, join):
+        self.join = join
 
     def create_accumulator(self):
         return []
 
-    def add_input(self, acc, piece):
-        acc.append(piece)
+    def add_input(self, acc, value):
+        acc.append(value)
         return acc
 
     def merge_accumulators(self, accs):
-        return [p for acc in accs for p in acc]
+        return [v for acc in accs for v in acc]
 
     def compact(self, acc):
-        return [dc.concat_pieces(acc)] if len(acc) > 1 else acc
+        return [self.join(acc)] if len(acc) > 1 else acc
 
     def extract_output(self, acc):
-        return dc.concat_pieces(acc)
-
-
-class _MergeAnswers(beam.CombineFn):
-    """The search groups' answers for the rows of one file, merged (per row: the best neighbour and
-    the k best edges; associative, so each worker merges its part before the shuffle)."""
-
-    def __init__(self, k: int):
-        self.k = k
-
-    def create_accumulator(self):
-        return []
-
-    def add_input(self, acc, answers):
-        acc.append(answers)
-        return acc
-
-    def merge_accumulators(self, accs):
-        return [a for acc in accs for a in acc]
-
-    def compact(self, acc):
-        return [dc.merge_answers(acc, self.k)] if len(acc) > 1 else acc
-
-    def extract_output(self, acc):
-        return dc.merge_answers(acc, self.k)
+        return self.join(acc)
 
 
 class _SearchGroup(beam.DoFn):
@@ -233,9 +214,9 @@ class SearchCells(beam.PTransform):
         return (files
                 | "Spread" >> beam.Reshuffle()
                 | "Assign" >> beam.ParDo(_AssignFile(self.quantizer_path))
-                | "ByGroup" >> beam.CombinePerKey(_ConcatPieces())
+                | "ByGroup" >> beam.CombinePerKey(_Join(dc.concat_pieces))
                 | "Search" >> beam.ParDo(_SearchGroup(self.threshold, self.k, self.threads))
-                | "ByFile" >> beam.CombinePerKey(_MergeAnswers(self.k))
+                | "ByFile" >> beam.CombinePerKey(_Join(functools.partial(dc.merge_answers, k=self.k)))
                 | "Write" >> beam.ParDo(_WriteAnswers(self.work)))
 
 
