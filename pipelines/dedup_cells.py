@@ -11,7 +11,10 @@ between (the sample, the centroids, the edge list: pairs at or above the thresho
               worker pre-joins its own files' pieces before the shuffle)
     launcher: components + representatives from the edges
     files -> CheckRepresentatives -> WORK/check/*.parquet        (only when some member's similarity
-                                                                  to its representative is unknown)
+                                                                  to its representative is unknown,
+                                                                  and more than LAUNCHER_CHECK_FILES
+                                                                  files hold them: else the launcher
+                                                                  reads those files itself)
     files -> WriteDecisions      -> WORK/decisions/<file>.parquet
     launcher: the parts -> OUT/decisions.parquet (streamed, one part at a time)
 """
@@ -308,6 +311,38 @@ class WriteDecisions(beam.PTransform):
                 | "Decide" >> beam.ParDo(_Decide(self.clusters_path, self.work)))
 
 
+LAUNCHER_CHECK_FILES = 16   # members to check held by at most this many files: the launcher reads them
+
+
+def _check_on_launcher(files: list[str], ids: np.ndarray, reps: np.ndarray):
+    """What CheckRepresentatives computes, on the launcher, for members held by a few files (a
+    pipeline would start its workers and read every file for them): (member ids sorted, similarity
+    to their representative; -inf where the representative has no vector)."""
+    wanted = np.unique(np.concatenate([ids, reps]))
+    vectors = {}
+    for f in np.unique(dc.split_ids(wanted)[0]):
+        rows = dc.read_rows(files[int(f)], int(f))
+        if not len(rows):
+            continue
+        pos = np.minimum(np.searchsorted(rows.ids, wanted), len(rows) - 1)
+        for r in np.nonzero(rows.ids[pos] == wanted)[0]:
+            vectors[int(wanted[r])] = rows.vectors[pos[r]]
+    out_ids, out_sims = [], []
+    for rep in np.unique(reps):
+        members = [int(i) for i in ids[reps == rep] if int(i) in vectors]
+        if not members:
+            continue
+        vec = np.stack([vectors[i] for i in members])
+        with _one_thread():
+            sims = vec @ vectors[int(rep)] if int(rep) in vectors else np.full(len(members), -np.inf, np.float32)
+        out_ids.extend(members)
+        out_sims.append(sims.astype(np.float32))
+    out_ids = np.array(out_ids, np.int64)
+    out_sims = np.concatenate(out_sims) if out_sims else np.zeros(0, np.float32)
+    order = np.argsort(out_ids)
+    return out_ids[order], out_sims[order]
+
+
 def _read_parquet(path: str) -> pa.Table:
     with open_read(path) as fh:
         return pq.read_table(fh)
@@ -355,7 +390,10 @@ def cluster_files(files: list[str], out: str, params: dc.CellParams,
     clusters, unknown, reps = dc.link_clusters(edges, params.threshold) if edges is not None else \
         dc.link_clusters(dc.edges_table(dc.merge_answers([], params.k)), params.threshold)
     checked_ids = checked_sims = None
-    if len(unknown):
+    holding = np.unique(dc.split_ids(np.concatenate([unknown, reps]))[0]) if len(unknown) else []
+    if 0 < len(holding) <= LAUNCHER_CHECK_FILES:     # a few files hold them: no pipeline to start
+        checked_ids, checked_sims = _check_on_launcher(files, unknown, reps)
+    elif len(unknown):
         cpath = os.path.join(work, "check.npz")
         _write_npz(cpath, ids=unknown, reps=reps)
         run_pipeline(lambda p: (p | "Files" >> beam.Create(indexed)

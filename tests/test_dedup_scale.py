@@ -129,17 +129,26 @@ def test_a_chain_of_near_duplicates_is_not_collapsed(tmp_path):
     assert cluster_vectors(v, THR)["kept"].sum() == 1
 
 
-def test_members_without_a_link_to_the_kept_image_are_checked_against_it(tmp_path):
+@pytest.mark.parametrize("launcher_files", [16, 0])    # 0: always the CheckRepresentatives pipeline
+def test_members_without_a_link_to_the_kept_image_are_checked_against_it(tmp_path, monkeypatch, launcher_files):
     # 30 copies of one image, k = 4 links each: most have no direct link to the kept one, yet all
     # are similar to it, so all but one are dropped
+    import pipelines.dedup_cells as pdc
+    monkeypatch.setattr(pdc, "LAUNCHER_CHECK_FILES", launcher_files)
+    pipelines_run = []
+    real_run = pdc.run_pipeline
+    monkeypatch.setattr(pdc, "run_pipeline", lambda build, opts: (pipelines_run.append(1), real_run(build, opts))[1])
     rng = np.random.default_rng(0)
     base = rng.standard_normal(16)
     v = (base + 0.01 * rng.standard_normal((30, 16))).astype(np.float32)
     v /= np.linalg.norm(v, axis=1, keepdims=True)
-    t, stats = _run(tmp_path, "copies", v, dc.CellParams(threshold=THR, k=4))
-    got = _by_row(t, 30)
-    assert got["kept"].sum() == 1 and (got["cluster_size"] == 30).all()
+    v = np.concatenate([v, planted_embeddings(70, 16, dup_share=0.0, seed=9)[0]])   # 4 files of 25
+    t, stats = _run(tmp_path, "copies", v, dc.CellParams(threshold=THR, k=4), rows_per_file=25)
+    got = _by_row(t, 100)
+    assert got["kept"][:30].sum() == 1 and (got["cluster_size"][:30] == 30).all()
     assert stats["checked_against_representative"] > 0 and stats["chained"] == 0
+    # sample, search, (check), decisions: the launcher reads the two files holding the members
+    assert len(pipelines_run) == (3 if launcher_files else 4)
 
 
 def test_no_embedded_rows(tmp_path):
