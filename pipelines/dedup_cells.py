@@ -100,7 +100,6 @@ class _SampleFile(beam.DoFn):
     def __init__(self, size: int):
         self.size = size
 
-
     def process(self, item):
         index, path = item
         rows = dc.read_rows(path, index)
@@ -142,6 +141,7 @@ class _AssignFile(beam.DoFn):
     def __init__(self, quantizer_path: str):
         self.quantizer_path = quantizer_path
 
+    def setup(self):
         self.q = _load_pickle(self.quantizer_path)
 
     def process(self, item):
@@ -183,7 +183,6 @@ class _Join(beam.CombineFn):
 class _SearchGroup(beam.DoFn):
     def __init__(self, threshold: float, k: int, threads: int = 1):
         self.threshold, self.k, self.threads = threshold, k, threads
-
 
     def process(self, item):
         (cell, i, j), piece = item
