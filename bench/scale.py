@@ -5,6 +5,7 @@ single-process `cluster_vectors` as the baseline measured in the same run.
     python bench/scale.py --sizes 50000,200000     # quick
     python bench/scale.py --sizes 250000 --baseline-cap 0   # no baseline
     python bench/scale.py --with-stages            # also wit shards and wit collect at two sizes each
+    python bench/scale.py --sizes 1000000 --against /tmp/old --pairs 2   # this checkout vs another, A B A B
 
 Data: 256-d synthetic embeddings with planted near-duplicate groups (wit_builder/sim/embedsets.py:
 clustered around topics, 10% of images copies of another at cosine ~0.97), written as embedding
@@ -196,6 +197,43 @@ def exponent(rows: list[dict]) -> list:
     return out
 
 
+AGAINST = """
+import sys, os, time, json, glob, logging
+logging.getLogger().setLevel(logging.ERROR)
+from pipelines.beam_options import BeamOptions
+from pipelines.dedup_cells import cluster_files
+from wit_builder import dedup_cells as dc
+assert dc.__file__.startswith({root!r}), dc.__file__
+t = time.time()
+st = cluster_files(sorted(glob.glob({folder!r} + "/*.parquet")), {out!r}, dc.CellParams(threshold={thr}),
+                   BeamOptions(workers={workers}, args=("--default_sdk_harness_log_level=ERROR",)))
+print(json.dumps({{"seconds": time.time() - t, "edges": st["edges"], "dropped": st["dropped_duplicates"]}}))
+"""
+
+
+def side_by_side(n: int, roots: dict, workers: int, tmp: str, pairs: int) -> dict:
+    """The clustering of the same n vectors by this checkout and another (``roots``: name -> checkout),
+    alternating A B A B in child processes whose workers import that checkout (PYTHONPATH)."""
+    folder = os.path.join(tmp, f"ab{n}")
+    make_files(n, os.path.join(folder, "emb"))
+    times = {name: [] for name in roots}
+    results = {}
+    for _ in range(pairs):
+        for name, root in roots.items():
+            code = AGAINST.format(root=os.path.abspath(root), folder=os.path.join(folder, "emb"),
+                                  out=os.path.join(folder, name), thr=THR, workers=workers)
+            env = {**os.environ, "PYTHONPATH": os.path.abspath(root)}
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                 env=env, cwd=os.path.abspath(root))
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            times[name].append(r["seconds"])
+            results[name] = (r["edges"], r["dropped"])
+    med = {name: float(np.median(t)) for name, t in times.items()}
+    return {"n": n, "seconds": {k: [round(x, 1) for x in v] for k, v in times.items()},
+            "median_ratio_this_over_other": round(med["this"] / med["other"], 3),
+            "edges_and_dropped": results}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="250000,1000000,2000000", help="comma-separated vector counts")
@@ -207,7 +245,18 @@ def main() -> int:
     ap.add_argument("--with-stages", action="store_true",
                     help="also run `wit shards` (bench/shards.py) and `wit collect` (bench/memory.py --collect-only) "
                          "at two sizes each: rows/s per core and peak RSS")
+    ap.add_argument("--against", default=None, help="another checkout of the project (e.g. `git worktree add "
+                    "/tmp/old REV`): time its clustering and this one's on the same files, alternating, "
+                    "instead of the runs above")
+    ap.add_argument("--pairs", type=int, default=2, help="with --against: A B rounds")
     args = ap.parse_args()
+    if args.against:
+        print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; DirectRunner, {args.workers} workers", flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            for n in [int(s) for s in args.sizes.split(",")]:
+                r = side_by_side(n, {"this": ROOT, "other": args.against}, args.workers, tmp, args.pairs)
+                print(json.dumps(r), flush=True)
+        return 0
     sizes = [int(s) for s in args.sizes.split(",")]
     import logging
     logging.getLogger().setLevel(logging.WARNING)
