@@ -10,7 +10,9 @@ Prints, measured in the same run:
 * ``build_web`` time for ``--scenes`` (pages, alt texts, manifest);
 * serving: images/s fetched from the loopback server over HTTP with ``--threads`` client threads
   (rendered on request) next to the same URLs serving pre-encoded bytes (ratio = the cost of
-  rendering on the fly, i.e. what the demo's download stage waits for).
+  rendering on the fly, i.e. what the demo's download stage waited for);
+* ``SimWeb.prerender`` (one forked process per core) + serving from memory, the demo's download
+  stage now, against rendering on request.
 """
 from __future__ import annotations
 
@@ -100,6 +102,14 @@ def main() -> None:
     print(f"serving {len(served)} images, {args.threads} client threads: rendered on request "
           f"{len(served) / live:.0f} images/s, pre-encoded {len(served) / static:.0f} images/s "
           f"(on-the-fly costs {live / static:.2f}x)")
+    # what the demo's download stage does now: prerender in forked workers, then serve from memory
+    cores = os.cpu_count() or 1
+    ahead = build_web(scenes=max(n, 50))
+    urls = [im.url for im in ahead.images if im.kind == "ok"][:n]
+    _, t_pre = timed(lambda: ahead.prerender(urls, processes=cores))
+    print(f"prerender of {len(urls)} images in {cores} processes: {len(urls) / t_pre:.0f} images/s; "
+          f"prerender + serve from memory {len(urls) / (t_pre + static):.0f} images/s against "
+          f"rendered on request {len(served) / live:.0f} ({live / (t_pre + static):.2f}x)")
 
 
 if __name__ == "__main__":

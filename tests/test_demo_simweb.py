@@ -267,3 +267,26 @@ def test_language_identification_can_tell_the_languages_apart(web):
     assert sum(lang(l["alt"]) == l["lang"] for l in foreign) >= 0.9 * len(foreign)
     english = [l for l in web.links if l["lang"] == "en"]
     assert sum(lang(l["alt"]) == "en" for l in english) >= 0.85 * len(english)
+
+
+def test_prerendered_bodies_are_the_rendered_ones():
+    """`prerender` (two forked workers) holds exactly the bodies `image_bytes` renders on request,
+    for the asked URLs, a redirect's target in its place, nothing for missing or unknown URLs."""
+    cfg = S.WebConfig(seed=5, scenes=120, broken=2, corrupt=2, redirects=2)
+    web, fresh = S.build_web(cfg), S.build_web(cfg)
+    redirect = next(im for im in web.images if im.kind == "redirect")
+    missing = next(im for im in web.images if im.kind == "missing")
+    served = [im for im in web.images if im.kind not in ("missing", "redirect")]
+    odd = [im for im in served if im.kind in ("truncated", "garbage", "html")]
+    sample = served[:70] + odd
+    asked = [im.url for im in sample] + [redirect.url, missing.url, "http://elsewhere.example/x.png"]
+    held = web.prerender(asked, processes=2)
+    expected = {im.url for im in sample} | {web.images[redirect.target].url}
+    assert set(web.__dict__["_bodies"]) == expected and held == len(expected)
+    assert {"truncated", "garbage"} <= {im.kind for im in odd}
+    for u in sorted(expected):
+        assert web.image_bytes(u) == fresh.image_bytes(u), u
+    # a second call renders only what is new; one process renders in-line
+    extra = next(im for im in served if im.url not in expected)
+    assert web.prerender([extra.url], processes=1) == len(expected) + 1
+    assert web.image_bytes(extra.url) == fresh.image_bytes(extra.url)

@@ -69,6 +69,13 @@ __all__ = ["WebConfig", "WebImage", "SimWeb", "build_web", "serve", "scene_seed"
 
 # --- the web ------------------------------------------------------------------------------------
 
+_PRERENDER_WEB = None  # the web a forked prerender worker renders from (see SimWeb.prerender)
+
+
+def _prerendered_body(url: str) -> bytes:
+    return _PRERENDER_WEB._encode(_PRERENDER_WEB.image_by_url(url))
+
+
 @dataclass
 class SimWeb:
     config: WebConfig
@@ -116,8 +123,47 @@ class SimWeb:
         return img
 
     def image_bytes(self, url_or_image) -> bytes:
-        """The body the server sends for an image URL (rendered and encoded on each call)."""
+        """The body the server sends for an image URL: rendered and encoded on each call, or
+        taken from memory when :meth:`prerender` made it ahead."""
         image = url_or_image if isinstance(url_or_image, WebImage) else self.image_by_url(url_or_image)
+        ready = self.__dict__.get("_bodies", {}).get(image.url)
+        if ready is not None:
+            return ready
+        return self._encode(image)
+
+    def prerender(self, urls=None, processes: int = 1, progress: bool = False) -> int:
+        """Render and encode the bodies of ``urls`` (default: every image URL; a redirect's target
+        is rendered in its place; URLs the web does not serve are ignored) ahead of serving,
+        ``processes`` at a time in forked workers: rendering is Python and numpy, so the server's
+        threads render ~100 images/s in all, however many there are. ``image_bytes`` then returns
+        the same bodies from memory. Returns how many bodies are held."""
+        global _PRERENDER_WEB
+        by_url, todo = self._by_url, set()
+        for u in (urls if urls is not None else by_url):
+            image = by_url.get(u)
+            if image is not None and image.kind == "redirect":
+                image = self.images[image.target]
+            if image is not None and image.kind != "missing":
+                todo.add(image.url)
+        bodies = self.__dict__.setdefault("_bodies", {})
+        todo = sorted(todo - set(bodies))
+        if processes <= 1 or len(todo) < 64:
+            bodies.update((u, self._encode(by_url[u])) for u in todo)
+            return len(bodies)
+        import multiprocessing
+
+        from tqdm import tqdm
+        _PRERENDER_WEB = self  # the forked workers inherit it
+        try:
+            with multiprocessing.get_context("fork").Pool(processes) as pool:
+                made = pool.imap(_prerendered_body, todo, chunksize=32)
+                bodies.update(zip(todo, tqdm(made, total=len(todo), desc="render images",
+                                             unit="img", disable=not progress)))
+        finally:
+            _PRERENDER_WEB = None
+        return len(bodies)
+
+    def _encode(self, image: WebImage) -> bytes:
         if image.kind == "garbage":
             return (b"<!DOCTYPE html><html><body><h1>502 Bad Gateway</h1><p>upstream error "
                     b"while fetching image</p></body></html>\n")
