@@ -287,3 +287,20 @@ def test_calibration_precision_is_scaled_to_the_corpus():
     assert corpus_scaled_precision(0.99, 400, 300) == 0.99  # corpus no larger: unchanged
     assert abs(corpus_scaled_precision(0.99, 1600, 6400) - 0.9975) < 1e-12
     assert corpus_scaled_precision(0.99, 100, 10**9) > 0.999999
+
+
+def test_train_fingerprint_follows_the_model_configs_contents(tmp_path):
+    """A bundled config edited under the same name (tiny-rn's text tower) must redo train and
+    baseline on a re-run, not skip them with the old model's checkpoint."""
+    from trainer.model import get_model_config
+    path = tmp_path / "m.json"
+    cfg = get_model_config("tiny-rn")
+    path.write_text(json.dumps(cfg))
+    demo = DemoConfig(out=str(tmp_path / "out"), model=str(path))
+    before = {s: demo.stage_params(s) for s in ("train", "baseline", "generate")}
+    cfg["text_cfg"]["width"] *= 2
+    path.write_text(json.dumps(cfg))
+    after = {s: demo.stage_params(s) for s in ("train", "baseline", "generate")}
+    assert after["train"] != before["train"] and after["baseline"] != before["baseline"]
+    assert after["generate"] == before["generate"]
+    assert after["train"]["model"]["config"]["text_cfg"]["width"] == cfg["text_cfg"]["width"]
