@@ -163,3 +163,53 @@ def test_training_urls_are_not_globbed_and_repeats_are_kept(tmp_path):
     signed = "https://storage.example/shards/00000.tar?sig=a&exp=1"
     assert expand_urls(f"{signed}::{signed}") == [signed, signed]
     assert expand_urls(f"{tmp_path}/{{00000..00001}}.tar") == [f"{tmp_path}/00000.tar", f"{tmp_path}/00001.tar"]
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_small_local_shards_are_read_once_and_replayed(tmp_path, monkeypatch, workers):
+    """Small local shards are parsed once; later epochs replay the raw samples from memory and
+    yield exactly the batches a loader without the cache yields (crops, order, skips)."""
+    import webdataset as wds
+    urls, _ = _shards(tmp_path, 3, 9, corrupt={1004})
+    kw = dict(tokenizer=NumberTokenizer(), image_size=32, batch_size=4, workers=workers, seed=3,
+              shuffle_buffer=5)
+    plain, _ = make_train_loader(urls, cache_bytes=0, **kw)
+    assert plain.cache is None
+    expected = []
+    for epoch in range(3):
+        plain.set_epoch(epoch)
+        expected.append([(im.clone(), t.clone()) for im, t in plain])
+    cached, _ = make_train_loader(urls, **kw)
+    assert cached.cache == {}
+    first = [(im.clone(), t.clone()) for im, t in cached]
+    assert len(cached.cache) == 3
+
+    def no_more_reads(*args, **kwargs):  # also in a forked loader worker
+        raise AssertionError("a tar was read again")
+    monkeypatch.setattr(wds, "tarfile_to_samples", no_more_reads)
+    got = [first]
+    for epoch in (1, 2):
+        cached.set_epoch(epoch)
+        got.append([(im.clone(), t.clone()) for im, t in cached])
+    for e, g in zip(expected, got):
+        assert len(e) == len(g) >= 5
+        assert all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(e, g))
+    assert cached.skipped["bad_image"] == plain.skipped["bad_image"] == 3
+
+
+def test_sample_cache_limits_and_a_shard_with_read_errors_is_read_each_time(tmp_path):
+    from collections import Counter
+    urls, _ = _shards(tmp_path, 3, 6, truncate=1)
+    shards = data.expand_urls(urls)
+    assert data.sample_cache(shards, 0) is None
+    assert data.sample_cache(shards, 10) is None            # over the limit
+    assert data.sample_cache(["pipe:cat a.tar"], 1 << 30) is None
+    cache = data.sample_cache(shards, 1 << 30)
+    assert cache == {}
+    counts = []
+    for _ in range(2):
+        skipped = Counter()
+        n = sum(1 for _ in data.iter_samples(shards, skipped, cache))
+        counts.append((n, skipped["bad_tar"]))
+    assert counts[0] == counts[1] and counts[0][1] >= 1     # errors counted again the 2nd time
+    assert set(cache) == {shards[0], shards[2]}

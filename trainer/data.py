@@ -34,6 +34,12 @@ worker runs out of data near the end of a non-resampled epoch; always exact with
 ``workers=0`` or ``resampled=True``.
 ``loader.state()`` returns ``{"epoch", "batches"}`` for a checkpoint's ``"data"`` entry, counting
 the batches yielded in the current pass plus the ones skipped.
+
+Small local data: when every shard is a local file and together they hold at most
+``cache_bytes`` (default :data:`CACHE_BYTES`, 256 MiB), the tars are parsed once and their raw
+samples (bytes, not decoded images) replayed from memory every later epoch (the main process
+reads them before forking the workers); a shard with a read error is read again each epoch. The
+batches are the same as without the cache (tested). ``cache_bytes=0`` turns it off.
 """
 from __future__ import annotations
 
@@ -56,6 +62,9 @@ __all__ = ["make_train_loader", "LoaderConfig", "expand_urls", "checked_shards",
            "WebDatasetLoader", "decode_sample", "iter_samples"]
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+# local shards totalling at most this many bytes are read once and their raw samples replayed from
+# memory every epoch (parsing the tars was over half the loader's CPU time on the demo's shards)
+CACHE_BYTES = 256 << 20
 
 
 def expand_urls(urls: str) -> list[str]:
@@ -114,15 +123,42 @@ def decode_sample(sample: dict, transform, rng: random.Random | None = None):
     return image, caption
 
 
-def iter_samples(shards: list[str], skipped: Counter) -> Iterator[dict]:
-    """Raw samples (dicts of bytes with ``__key__``) from tar shards; read errors are counted."""
+def iter_samples(shards: list[str], skipped: Counter, cache: dict | None = None) -> Iterator[dict]:
+    """Raw samples (dicts of bytes with ``__key__``) from tar shards; read errors are counted.
+    ``cache`` (``{shard: [samples]}``): shards in it are replayed from memory, and a shard read
+    here without an error is added to it (a shard with errors is read again each time, so its
+    errors are counted again, as without a cache)."""
     import webdataset as wds
 
     def handler(exc: Exception) -> bool:
         skipped["bad_tar"] += 1
         return True  # continue with the next member / shard
 
-    yield from wds.tarfile_to_samples(handler=handler)(iter([{"url": s} for s in shards]))
+    if cache is None:
+        yield from wds.tarfile_to_samples(handler=handler)(iter([{"url": s} for s in shards]))
+        return
+    for shard in shards:
+        if shard in cache:
+            yield from cache[shard]
+            continue
+        before, samples = skipped["bad_tar"], []
+        for sample in wds.tarfile_to_samples(handler=handler)(iter([{"url": shard}])):
+            samples.append(sample)
+            yield sample
+        if skipped["bad_tar"] == before:
+            cache[shard] = samples
+
+
+def sample_cache(shards: list[str], limit_bytes: int) -> dict | None:
+    """An empty ``{shard: [raw samples]}`` cache when every shard is a local file and together
+    they hold at most ``limit_bytes`` (else None: read from disk every epoch)."""
+    if limit_bytes <= 0 or any("://" in s or s.startswith("pipe:") for s in shards):
+        return None
+    try:
+        total = sum(os.path.getsize(s) for s in set(shards))
+    except OSError:
+        return None
+    return {} if total <= limit_bytes else None
 
 
 @dataclass(frozen=True)
@@ -141,10 +177,11 @@ class LoaderConfig:
     num_samples: int | None = None
     epoch: int = 0
     skip_batches: int = 0
+    cache_bytes: int = CACHE_BYTES
 
     def __post_init__(self):
         for name in ("image_size", "batch_size", "workers", "seed", "shuffle_buffer",
-                     "world_size", "rank", "epoch", "skip_batches"):
+                     "world_size", "rank", "epoch", "skip_batches", "cache_bytes"):
             object.__setattr__(self, name, int(getattr(self, name)))
         object.__setattr__(self, "resampled", bool(self.resampled))
         if self.num_samples is not None:
@@ -163,11 +200,13 @@ def _make_dataset_class():
         def __init__(self, loader: "WebDatasetLoader"):
             super().__init__()
             self.shards, self.tokenizer, self.cfg = loader.shards, loader.tokenizer, loader._pass()
+            self.cache = loader.cache
 
         def __iter__(self):
             info = torch.utils.data.get_worker_info()
             physical, workers = (info.id, info.num_workers) if info else (0, 1)
-            yield from _worker_stream(self.shards, self.tokenizer, self.cfg, physical, workers)
+            yield from _worker_stream(self.shards, self.tokenizer, self.cfg, physical, workers,
+                                      self.cache)
 
     return WdsStream
 
@@ -196,7 +235,7 @@ class _AllBadGuard:
 
 
 def _raw_samples(shards, cfg: LoaderConfig, logical: int, workers: int, skipped: Counter,
-                 guard: _AllBadGuard):
+                 guard: _AllBadGuard, cache: dict | None = None):
     """This worker's raw samples: its share of the epoch's shuffled shards, or (resampled) an
     endless seeded draw of shards (ended by ``guard`` if none of them has a usable sample)."""
     if cfg.resampled:
@@ -205,12 +244,12 @@ def _raw_samples(shards, cfg: LoaderConfig, logical: int, workers: int, skipped:
         def samples():
             while guard.may_draw():
                 shard = rng_shards.choice(shards)
-                yield from guard.counted(shard, iter_samples([shard], skipped))
+                yield from guard.counted(shard, iter_samples([shard], skipped, cache))
         return samples()
     order = list(shards)
     random.Random(_seed("shards", cfg.seed, cfg.epoch)).shuffle(order)
     mine = order[cfg.rank::cfg.world_size][logical::workers]
-    return iter_samples(mine, skipped)
+    return iter_samples(mine, skipped, cache)
 
 
 def _shuffled(stream, size: int, rng: random.Random):
@@ -227,7 +266,8 @@ def _shuffled(stream, size: int, rng: random.Random):
     yield from buf
 
 
-def _worker_stream(shards, tokenizer, cfg: LoaderConfig, physical: int, workers: int):
+def _worker_stream(shards, tokenizer, cfg: LoaderConfig, physical: int, workers: int,
+                   cache: dict | None = None):
     """The items of one (physical) DataLoader worker of ``workers`` for the pass ``cfg``
     describes: ``{"images", "tokens", "skipped", "worker"}`` batches, then one end-of-stream
     item with ``images=None`` carrying the last skip counts."""
@@ -243,7 +283,7 @@ def _worker_stream(shards, tokenizer, cfg: LoaderConfig, physical: int, workers:
     skipped: Counter = Counter()
     transform = image_transform(cfg.image_size, train=True)
     guard = _AllBadGuard(shards)
-    raw = _raw_samples(shards, cfg, logical, workers, skipped, guard)
+    raw = _raw_samples(shards, cfg, logical, workers, skipped, guard, cache)
 
     def crop_rng(sample):
         return random.Random(_seed("crop", cfg.seed, cfg.epoch, sample.get("__key__", "")))
@@ -302,6 +342,8 @@ class WebDatasetLoader:
         self.skipped: Counter = Counter()
         self._yielded = 0
         self._pass_skip = self.skip_batches
+        # raw samples of small local shards, kept across epochs (see CACHE_BYTES)
+        self.cache = sample_cache(shards, config.cache_bytes)
 
     # batches per epoch per rank when resampled (the non-resampled count depends on the data)
     @property
@@ -324,8 +366,10 @@ class WebDatasetLoader:
         self._yielded = 0
         self._pass_skip = self.skip_batches
         if self.config.workers == 0:
-            items = _worker_stream(self.shards, self.tokenizer, self._pass(), 0, 1)
+            items = _worker_stream(self.shards, self.tokenizer, self._pass(), 0, 1, self.cache)
         else:
+            if self.cache is not None:  # filled here once; the workers get it with the dataset
+                _fill(self.cache, self.shards)
             ds = _make_dataset_class()(self)
             # the DataLoader draws its workers' base seed from ``generator`` on every iter();
             # a generator of its own (seeded by the pass) keeps it off torch's global RNG, which
@@ -346,6 +390,12 @@ class WebDatasetLoader:
 
     def __len__(self) -> int:
         return self.num_batches
+
+
+def _fill(cache: dict, shards: list[str]) -> None:
+    """Read the shards not yet in ``cache`` (those without read errors stay in it)."""
+    for _ in iter_samples([s for s in dict.fromkeys(shards) if s not in cache], Counter(), cache):
+        pass
 
 
 def checked_shards(urls: str, what: str = "--train-data") -> list[str]:
