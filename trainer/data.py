@@ -63,7 +63,7 @@ __all__ = ["make_train_loader", "LoaderConfig", "expand_urls", "checked_shards",
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 # local shards totalling at most this many bytes are read once and their raw samples replayed from
-# memory every epoch (parsing the tars was over half the loader's CPU time on the demo's shards)
+# memory every epoch (parsing the tars was ~40% of the loader's CPU time on the demo's shards)
 CACHE_BYTES = 256 << 20
 
 
