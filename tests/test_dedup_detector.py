@@ -230,3 +230,28 @@ def test_cli_train_and_calibrate_on_shards_with_a_corrupt_image(tmp_path, capsys
     # calibrating the held-out split of a detector trained with --holdout 0 has nothing to use
     assert wit_main(["dedup", "calibrate", "--detector", det, "--shards", str(tmp_path)]) == 2
     assert "calibration images" in capsys.readouterr().err
+
+
+def test_training_does_not_depend_on_the_order_of_the_shards_members(tmp_path):
+    """A download writes a shard's members in the order its threads finish: the same images in
+    another order must train the same detector (the demo's two runs did not)."""
+    from wit_builder.imageshards import ImageSource
+    from wit_builder.sim.fixtures import write_shard
+
+    imgs = _images(7, 20, (48, 48))
+    items = [{"key": f"{i:09d}", "image": im} for i, im in enumerate(imgs)]
+    order = list(np.random.default_rng(0).permutation(len(items)))
+    for name, rows in (("a", items), ("b", [items[i] for i in order])):
+        (tmp_path / name).mkdir()
+        write_shard(str(tmp_path / name / "00000.tar"), rows)
+    sources = [ImageSource(shards=[str(tmp_path / n / "00000.tar")], split="all") for n in "ab"]
+    assert [r.key for r in sources[0].refs] == [r.key for r in sources[1].refs] == [it["key"] for it in items]
+    assert [sources[0].read_bytes(i) for i in range(20)] == [sources[1].read_bytes(i) for i in range(20)]
+    for s in sources:
+        s.close()
+    weights = []
+    for n in "ab":
+        train_detector([str(tmp_path / n / "00000.tar")], str(tmp_path / f"{n}.pt"), arch="tiny", image_size=32,
+                       embed_dim=16, steps=3, batch_size=8, holdout=0.2, threads=1, progress=False)
+        weights.append(read_detector(str(tmp_path / f"{n}.pt"))["model"])
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

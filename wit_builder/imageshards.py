@@ -109,7 +109,10 @@ class ImageSource:
                 r, broken = index_shard(p)
                 refs.extend(r)
                 self.broken_shards += broken
-            self.refs = [r for r in refs if keep(r.key)]
+            # in key order, not file order: img2dataset writes a shard's members in the order its
+            # threads finished, so two downloads of the same pairs order them differently, and the
+            # detector's batches (drawn by index) would differ with them
+            self.refs = sorted((r for r in refs if keep(r.key)), key=lambda r: (r.key, r.shard, r.offset))
         self._handles: dict[str, object] = {}
         self.bad: set[int] = set()  # indices found undecodable by load()
 
