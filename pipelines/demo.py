@@ -50,8 +50,7 @@ from collections import Counter
 from typing import Callable
 
 from pipelines.demo_helpers import (corpus_scaled_precision, downloaded_images, folder_bytes,
-                                    image_shards, measure_step_seconds, parquet_column,
-                                    query_parts)
+                                    image_shards, measure_step_seconds, query_parts)
 from pipelines.demo_run import (MARKERS, STAGES, DemoConfig, DemoRun, cpu_seconds, fingerprint,
                                 finished_marker, run_stage, summary_line)
 from wit_builder.core import WitError, atomic_write_json, read_json_or_none
@@ -137,8 +136,9 @@ def stage_download(run: DemoRun) -> dict:
     web = build_web(web_config(cfg))
     # the server's threads share one interpreter: render the wanted images ahead, one process
     # per core, and serve them from memory (the stage 79 s -> 65 s, docs/demo.md)
-    web.prerender(parquet_column(run.path("collect", "balanced"), "url"), processes=cfg.threads,
-                  progress=cfg.progress)
+    import pyarrow.parquet as pq
+    urls = pq.read_table(run.path("collect", "balanced"), columns=["url"]).column("url").to_pylist()
+    web.prerender(urls, processes=cfg.threads, progress=cfg.progress)
     with LoopbackServer(web.routes()) as server:  # 127.0.0.1, a free port
         port = server.port
         opts = DownloadOptions(

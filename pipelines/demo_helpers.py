@@ -57,17 +57,6 @@ def downloaded_images(images_dir: str) -> int:
     return n
 
 
-def parquet_column(folder: str, column: str) -> list:
-    """One column of every ``*.parquet`` file in ``folder`` (e.g. the balanced pairs' urls)."""
-    import glob
-
-    import pyarrow.parquet as pq
-    values: list = []
-    for path in sorted(glob.glob(os.path.join(folder, "*.parquet"))):
-        values.extend(pq.read_table(path, columns=[column]).column(column).to_pylist())
-    return values
-
-
 def corpus_scaled_precision(target: float, calibration: int, corpus: int) -> float:
     """The calibration precision that gives about ``target`` on the whole corpus.
 

@@ -344,6 +344,7 @@ class WebDatasetLoader:
         self._pass_skip = self.skip_batches
         # raw samples of small local shards, kept across epochs (see CACHE_BYTES)
         self.cache = sample_cache(shards, config.cache_bytes)
+        self._cache_filled = False
 
     # batches per epoch per rank when resampled (the non-resampled count depends on the data)
     @property
@@ -368,8 +369,9 @@ class WebDatasetLoader:
         if self.config.workers == 0:
             items = _worker_stream(self.shards, self.tokenizer, self._pass(), 0, 1, self.cache)
         else:
-            if self.cache is not None:  # filled here once; the workers get it with the dataset
-                _fill(self.cache, self.shards)
+            if self.cache is not None and not self._cache_filled:
+                _fill(self.cache, self.shards)  # once; the workers get it with the dataset
+                self._cache_filled = True
             ds = _make_dataset_class()(self)
             # the DataLoader draws its workers' base seed from ``generator`` on every iter();
             # a generator of its own (seeded by the pass) keeps it off torch's global RNG, which
