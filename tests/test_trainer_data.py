@@ -1,6 +1,7 @@
 """Training data: webdataset loader (workers > shards, corrupt samples, resume) and transforms."""
 import io
 import json
+import os
 import random
 import tarfile
 
@@ -9,6 +10,7 @@ import pytest
 
 pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create")
 import torch
+import PIL.Image
 from PIL import Image
 
 from trainer import data
@@ -187,6 +189,9 @@ def test_small_local_shards_are_read_once_and_replayed(tmp_path, monkeypatch, wo
     def no_more_reads(*args, **kwargs):  # also in a forked loader worker
         raise AssertionError("a tar was read again")
     monkeypatch.setattr(wds, "tarfile_to_samples", no_more_reads)
+    # good images are decoded once, when cached: later epochs open none (the corrupt ones are
+    # tried each epoch and counted, as without the cache; a raising open counts them the same)
+    monkeypatch.setattr(PIL.Image, "open", no_more_reads)
     got = [first]
     for epoch in (1, 2):
         cached.set_epoch(epoch)
@@ -195,6 +200,37 @@ def test_small_local_shards_are_read_once_and_replayed(tmp_path, monkeypatch, wo
         assert len(e) == len(g) >= 5
         assert all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(e, g))
     assert cached.skipped["bad_image"] == plain.skipped["bad_image"] == 3
+
+
+def test_sample_cache_decodes_images_within_its_budget(tmp_path):
+    """Decoded images use at most what the raw bytes leave of the limit; samples past the budget
+    keep only their bytes, and batches are the same either way."""
+    urls, _ = _shards(tmp_path, 2, 8, corrupt={1003})
+    shards = data.expand_urls(urls)
+    raw = sum(os.path.getsize(s) for s in shards)
+    one = 40 * 30 * 3  # _shards writes 40 x 30 RGB images
+    cache = data.sample_cache(shards, raw + 5 * one + 10)
+    assert cache.decode_bytes == 5 * one + 10
+    from collections import Counter
+    samples = list(data.iter_samples(shards, Counter(), cache))
+    decoded = [s for s in samples if data.DECODED_KEY in s]
+    assert len(decoded) == 5 and cache.decoded_bytes == 5 * one
+    assert all(s[data.DECODED_KEY].size == (40, 30) for s in decoded)
+    kw = dict(tokenizer=NumberTokenizer(), image_size=16, batch_size=3, workers=0, seed=1,
+              shuffle_buffer=4)
+    loaders = [make_train_loader(urls, cache_bytes=c, **kw)[0]
+               for c in (0, raw + 5 * one + 10, raw + 100 * one)]
+    batches = []
+    for loader in loaders:
+        batches.append([])
+        for epoch in range(2):
+            loader.set_epoch(epoch)
+            batches[-1] += [(im.clone(), t.clone()) for im, t in loader]
+    for other in batches[1:]:
+        assert len(other) == len(batches[0]) >= 8
+        assert all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1])
+                   for x, y in zip(batches[0], other))
+    assert loaders[2].cache.decoded_bytes == 15 * one  # 16 images, one corrupt
 
 
 def test_sample_cache_limits_and_a_shard_with_read_errors_is_read_each_time(tmp_path):
