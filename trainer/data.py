@@ -144,10 +144,11 @@ def _decoded(sample: dict):
         return None
 
 
-def iter_samples(shards: list[str], skipped: Counter, cache: dict | None = None) -> Iterator[dict]:
+def iter_samples(shards: list[str], skipped: Counter,
+                 cache: "SampleCache | None" = None) -> Iterator[dict]:
     """Raw samples (dicts of bytes with ``__key__``) from tar shards; read errors are counted.
-    ``cache`` (``{shard: [samples]}``): shards in it are replayed from memory, and a shard read
-    here without an error is added to it (a shard with errors is read again each time, so its
+    ``cache`` (:func:`sample_cache`): shards in it are replayed from memory, and a shard read
+    here without an error is kept in it (a shard with errors is read again each time, so its
     errors are counted again, as without a cache)."""
     import webdataset as wds
 
@@ -167,10 +168,7 @@ def iter_samples(shards: list[str], skipped: Counter, cache: dict | None = None)
             samples.append(sample)
             yield sample
         if skipped["bad_tar"] == before:
-            if isinstance(cache, SampleCache):
-                cache.keep(shard, samples)
-            else:
-                cache[shard] = samples
+            cache.keep(shard, samples)
 
 
 class SampleCache(dict):
@@ -288,7 +286,7 @@ class _AllBadGuard:
 
 
 def _raw_samples(shards, cfg: LoaderConfig, logical: int, workers: int, skipped: Counter,
-                 guard: _AllBadGuard, cache: dict | None = None):
+                 guard: _AllBadGuard, cache: "SampleCache | None" = None):
     """This worker's raw samples: its share of the epoch's shuffled shards, or (resampled) an
     endless seeded draw of shards (ended by ``guard`` if none of them has a usable sample)."""
     if cfg.resampled:
@@ -320,7 +318,7 @@ def _shuffled(stream, size: int, rng: random.Random):
 
 
 def _worker_stream(shards, tokenizer, cfg: LoaderConfig, physical: int, workers: int,
-                   cache: dict | None = None):
+                   cache: "SampleCache | None" = None):
     """The items of one (physical) DataLoader worker of ``workers`` for the pass ``cfg``
     describes: ``{"images", "tokens", "skipped", "worker"}`` batches, then one end-of-stream
     item with ``images=None`` carrying the last skip counts."""
@@ -395,7 +393,7 @@ class WebDatasetLoader:
         self.skipped: Counter = Counter()
         self._yielded = 0
         self._pass_skip = self.skip_batches
-        # raw samples of small local shards, kept across epochs (see CACHE_BYTES)
+        # small local shards' samples (and decoded images), kept across epochs (see CACHE_BYTES)
         self.cache = sample_cache(shards, config.cache_bytes)
         self._cache_filled = False
 
@@ -447,7 +445,7 @@ class WebDatasetLoader:
         return self.num_batches
 
 
-def _fill(cache: dict, shards: list[str]) -> None:
+def _fill(cache: SampleCache, shards: list[str]) -> None:
     """Read the shards not yet in ``cache`` (those without read errors stay in it)."""
     for _ in iter_samples([s for s in dict.fromkeys(shards) if s not in cache], Counter(), cache):
         pass
