@@ -11,7 +11,7 @@ from torch import nn
 
 from wit_builder.core import WitError
 
-from trainer.layers import LayerNorm, Transformer
+from trainer.layers import LayerNorm, Transformer, attention
 
 __all__ = ["VisionTransformer", "ModifiedResNet", "Bottleneck", "AttentionPool2d", "use_channels_last"]
 
@@ -33,9 +33,23 @@ class VisionTransformer(nn.Module):
         self.ln_post = LayerNorm(width)
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
 
+    def embed_patches(self, x: torch.Tensor) -> torch.Tensor:
+        """``conv1`` (kernel = stride = patch, no bias) as one GEMM: ``[B, grid^2, width]``.
+        The image is cut into its patches by a reshape (kernel = stride: the patches do not
+        overlap) and multiplied by the kernel viewed as a ``[width, 3 p^2]`` matrix; the same
+        numbers as the convolution up to summation order, and a much faster weight gradient
+        on CPU (oneDNN's bf16 backward of this convolution took 0.67 s of a ViT-B/32 step)."""
+        b, c, h, w = x.shape
+        p = self.patch_size
+        if h % p or w % p:
+            raise WitError(f"image of {h}x{w} px is not a multiple of patch size {p}")
+        x = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
+        weight = self.conv1.weight
+        return F.linear(x.reshape(b, (h // p) * (w // p), c * p * p).to(weight.dtype),
+                        weight.reshape(weight.shape[0], -1))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv1(x.to(self.conv1.weight.dtype))           # [B, width, grid, grid]
-        x = x.flatten(2).transpose(1, 2)                          # [B, grid^2, width]
+        x = self.embed_patches(x)                                 # [B, grid^2, width]
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
         x = self.transformer(self.ln_pre(x))
@@ -97,7 +111,7 @@ class AttentionPool2d(nn.Module):
         q = self.q_proj(x[:, :1]).view(b, 1, h, d).transpose(1, 2)
         k = self.k_proj(x).view(b, -1, h, d).transpose(1, 2)
         v = self.v_proj(x).view(b, -1, h, d).transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, k, v)                         # [B, h, 1, d]
+        y = attention(q, k, v)                                              # [B, h, 1, d]
         return self.c_proj(y.reshape(b, c))
 
 

@@ -1,0 +1,84 @@
+"""The trainer's faster forms of CLIP's operations compute the same function as the plain ones:
+QuickGELU through SiLU, the explicit attention used on CPU in bf16, the patch embedding as one
+GEMM (trainer/layers.py, trainer/vision.py)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import trainer.layers as layers
+from trainer.layers import QuickGELU, attention
+from trainer.model import VisionTransformer
+
+
+def test_quick_gelu_is_x_sigmoid_1702x_with_its_gradient():
+    torch.manual_seed(0)
+    x = (torch.randn(1000) * 4).requires_grad_()
+    y = QuickGELU()(x)
+    ref_x = x.detach().clone().requires_grad_()
+    ref = ref_x * torch.sigmoid(1.702 * ref_x)
+    torch.testing.assert_close(y, ref, atol=1e-6, rtol=1e-6)
+    g = torch.randn(1000)
+    y.backward(g)
+    ref.backward(g)
+    torch.testing.assert_close(x.grad, ref_x.grad, atol=1e-6, rtol=1e-6)
+    x64 = torch.randn(50, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(QuickGELU(), (x64,))
+
+
+def _qkv(shape, dtype, seed=0):
+    torch.manual_seed(seed)
+    return [torch.randn(*shape).to(dtype).requires_grad_() for _ in range(3)]
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_cpu_bf16_attention_is_explicit_and_matches_sdpa(monkeypatch, causal):
+    q, k, v = _qkv((3, 4, 9, 16), torch.bfloat16)
+    ref_in = [t.detach().float().requires_grad_() for t in (q, k, v)]
+    ref = F.scaled_dot_product_attention(*ref_in, is_causal=causal)
+
+    def no_sdpa(*a, **kw):
+        raise AssertionError("SDPA called for a short bf16 sequence on CPU")
+    monkeypatch.setattr(layers.F, "scaled_dot_product_attention", no_sdpa)
+    y = attention(q, k, v, causal)
+    assert y.dtype == torch.bfloat16 and y.shape == (3, 4, 9, 16)
+    torch.testing.assert_close(y.float(), ref.detach(), atol=3e-2, rtol=3e-2)
+    g = torch.randn_like(ref)
+    y.backward(g.bfloat16())
+    ref.backward(g)
+    for got, want in zip((q, k, v), ref_in):
+        torch.testing.assert_close(got.grad.float(), want.grad, atol=6e-2, rtol=6e-2)
+    if causal:   # query 0 sees key 0 only: its output is v[..., 0, :]
+        torch.testing.assert_close(y[..., 0, :].float(), v[..., 0, :].float(), atol=0, rtol=0)
+
+
+def test_fp32_and_large_attention_use_sdpa(monkeypatch):
+    calls = []
+    real = F.scaled_dot_product_attention
+
+    def counting(*a, **kw):
+        calls.append(a[0].dtype)
+        return real(*a, **kw)
+    monkeypatch.setattr(layers.F, "scaled_dot_product_attention", counting)
+    q, k, v = _qkv((2, 2, 8, 8), torch.float32)
+    torch.testing.assert_close(attention(q, k, v), real(q, k, v))
+    assert calls == [torch.float32]
+    monkeypatch.setattr(layers, "EXPLICIT_ATTENTION_MAX_SCORES", 2 * 2 * 8 * 8 - 1)
+    attention(*_qkv((2, 2, 8, 8), torch.bfloat16))
+    assert calls == [torch.float32, torch.bfloat16]
+
+
+def test_patch_embedding_gemm_equals_the_convolution():
+    torch.manual_seed(0)
+    vit = VisionTransformer(image_size=32, patch_size=8, width=16, layers=1, heads=2,
+                            output_dim=8, quick_gelu=True)
+    x = torch.randn(3, 3, 32, 32)
+    y = vit.embed_patches(x)
+    ref_w = vit.conv1.weight.detach().clone().requires_grad_()
+    ref = F.conv2d(x, ref_w, stride=8).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+    g = torch.randn_like(ref)
+    y.backward(g)
+    ref.backward(g)
+    torch.testing.assert_close(vit.conv1.weight.grad, ref_w.grad, atol=1e-4, rtol=1e-4)
+    with pytest.raises(Exception, match="not a multiple of patch size"):
+        vit.embed_patches(torch.randn(1, 3, 30, 32))
