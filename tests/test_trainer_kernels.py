@@ -82,3 +82,29 @@ def test_patch_embedding_gemm_equals_the_convolution():
     torch.testing.assert_close(vit.conv1.weight.grad, ref_w.grad, atol=1e-4, rtol=1e-4)
     with pytest.raises(Exception, match="not a multiple of patch size"):
         vit.embed_patches(torch.randn(1, 3, 30, 32))
+
+
+@pytest.mark.parametrize("size,dtype,gemm", [(1, torch.float32, True), (2, torch.float32, True),
+                                             (8, torch.float32, False), (8, torch.bfloat16, True)])
+def test_1x1_convolution_gemm_equals_the_convolution(monkeypatch, size, dtype, gemm):
+    from trainer import vision
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(16, 24, 1, bias=False).to(dtype).to(memory_format=torch.channels_last)
+    x = torch.randn(5, 16, size, size).to(dtype).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    calls = []
+    real = vision.F.linear
+    monkeypatch.setattr(vision.F, "linear", lambda *a: calls.append(1) or real(*a))
+    y = vision.conv1x1(conv, x)
+    assert bool(calls) == gemm
+    assert y.shape == (5, 24, size, size) and y.is_contiguous(memory_format=torch.channels_last)
+    ref_x = x.detach().clone().requires_grad_()
+    ref_w = conv.weight.detach().clone().requires_grad_()
+    ref = F.conv2d(ref_x, ref_w)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(y, ref, atol=tol, rtol=tol)
+    g = torch.randn_like(ref)
+    y.backward(g)
+    ref.backward(g)
+    torch.testing.assert_close(x.grad, ref_x.grad, atol=tol, rtol=tol)
+    torch.testing.assert_close(conv.weight.grad, ref_w.grad, atol=tol * 10, rtol=tol)
