@@ -55,6 +55,33 @@ def init_distributed(device_pref: str):
     return rank, local_rank, world, device, here
 
 
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse (True where it did: Linux with glibc).
+
+    By default every allocation above a threshold (tens of MB: a training step's activations
+    and gradients) is a fresh ``mmap`` returned to the OS when freed, so each step faults in and
+    zeroes its memory again, and the heap's top is trimmed back. Here: no ``mmap`` for
+    allocations, no trimming; the process keeps its peak step memory (as torch's GPU caching
+    allocator does). ViT-B/32 bf16 step at batch 64 on a 2-core Xeon: 4.2 s -> 3.7 s.
+    """
+    import ctypes
+    import ctypes.util
+    import sys
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):   # not glibc (musl has no mallopt)
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1))
+
+
 def setup_device(cfg: TrainConfig):
     """Threads, process group and device: ``(rank, world_size, device, initialised_here)``."""
     import torch
@@ -63,6 +90,8 @@ def setup_device(cfg: TrainConfig):
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     rank, _, world, device, dist_here = init_distributed(cfg.device)
+    if device.type == "cpu":
+        keep_freed_memory()
     if cfg.precision == "fp16" and device.type != "cuda":
         raise WitError("--precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
     return rank, world, device, dist_here
