@@ -44,6 +44,7 @@ import torch.nn.functional as F  # noqa: E402
 from trainer.flops import forward_flops, image_flops, text_flops, train_flops  # noqa: E402
 from trainer.loss import ClipLoss, clamp_logit_scale  # noqa: E402
 from trainer.model import create_model, resolve_config  # noqa: E402
+from trainer.build import keep_freed_memory  # noqa: E402
 from trainer.train import forward_backward, param_groups  # noqa: E402
 from trainer.vision import use_channels_last  # noqa: E402
 
@@ -259,7 +260,11 @@ def main() -> None:
     probe_s = 0.3 if a.quick else 2.0
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"{torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}"
-    print(f"device {device} ({where}), torch {torch.__version__}")
+    # as `wit train` on CPU (trainer.build.setup_device); the OpenCLIP steps run in this same
+    # process, so they get it too
+    kept = device.type == "cpu" and keep_freed_memory()
+    print(f"device {device} ({where}), torch {torch.__version__}"
+          + (", malloc keeps freed memory (as wit train)" if kept else ""))
     results = []
     for name in models:
         batch = a.batch_size or (4 if a.quick else 64 if "tiny" in name else 16)

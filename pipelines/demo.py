@@ -215,7 +215,8 @@ def stage_train(run: DemoRun) -> dict:
     cfg, held = run.cfg, run.path("heldout")
     steps = cfg.train_steps
     if cfg.train_minutes:
-        seconds = measure_step_seconds(cfg.model, cfg.batch_size, cfg.train_image_size, cfg.threads)
+        seconds = measure_step_seconds(cfg.model, cfg.batch_size, cfg.train_image_size, cfg.threads,
+                                       precision=cfg.precision)
         steps = max(10, int(cfg.train_minutes * 60 / seconds))
     s = train(TrainConfig(
         train_data=run.train_data(), out=run.path("train"), model=cfg.model,
@@ -223,6 +224,7 @@ def stage_train(run: DemoRun) -> dict:
         epochs=10_000, max_steps=steps, lr=cfg.lr, wd=cfg.wd, warmup=min(cfg.warmup, steps),
         image_size=cfg.train_image_size, context_length=cfg.context_length, workers=1,
         threads=cfg.threads, seed=cfg.seed, resume="latest", save_every=max(50, steps // 4),
+        precision=cfg.precision,
         log_every=10, eval_every=cfg.eval_every, zeroshot_dir=os.path.join(held, "shapes"),
         zeroshot_classes=os.path.join(held, "shapes_classes.txt"),
         zeroshot_templates=os.path.join(held, "shapes_templates.txt"),
@@ -230,7 +232,8 @@ def stage_train(run: DemoRun) -> dict:
     seen = s["step"] * s["global_batch_size"]
     return {"in": s["num_samples"], "out": s["step"], "dropped": dict(s.get("skipped") or {}),
             "note": (f"steps of {s['global_batch_size']} pairs ({seen / max(1, s['num_samples']):.1f} "
-                     f"epochs), final loss {s['final_loss']:.3f}, {s['samples_per_s']:.0f} pairs/s"),
+                     f"epochs), final loss {s['final_loss']:.3f}, {s['samples_per_s']:.0f} pairs/s, "
+                     f"{s.get('precision', cfg.precision)}"),
             "final_loss": s["final_loss"]}
 
 

@@ -75,10 +75,13 @@ def corpus_scaled_precision(target: float, calibration: int, corpus: int) -> flo
 # --- train --------------------------------------------------------------------------------------
 
 def measure_step_seconds(model_name: str, batch_size: int, image_size: int | None, threads: int,
-                         steps: int = 3) -> float:
+                         steps: int = 3, precision: str = "fp32") -> float:
     """Seconds per training step of ``model_name`` on this machine (random data, after one
-    warm-up step), plus 15% for data loading: how ``--train-minutes`` turns into steps."""
+    warm-up step, in ``precision`` as the trainer resolves it), plus 15% for data loading: how
+    ``--train-minutes`` turns into steps."""
     import torch
+
+    from trainer.precision import resolve_precision
 
     from trainer.loss import ClipLoss
     from trainer.model import create_model
@@ -93,11 +96,14 @@ def measure_step_seconds(model_name: str, batch_size: int, image_size: int | Non
     x = torch.randn(batch_size, 3, size, size)
     t = torch.randint(1, 4000, (batch_size, cfg["text_cfg"]["context_length"]))
     t[:, -1] = 4095
+    bf16 = resolve_precision(precision, torch.device("cpu"))[0] == "bf16"
     times = []
     for _ in range(steps + 1):
         t0 = time.perf_counter()
-        img, txt, scale = model(x, t)
-        loss_fn(img, txt, scale).backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            img, txt, scale = model(x, t)
+            loss = loss_fn(img, txt, scale)
+        loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)

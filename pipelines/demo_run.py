@@ -72,6 +72,9 @@ class DemoConfig:
     wd: float = 0.1
     warmup: int = 100
     eval_every: int = 100               # zero-shot shapes during training (curve in the report)
+    # CLIP training precision: auto = bf16 where the CPU has native bf16 (AMX / AVX512-BF16), else
+    # fp32 (trainer/precision.py); the report's train line says which ran
+    precision: str = "auto"
     # the supervised baseline (effective robustness): the same image tower and shards, a linear
     # head on the shapes named in the captions, cross-entropy; 0 steps skips it
     baseline_steps: int = 300
@@ -94,7 +97,7 @@ class DemoConfig:
             "shards": ("samples_per_shard",),
             "tokenizer": ("num_merges",),
             "train": ("model", "train_image_size", "context_length", "batch_size", "train_steps",
-                      "train_minutes", "lr", "wd", "warmup", "eval_every", "seed"),
+                      "train_minutes", "lr", "wd", "warmup", "eval_every", "precision", "seed"),
             "baseline": ("model", "train_image_size", "baseline_batch", "baseline_steps", "baseline_lr",
                          "wd", "seed"),
             "eval": (),

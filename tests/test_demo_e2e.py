@@ -249,6 +249,13 @@ def test_reduced_demo_end_to_end(tmp_path):
     decisions = check_dedup(out, m)
     check_shards(out, m, decisions)
     check_model_and_report(out)
+    # the demo trains in the precision `wit train --precision auto` picks on this CPU
+    import torch
+
+    from trainer.precision import resolve_precision
+    summary = json.load(open(f"{out}/train/summary.json"))
+    assert summary["precision"] == resolve_precision("auto", torch.device("cpu"))[0]
+    assert summary["precision"] in lines[STAGES.index("train")]
 
     # resume: every stage is skipped, nothing is rewritten
     watched = ["raw/manifest.json", "collect/stats.json", "images/00000.parquet", "dedup/decisions.parquet",
@@ -304,3 +311,25 @@ def test_train_fingerprint_follows_the_model_configs_contents(tmp_path):
     assert after["train"] != before["train"] and after["baseline"] != before["baseline"]
     assert after["generate"] == before["generate"]
     assert after["train"]["model"]["config"]["text_cfg"]["width"] == cfg["text_cfg"]["width"]
+
+
+def test_demo_precision_option_reaches_the_train_fingerprint_only(capsys):
+    import argparse
+
+    import pytest
+
+    from pipelines.cli.demo import add_arguments, config_from_args
+    from pipelines.demo_helpers import measure_step_seconds
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert config_from_args(parser.parse_args(["--out", "D"])).precision == "auto"
+    cfg = config_from_args(parser.parse_args(["--out", "D", "--precision", "fp32"]))
+    assert cfg.precision == "fp32"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--out", "D", "--precision", "fp8"])
+    assert "--precision" in capsys.readouterr().err
+    other = DemoConfig(out="D", precision="bf16")
+    assert other.stage_params("train") != cfg.stage_params("train")
+    for stage in ("generate", "dedup", "baseline", "eval"):
+        assert other.stage_params(stage) == cfg.stage_params(stage)
+    assert measure_step_seconds("tiny-rn", 8, None, 1, steps=1, precision="bf16") > 0

@@ -53,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baseline-steps", type=int, default=d.baseline_steps,
                         help="training steps (of 128 images) of the supervised baseline (the robustness "
                              "comparison); 0 skips it")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=d.precision,
+                        help="CLIP training precision: auto = bf16 autocast where the CPU has native "
+                             "bf16 (amx_bf16 or avx512_bf16), else fp32")
     parser.add_argument("--threads", type=int, default=d.threads,
                         help="torch threads for training and the detector (the data loader "
                              "runs in one more process)")
@@ -78,7 +81,7 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
                       train_image_size=args.train_image_size, detector_steps=args.detector_steps,
                       per_query_cap=args.per_query_cap, wordnet=args.wordnet,
                       heldout_per_class=args.heldout_per_class, baseline_steps=args.baseline_steps,
-                      threads=args.threads,
+                      threads=args.threads, precision=args.precision,
                       force=args.force, progress=getattr(args, "progress", True))
 
 
