@@ -249,3 +249,30 @@ def test_sample_cache_limits_and_a_shard_with_read_errors_is_read_each_time(tmp_
         counts.append((n, skipped["bad_tar"]))
     assert counts[0] == counts[1] and counts[0][1] >= 1     # errors counted again the 2nd time
     assert set(cache) == {shards[0], shards[2]}
+
+
+def test_workers_live_for_the_run_and_each_pass_gets_its_epoch_and_skip(tmp_path):
+    """One set of worker processes for all epochs (a worker forked anew each epoch made the
+    trainer copy every page it wrote after the fork), with the same batches as fresh loaders
+    for each epoch and each resume point."""
+    import multiprocessing
+    urls, _ = _shards(tmp_path, 4, 10, corrupt={1002})
+    kw = dict(tokenizer=NumberTokenizer(), image_size=32, batch_size=4, workers=2, seed=3,
+              shuffle_buffer=6)
+    loader, _ = make_train_loader(urls, **kw)
+    before = {p.pid for p in multiprocessing.active_children()}
+    pids = []
+    for epoch, skip in ((0, 0), (1, 0), (2, 2), (1, 1)):
+        loader.set_epoch(epoch, skip_batches=skip)
+        got = [t.tolist() for _, t in loader]
+        pids.append({p.pid for p in multiprocessing.active_children()} - before)
+        fresh, _ = make_train_loader(urls, epoch=epoch, skip_batches=skip, **kw)
+        assert got == [t.tolist() for _, t in fresh], (epoch, skip)
+        fresh.close()
+        assert loader.state() == {"epoch": epoch, "batches": skip + len(got)}
+    assert len(pids[0]) == 2 and all(p == pids[0] for p in pids)
+    loader.close()
+    for p in multiprocessing.active_children():
+        if p.pid in pids[0]:
+            p.join(timeout=10)
+    assert not pids[0] & {p.pid for p in multiprocessing.active_children()}

@@ -222,6 +222,7 @@ def train(cfg: TrainConfig, report: ReportConfig | None = None) -> dict:
             if not full:
                 if pos.batches == 0:  # a whole epoch without one step: nothing to train on
                     bar.close()
+                    loader.close()
                     run.close_logs()
                     raise no_usable_data(len(loader.shards), skips.skipped(), len(batches),
                                          cfg.accum_freq, run.rank, run.world)
@@ -257,6 +258,7 @@ def train(cfg: TrainConfig, report: ReportConfig | None = None) -> dict:
                 break
         skips.finish(pass_epoch)  # a warning if this pass skipped too much
     bar.close()
+    loader.close()
     run.close_logs()
     return _finish(run, pos, progress)
 
