@@ -65,17 +65,27 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     ``F.scaled_dot_product_attention`` everywhere except on CPU with bf16/fp16 inputs and
     modest sizes: there torch's fused (flash) kernel is slow for CLIP's short sequences (its
     backward took a fifth of a ViT-B/32 bf16 training step), and the explicit form, two batched
-    GEMMs and a float32 softmax, is 2-6x faster forward + backward (bench/train.py).
+    GEMMs (the scale and the causal mask folded into the first) and a softmax that accumulates
+    in float32, is 2-6x faster forward + backward.
     """
-    n, m = q.shape[-2], k.shape[-2]
+    *lead, n, d = q.shape
+    m = k.shape[-2]
     if (q.device.type != "cpu" or q.dtype not in (torch.bfloat16, torch.float16)
-            or q.numel() // q.shape[-1] * m > EXPLICIT_ATTENTION_MAX_SCORES):
+            or q.numel() // d * m > EXPLICIT_ATTENTION_MAX_SCORES):
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    # the scale and the causal mask (additive, -inf above the diagonal: top-left aligned, as
+    # SDPA's is_causal) go into the scores' GEMM: baddbmm(bias, q, k^T, alpha=scale)
     if causal:
-        mask = torch.ones(n, m, dtype=torch.bool, device=q.device).triu(1)   # top-left aligned, as SDPA
-        scores = scores.masked_fill(mask, float("-inf"))
-    return torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype) @ v
+        bias = torch.zeros(n, m, dtype=q.dtype, device=q.device).masked_fill_(
+            torch.ones(n, m, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+        beta = 1
+    else:
+        bias, beta = torch.zeros(1, 1, dtype=q.dtype, device=q.device), 0
+    q3, k3, v3 = q.reshape(-1, n, d), k.reshape(-1, m, d), v.reshape(-1, m, v.shape[-1])
+    scores = torch.baddbmm(bias.expand(q3.shape[0], n, m), q3, k3.transpose(1, 2),
+                           beta=beta, alpha=d ** -0.5)
+    # torch's CPU softmax on bf16/fp16 accumulates in float32 and rounds the result once
+    return torch.bmm(scores.softmax(-1), v3).view(*lead, n, v.shape[-1])
 
 
 class Attention(nn.Module):
