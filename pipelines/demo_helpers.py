@@ -81,10 +81,9 @@ def measure_step_seconds(model_name: str, batch_size: int, image_size: int | Non
     ``--train-minutes`` turns into steps."""
     import torch
 
-    from trainer.precision import resolve_precision
-
     from trainer.loss import ClipLoss
     from trainer.model import create_model
+    from trainer.precision import resolve_precision
     from trainer.vision import use_channels_last
     if threads:
         torch.set_num_threads(threads)

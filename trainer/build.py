@@ -66,7 +66,7 @@ def keep_freed_memory() -> bool:
     and gradients) is a fresh ``mmap`` returned to the OS when freed, so each step faults in and
     zeroes its memory again, and the heap's top is trimmed back. Here: no ``mmap`` for
     allocations, no trimming; the process keeps its peak step memory (as torch's GPU caching
-    allocator does). ViT-B/32 bf16 step at batch 64 on a 2-core Xeon: 4.2 s -> 3.7 s.
+    allocator does). A ViT-B/32 bf16 step at batch 64 on a 2-core Xeon: 4.0-4.2 s -> 3.5 s.
     """
     import ctypes
     import ctypes.util
