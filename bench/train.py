@@ -41,10 +41,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from trainer.build import keep_freed_memory  # noqa: E402
 from trainer.flops import forward_flops, image_flops, text_flops, train_flops  # noqa: E402
 from trainer.loss import ClipLoss, clamp_logit_scale  # noqa: E402
 from trainer.model import create_model, resolve_config  # noqa: E402
-from trainer.build import keep_freed_memory  # noqa: E402
 from trainer.train import forward_backward, param_groups  # noqa: E402
 from trainer.vision import use_channels_last  # noqa: E402
 

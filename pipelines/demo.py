@@ -233,7 +233,7 @@ def stage_train(run: DemoRun) -> dict:
     return {"in": s["num_samples"], "out": s["step"], "dropped": dict(s.get("skipped") or {}),
             "note": (f"steps of {s['global_batch_size']} pairs ({seen / max(1, s['num_samples']):.1f} "
                      f"epochs), final loss {s['final_loss']:.3f}, {s['samples_per_s']:.0f} pairs/s, "
-                     f"{s.get('precision', cfg.precision)}"),
+                     f"{s['precision']}"),
             "final_loss": s["final_loss"]}
 
 

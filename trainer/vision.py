@@ -63,9 +63,9 @@ def conv1x1(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     summation order. oneDNN's convolution backward is slow there: 19x (bf16) and 3.6x (fp32)
     the GEMM's time for tiny-rn's last 1x1 convolutions (512 -> 1024 channels on a 1x1 map)."""
     h, w = x.shape[-2:]
-    if (x.device.type != "cpu" or not x.is_contiguous(memory_format=torch.channels_last)
-            or x.shape[1] == 1 or not (h * w <= 4 or x.dtype != torch.float32
-                                       or torch.is_autocast_enabled("cpu"))):
+    nhwc = x.is_contiguous(memory_format=torch.channels_last) and x.shape[1] > 1
+    reduced = x.dtype != torch.float32 or torch.is_autocast_enabled("cpu")
+    if x.device.type != "cpu" or not nhwc or not (reduced or h * w <= 4):
         return conv(x)
     weight = conv.weight
     y = F.linear(x.permute(0, 2, 3, 1), weight.reshape(weight.shape[0], -1))
