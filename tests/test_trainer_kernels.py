@@ -1,6 +1,6 @@
 """The trainer's faster forms of CLIP's operations compute the same function as the plain ones:
 QuickGELU through SiLU, the explicit attention used on CPU in bf16, the patch embedding as one
-GEMM (trainer/layers.py, trainer/vision.py)."""
+GEMM, 1x1 and small-map convolutions as GEMMs (trainer/layers.py, trainer/vision.py)."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -108,6 +108,57 @@ def test_1x1_convolution_gemm_equals_the_convolution(monkeypatch, size, dtype, g
     ref.backward(g)
     torch.testing.assert_close(x.grad, ref_x.grad, atol=tol, rtol=tol)
     torch.testing.assert_close(conv.weight.grad, ref_w.grad, atol=tol * 10, rtol=tol)
+
+
+@pytest.mark.parametrize("size,dtype,channels_last",
+                         [((2, 2), torch.float32, True), ((1, 2), torch.float32, False),
+                          ((1, 1), torch.float32, True), ((2, 2), torch.bfloat16, True)])
+def test_small_map_convolution_gemm_equals_the_convolution(monkeypatch, size, dtype,
+                                                           channels_last):
+    from trainer import vision
+    torch.manual_seed(0)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    conv = torch.nn.Conv2d(12, 20, 3, padding=1, bias=False).to(dtype).to(memory_format=layout)
+    x = torch.randn(6, 12, *size).to(dtype).contiguous(memory_format=layout).requires_grad_()
+    calls = []
+    real = vision.F.linear
+    monkeypatch.setattr(vision.F, "linear", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(vision.nn.Conv2d, "forward", lambda *a: pytest.fail("convolution called"))
+    y = vision.conv_small_map(conv, x)
+    assert calls == [1]
+    assert y.shape == (6, 20, *size) and y.is_contiguous(memory_format=layout)
+    ref_x = x.detach().clone().requires_grad_()
+    ref_w = conv.weight.detach().clone().requires_grad_()
+    ref = F.conv2d(ref_x, ref_w, padding=1)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(y, ref, atol=tol, rtol=tol)
+    g = torch.randn_like(ref)
+    y.backward(g)
+    ref.backward(g)
+    torch.testing.assert_close(x.grad, ref_x.grad, atol=tol, rtol=tol)
+    torch.testing.assert_close(conv.weight.grad, ref_w.grad, atol=tol * 10, rtol=tol)
+
+
+def test_small_map_convolution_is_exact_in_float64_and_leaves_other_convolutions_alone():
+    from trainer import vision
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1, bias=False).double()
+    x = torch.randn(2, 3, 2, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w: vision.conv_small_map(conv, x), (x, conv.weight))
+    torch.testing.assert_close(vision.conv_small_map(conv, x), F.conv2d(x, conv.weight, padding=1),
+                               atol=1e-12, rtol=1e-12)
+    # a bigger map, a stride, a bias or other padding: the convolution itself
+    for layer, shape in ((conv, (2, 3, 4, 4)),
+                         (torch.nn.Conv2d(3, 4, 3, stride=2, padding=1, bias=False), (2, 3, 2, 2)),
+                         (torch.nn.Conv2d(3, 4, 3, padding=1), (2, 3, 2, 2)),
+                         (torch.nn.Conv2d(3, 4, 3, padding=0, bias=False), (2, 3, 3, 3))):
+        layer = layer.double()
+        z = torch.randn(*shape, dtype=torch.float64)
+        calls = []
+        real = layer.forward
+        layer.forward = lambda t: calls.append(1) or real(t)
+        torch.testing.assert_close(vision.conv_small_map(layer, z), real(z))
+        assert calls == [1]
 
 
 _FAULTS = """
