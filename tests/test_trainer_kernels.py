@@ -1,6 +1,7 @@
 """The trainer's faster forms of CLIP's operations compute the same function as the plain ones:
 QuickGELU through SiLU, the explicit attention used on CPU in bf16, the patch embedding as one
-GEMM, 1x1 and small-map convolutions as GEMMs (trainer/layers.py, trainer/vision.py)."""
+GEMM, 1x1 and small-map convolutions as GEMMs, the towers' last block computed at the pooled
+token only (trainer/layers.py, trainer/vision.py, trainer/model.py)."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -159,6 +160,74 @@ def test_small_map_convolution_is_exact_in_float64_and_leaves_other_convolutions
         layer.forward = lambda t: calls.append(1) or real(t)
         torch.testing.assert_close(vision.conv_small_map(layer, z), real(z))
         assert calls == [1]
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_transformer_last_block_on_picked_rows_equals_the_full_output(causal, dtype):
+    from trainer.layers import Transformer
+    torch.manual_seed(0)
+    t = Transformer(32, 2, 4, quick_gelu=False, causal=causal)
+    rows = torch.tensor([8, 3, 0, 5, 8]) if causal else torch.zeros(5, dtype=torch.long)
+    x = torch.randn(5, 9, 32).requires_grad_()
+    ref_t = __import__("copy").deepcopy(t)
+    ref_x = x.detach().clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        y = t(x, rows=rows)
+        ref = ref_t(ref_x)[torch.arange(5), rows].unsqueeze(1)
+    assert y.shape == (5, 1, 32)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(y.float(), ref.float(), atol=tol, rtol=tol)
+    g = torch.randn(5, 1, 32)
+    y.float().backward(g)
+    ref.float().backward(g)
+    torch.testing.assert_close(x.grad, ref_x.grad, atol=tol, rtol=tol)
+    for (name, p), ref_p in zip(t.named_parameters(), ref_t.parameters()):
+        torch.testing.assert_close(p.grad, ref_p.grad, atol=tol * 5, rtol=tol, msg=name)
+    if causal:   # a later position's input cannot reach an earlier row's output
+        x2 = x.detach().clone()
+        x2[1, 4:] += 10
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            torch.testing.assert_close(t(x2, rows=rows)[1], t(x.detach(), rows=rows)[1])
+
+
+def test_attention_mask_in_explicit_form_equals_sdpa(monkeypatch):
+    q, k, v = _qkv((3, 2, 1, 16), torch.bfloat16)
+    k, v = (torch.randn(3, 2, 7, 16).bfloat16().requires_grad_() for _ in range(2))
+    allowed = (torch.arange(7) <= torch.tensor([6, 2, 0])[:, None]).view(3, 1, 1, 7)
+    ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=allowed)
+    monkeypatch.setattr(layers.F, "scaled_dot_product_attention",
+                        lambda *a, **kw: pytest.fail("SDPA called"))
+    y = attention(q, k, v, allowed=allowed)
+    torch.testing.assert_close(y.float(), ref, atol=3e-2, rtol=3e-2)
+    # the third query sees key 0 only
+    torch.testing.assert_close(y[2, :, 0].float(), v[2, :, 0].float(), atol=0, rtol=0)
+
+
+def test_text_and_image_features_equal_the_full_towers_pooled():
+    from trainer.model import create_model
+    torch.manual_seed(0)
+    model, cfg = create_model("tiny-vit", vocab_size=100, context_length=12)
+    model.eval()
+    text = torch.randint(1, 98, (4, 12))
+    text[:, -3:] = 0
+    text[torch.arange(4), torch.tensor([8, 3, 5, 8])] = 99       # end tokens
+    images = torch.randn(4, 3, cfg["vision_cfg"]["image_size"], cfg["vision_cfg"]["image_size"])
+    with torch.no_grad():
+        got_t, got_i = model.encode_text(text), model.encode_image(images)
+        eot = text.argmax(-1)
+        x = model.token_embedding(text[:, :9]) + model.positional_embedding[:9]
+        for block in model.transformer.resblocks:
+            x = block(x, True)
+        want_t = model.ln_final(x)[torch.arange(4), eot] @ model.text_projection
+        v = model.visual
+        x = torch.cat([v.class_embedding.expand(4, 1, -1), v.embed_patches(images)], 1)
+        x = v.ln_pre(x + v.positional_embedding)
+        for block in v.transformer.resblocks:
+            x = block(x)
+        want_i = v.ln_post(x[:, 0]) @ v.proj
+    torch.testing.assert_close(got_t, want_t, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got_i, want_i, atol=1e-5, rtol=1e-5)
 
 
 _FAULTS = """

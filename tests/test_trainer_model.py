@@ -289,7 +289,10 @@ def test_gradient_checkpointing_gives_same_gradients():
         torch.testing.assert_close(grads[0][k], grads[1][k], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("cfg", [TINY_VIT, TINY_RN])
+TINY_RN_32 = {**TINY_RN, "vision_cfg": {**TINY_RN["vision_cfg"], "image_size": 32}}  # 2x2 map
+
+
+@pytest.mark.parametrize("cfg", [TINY_VIT, TINY_RN, TINY_RN_32])
 def test_flops_from_config_match_a_flop_counter(cfg):
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
@@ -303,6 +306,24 @@ def test_flops_from_config_match_a_flop_counter(cfg):
     t[:, -1] = 299                    # full length: the text tower runs all 16 positions
     # the math attention backend is made of matmuls the counter sees (fused kernels are opaque)
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+        with FlopCounterMode(display=False) as counter:
+            model.encode_image(x)
+        assert counter.get_total_flops() == 2 * image_flops(full, executed=True)
+        with FlopCounterMode(display=False) as counter:
+            model.encode_text(t)
+        assert counter.get_total_flops() == 2 * text_flops(full, executed=True)
+    # the model's FLOPs: those of the towers computed in full (every block at every position,
+    # convolutions over their padding), as a plain implementation runs them
+    from trainer import vision
+    from trainer.layers import Transformer
+    full_tower = Transformer.forward
+
+    def every_position(self, x, rows=None):
+        y = full_tower(self, x)
+        return y if rows is None else y[torch.arange(y.shape[0]), rows].unsqueeze(1)
+    with pytest.MonkeyPatch.context() as mp, torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+        mp.setattr(Transformer, "forward", every_position)
+        mp.setattr(vision, "SMALL_MAP", 0)
         with FlopCounterMode(display=False) as counter:
             model.encode_image(x)
         assert counter.get_total_flops() == 2 * image_flops(full)

@@ -60,8 +60,10 @@ class QuickGELU(nn.Module):
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-              causal: bool = False) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d)) v over ``[..., n, d]`` tensors (causal: query i sees keys <= i).
+              causal: bool = False, allowed: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v over ``[..., n, d]`` tensors (causal: query i sees keys <= i;
+    ``allowed``: instead, a boolean mask broadcastable to ``[..., n, m]``, True where a query
+    sees a key).
 
     ``F.scaled_dot_product_attention`` everywhere except on CPU with bf16/fp16 inputs and
     modest sizes: there torch's fused (flash) kernel is slow for CLIP's short sequences (its
@@ -73,10 +75,16 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     m = k.shape[-2]
     if (q.device.type != "cpu" or q.dtype not in (torch.bfloat16, torch.float16)
             or q.numel() // d * m > EXPLICIT_ATTENTION_MAX_SCORES):
+        if allowed is not None:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
     # the scale and the causal mask (additive, -inf above the diagonal: top-left aligned, as
     # SDPA's is_causal) go into the scores' GEMM: baddbmm(bias, q, k^T, alpha=scale)
-    if causal:
+    if allowed is not None:
+        bias = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill_(
+            ~allowed, float("-inf")).expand(*lead, n, m).reshape(-1, n, m)
+        beta = 1
+    elif causal:
         bias = torch.zeros(n, m, dtype=q.dtype, device=q.device).masked_fill_(
             torch.ones(n, m, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
         beta = 1
@@ -106,12 +114,28 @@ class Attention(nn.Module):
         nn.init.zeros_(self.in_proj_bias)
         nn.init.zeros_(self.out_proj.bias)
 
-    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, causal: bool = False,
+                rows: torch.Tensor | None = None) -> torch.Tensor:
+        """``[b, n, d]`` -> ``[b, n, d]``; with ``rows`` (``[b]`` positions), only the output
+        at each sequence's ``rows[i]`` is computed: ``[b, 1, d]`` (keys and values still come
+        from every position; causal: that query sees the positions up to its own)."""
         b, n, d = x.shape
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
-        q, k, v = qkv.view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        y = attention(q, k, v, causal)                  # [b, heads, n, d/heads]
-        return self.out_proj(y.transpose(1, 2).reshape(b, n, d))
+        h = self.heads
+        if rows is None:
+            qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+            q, k, v = qkv.view(b, n, 3, h, d // h).permute(2, 0, 3, 1, 4)
+            y = attention(q, k, v, causal)              # [b, heads, n, d/heads]
+            return self.out_proj(y.transpose(1, 2).reshape(b, n, d))
+        w_q, w_kv = self.in_proj_weight.split([d, 2 * d])
+        b_q, b_kv = self.in_proj_bias.split([d, 2 * d])
+        picked = x[torch.arange(b, device=x.device), rows].unsqueeze(1)          # [b, 1, d]
+        q = F.linear(picked, w_q, b_q).view(b, 1, h, d // h).transpose(1, 2)
+        k, v = F.linear(x, w_kv, b_kv).view(b, n, 2, h, d // h).permute(2, 0, 3, 1, 4)
+        allowed = None
+        if causal:
+            allowed = (torch.arange(n, device=x.device) <= rows[:, None]).view(b, 1, 1, n)
+        y = attention(q, k, v, allowed=allowed)         # [b, heads, 1, d/heads]
+        return self.out_proj(y.transpose(1, 2).reshape(b, 1, d))
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -128,8 +152,15 @@ class ResidualAttentionBlock(nn.Module):
         ]))
         self.ln_2 = LayerNorm(width)
 
-    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), causal=causal)
+    def forward(self, x: torch.Tensor, causal: bool = False,
+                rows: torch.Tensor | None = None) -> torch.Tensor:
+        """``rows`` (``[B]`` positions): compute only the block's output at those positions,
+        ``[B, 1, width]`` (what a tower's last block needs: the CLS or end-of-text token)."""
+        if rows is None:
+            x = x + self.attn(self.ln_1(x), causal=causal)
+        else:
+            x = (x[torch.arange(x.shape[0], device=x.device), rows].unsqueeze(1)
+                 + self.attn(self.ln_1(x), causal=causal, rows=rows))
         return x + self.mlp(self.ln_2(x))
 
 
@@ -144,10 +175,17 @@ class Transformer(nn.Module):
         self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads, quick_gelu)
                                          for _ in range(layers)])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.resblocks:
+    def forward(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, L, width]`` -> ``[B, L, width]``; with ``rows`` (``[B]`` positions) the last
+        block computes only those positions: ``[B, 1, width]``, the same values as
+        ``forward(x)[arange(B), rows]`` (the pooled token of a tower) without the last block's
+        work on the others (its attention queries, output projection and MLP for the L - 1
+        unused positions)."""
+        last = len(self.resblocks) - 1
+        for i, block in enumerate(self.resblocks):
+            picked = rows if i == last else None
             if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, self.causal, use_reentrant=False)
+                x = checkpoint(block, x, self.causal, picked, use_reentrant=False)
             else:
-                x = block(x, self.causal)
+                x = block(x, self.causal, picked)
         return x

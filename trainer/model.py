@@ -140,8 +140,8 @@ class CLIP(nn.Module):
         length = text.shape[1]
         x = self.token_embedding(text).to(self.dtype)
         x = x + self.positional_embedding[:length].to(x.dtype)
-        x = self.ln_final(self.transformer(x))
-        return x[torch.arange(x.shape[0], device=x.device), eot] @ self.text_projection.to(x.dtype)
+        x = self.ln_final(self.transformer(x, rows=eot))    # [B, 1, width]: end tokens only
+        return x[:, 0] @ self.text_projection.to(x.dtype)
 
     def forward(self, image: torch.Tensor, text: torch.Tensor):
         """(L2-normalised image features, L2-normalised text features, exp(logit_scale))."""
