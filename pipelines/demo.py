@@ -50,7 +50,8 @@ from collections import Counter
 from typing import Callable
 
 from pipelines.demo_helpers import (corpus_scaled_precision, downloaded_images, folder_bytes,
-                                    image_shards, measure_step_seconds, query_parts)
+                                    image_shards, loader_workers, measure_step_seconds,
+                                    query_parts)
 from pipelines.demo_run import (MARKERS, STAGES, DemoConfig, DemoRun, cpu_seconds, fingerprint,
                                 finished_marker, run_stage, summary_line)
 from wit_builder.core import WitError, atomic_write_json, read_json_or_none
@@ -222,7 +223,8 @@ def stage_train(run: DemoRun) -> dict:
         train_data=run.train_data(), out=run.path("train"), model=cfg.model,
         tokenizer=run.path("tokenizer", "merges.txt"), batch_size=cfg.batch_size,
         epochs=10_000, max_steps=steps, lr=cfg.lr, wd=cfg.wd, warmup=min(cfg.warmup, steps),
-        image_size=cfg.train_image_size, context_length=cfg.context_length, workers=1,
+        image_size=cfg.train_image_size, context_length=cfg.context_length,
+        workers=loader_workers(cfg.threads),
         threads=cfg.threads, seed=cfg.seed, resume="latest", save_every=max(50, steps // 4),
         precision=cfg.precision,
         log_every=10, eval_every=cfg.eval_every, zeroshot_dir=os.path.join(held, "shapes"),

@@ -333,3 +333,11 @@ def test_demo_precision_option_reaches_the_train_fingerprint_only(capsys):
     for stage in ("generate", "dedup", "baseline", "eval"):
         assert other.stage_params(stage) == cfg.stage_params(stage)
     assert measure_step_seconds("tiny-rn", 8, None, 1, steps=1, precision="bf16") > 0
+
+
+def test_demo_loads_inline_when_its_threads_take_every_core(monkeypatch):
+    from pipelines import demo_helpers
+    monkeypatch.setattr(demo_helpers.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert demo_helpers.loader_workers(2) == 0
+    assert demo_helpers.loader_workers(3) == 0
+    assert demo_helpers.loader_workers(1) == 1

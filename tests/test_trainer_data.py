@@ -276,3 +276,24 @@ def test_workers_live_for_the_run_and_each_pass_gets_its_epoch_and_skip(tmp_path
         if p.pid in pids[0]:
             p.join(timeout=10)
     assert not pids[0] & {p.pid for p in multiprocessing.active_children()}
+
+
+def test_one_worker_yields_the_batches_of_the_inline_loader(tmp_path):
+    """The demo loads inline or in one worker process depending on the cores
+    (pipelines.demo_helpers.loader_workers): either way the same batches, epoch after epoch."""
+    urls, _ = _shards(tmp_path, 3, 9, corrupt={1004})
+    kw = dict(tokenizer=NumberTokenizer(), image_size=32, batch_size=4, seed=5, shuffle_buffer=5)
+    passes = {}
+    for workers in (0, 1):
+        loader, _ = make_train_loader(urls, workers=workers, **kw)
+        passes[workers] = []
+        for epoch in range(3):
+            loader.set_epoch(epoch)
+            passes[workers].append([(im.clone(), t.clone()) for im, t in loader])
+        loader.close()
+    for inline, worker in zip(passes[0], passes[1]):
+        assert len(inline) == len(worker) >= 5
+        assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+                   for a, b in zip(inline, worker))
+    assert not all(torch.equal(a[0], b[0]) for a, b in zip(passes[0][0], passes[0][1]))
+

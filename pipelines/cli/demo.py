@@ -57,8 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="CLIP training precision: auto = bf16 autocast where the CPU has native "
                              "bf16 (amx_bf16 or avx512_bf16), else fp32")
     parser.add_argument("--threads", type=int, default=d.threads,
-                        help="torch threads for training and the detector (the data loader "
-                             "runs in one more process)")
+                        help="torch threads for training and the detector (CLIP's data loader "
+                             "runs in the training process when the threads take every core, "
+                             "else in one more process)")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         default=argparse.SUPPRESS,
                         help="no progress bars (the summary lines remain)")
