@@ -82,7 +82,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="auto (CUDA if available), cpu or cuda; under torchrun each process "
                         "uses cuda:LOCAL_RANK")
     c.add_argument("--workers", type=int, default=d.workers,
-                   help="data loader worker processes per training process")
+                   help="data loader worker processes per training process (0: load in the "
+                        "training process between steps, often faster when --threads already "
+                        "fill every core, e.g. on a 2-core CPU)")
     c.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads of each training process (default: torch's "
                         "choice, all cores). On a small or shared CPU use cores minus workers: "
