@@ -2,8 +2,8 @@
 simulation: the raw data's size, whether WordNet is installed (it is never downloaded here), the
 downloaded image shards and how many images they hold, the dedup calibration precision scaled to
 the corpus, the measured step time behind ``--train-minutes``, and where the CLIP step's
-data loader runs. (Writing the simulated data,
-rendering calibration images and tracing the problem cases are the simulation's:
+data loader runs. (Writing the simulated data, rendering calibration images and tracing the
+problem cases are the simulation's:
 ``wit_builder/sim/rawdata.py``, ``heldout.py``, ``cases.py``; only ``pipelines/demo.py`` imports
 it.)
 """
@@ -115,9 +115,9 @@ def loader_workers(threads: int) -> int:
     training process, between steps) when the training threads take every core this process
     may use, else one. A worker process beside threads on every core takes its CPU from them
     mid-step, and OpenMP's threads wait for each other: on 2 cores with 2 threads the demo's
-    600 tiny-rn steps took 119.6 s with one worker and 109.9 s inline (the step 0.176 -> 0.138
-    s, the loader 27 ms a batch then added between steps; Xeon AMX, bf16, the same batches and
-    loss). The batches do not depend on the choice (one worker's stream is the inline one)."""
+    600 tiny-rn steps took 119.6 s with one worker and 108.9 s inline (the step 0.176 -> 0.137
+    s, the loader's ~29 ms a batch then added between steps; Xeon AMX, bf16, the same batches
+    and loss). The batches do not depend on the choice (one worker's stream is the inline one)."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux

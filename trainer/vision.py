@@ -53,8 +53,8 @@ class VisionTransformer(nn.Module):
         x = self.embed_patches(x)                                 # [B, grid^2, width]
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
-        cls = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-        x = self.transformer(self.ln_pre(x), rows=cls)             # [B, 1, width]: CLS only
+        first = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)   # the CLS token
+        x = self.transformer(self.ln_pre(x), rows=first)           # [B, 1, width]: CLS only
         return self.ln_post(x[:, 0]) @ self.proj.to(x.dtype)
 
 
