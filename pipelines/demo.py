@@ -214,7 +214,7 @@ def stage_tokenizer(run: DemoRun) -> dict:
 def stage_train(run: DemoRun) -> dict:
     from trainer.train import TrainConfig, train
     cfg, held = run.cfg, run.path("heldout")
-    steps = cfg.train_steps
+    steps = cfg.clip_steps()
     if cfg.train_minutes:
         seconds = measure_step_seconds(cfg.model, cfg.batch_size, cfg.train_image_size, cfg.threads,
                                        precision=cfg.precision)
@@ -244,12 +244,13 @@ def stage_baseline(run: DemoRun) -> dict:
     from wit_builder.sim.render import SHAPES
 
     cfg = run.cfg
-    if cfg.baseline_steps <= 0:
+    steps = cfg.supervised_steps()
+    if steps <= 0:
         return {"in": 0, "out": 0, "dropped": {}, "note": "skipped (--baseline-steps 0)"}
     s = train_supervised(SupervisedConfig(
         train_data=run.train_data(), out=run.path("baseline"), classes=tuple(SHAPES), model=cfg.model,
-        image_size=cfg.train_image_size, batch_size=cfg.baseline_batch, steps=cfg.baseline_steps,
-        lr=cfg.baseline_lr, wd=cfg.wd, warmup=min(30, cfg.baseline_steps), threads=cfg.threads,
+        image_size=cfg.train_image_size, batch_size=cfg.baseline_batch, steps=steps,
+        lr=cfg.baseline_lr, wd=cfg.wd, warmup=min(30, steps), threads=cfg.threads,
         seed=cfg.seed, progress=cfg.progress))
     return {"in": s["samples_read"], "out": s["steps"], "dropped": dict(s["skipped"]),
             "note": (f"{cfg.model} image tower + linear head on {s['labelled']:,} images labelled by "

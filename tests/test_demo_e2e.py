@@ -314,6 +314,7 @@ def test_train_fingerprint_follows_the_model_configs_contents(tmp_path):
 
 
 def test_demo_precision_option_reaches_the_train_fingerprint_only(capsys):
+    """(and the baseline's through its default steps, half the CLIP steps: fixed here)"""
     import argparse
 
     import pytest
@@ -328,7 +329,7 @@ def test_demo_precision_option_reaches_the_train_fingerprint_only(capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["--out", "D", "--precision", "fp8"])
     assert "--precision" in capsys.readouterr().err
-    other = DemoConfig(out="D", precision="bf16")
+    other = DemoConfig(out="D", precision="bf16", train_steps=600)
     assert other.stage_params("train") != cfg.stage_params("train")
     for stage in ("generate", "dedup", "baseline", "eval"):
         assert other.stage_params(stage) == cfg.stage_params(stage)
@@ -341,3 +342,20 @@ def test_demo_loads_inline_when_its_threads_take_every_core(monkeypatch):
     assert demo_helpers.loader_workers(2) == 0
     assert demo_helpers.loader_workers(3) == 0
     assert demo_helpers.loader_workers(1) == 1
+
+
+def test_demo_steps_default_to_four_times_more_where_the_cpu_trains_in_native_bf16(monkeypatch):
+    from trainer import precision
+    for flags, want in ((["amx_bf16"], (2400, 1200)), ([], (600, 300))):
+        monkeypatch.setattr(precision, "cpu_bf16_flags", lambda cpuinfo="/proc/cpuinfo": flags)
+        cfg = DemoConfig(out="unused")
+        assert (cfg.clip_steps(), cfg.supervised_steps()) == want
+        assert cfg.stage_params("train")["train_steps"] == want[0]
+        assert cfg.stage_params("baseline")["baseline_steps"] == want[1]
+        # fp32 asked for (4x slower per step there), or bf16 without native instructions: 600
+        assert DemoConfig(out="unused", precision="fp32").clip_steps() == 600
+        assert DemoConfig(out="unused", precision="bf16").clip_steps() == (2400 if flags else 600)
+        # given steps win
+        given = DemoConfig(out="unused", train_steps=7, baseline_steps=0)
+        assert (given.clip_steps(), given.supervised_steps()) == (7, 0)
+        assert DemoConfig(out="unused", train_steps=8).supervised_steps() == 4
