@@ -344,9 +344,10 @@ def test_demo_loads_inline_when_its_threads_take_every_core(monkeypatch):
     assert demo_helpers.loader_workers(1) == 1
 
 
-def test_demo_steps_default_to_four_times_more_where_the_cpu_trains_in_native_bf16(monkeypatch):
+def test_demo_steps_default_to_four_times_more_where_the_cpu_trains_in_bf16_on_amx(monkeypatch):
     from trainer import precision
-    for flags, want in ((["amx_bf16"], (2400, 1200)), ([], (600, 300))):
+    for flags, want in ((["amx_bf16", "avx512_bf16"], (2400, 1200)), (["avx512_bf16"], (600, 300)),
+                        ([], (600, 300))):
         monkeypatch.setattr(precision, "cpu_bf16_flags", lambda cpuinfo="/proc/cpuinfo": flags)
         cfg = DemoConfig(out="unused")
         assert (cfg.clip_steps(), cfg.supervised_steps()) == want
@@ -354,7 +355,7 @@ def test_demo_steps_default_to_four_times_more_where_the_cpu_trains_in_native_bf
         assert cfg.stage_params("baseline")["baseline_steps"] == want[1]
         # fp32 asked for (4x slower per step there), or bf16 without native instructions: 600
         assert DemoConfig(out="unused", precision="fp32").clip_steps() == 600
-        assert DemoConfig(out="unused", precision="bf16").clip_steps() == (2400 if flags else 600)
+        assert DemoConfig(out="unused", precision="bf16").clip_steps() == want[0]
         # given steps win
         given = DemoConfig(out="unused", train_steps=7, baseline_steps=0)
         assert (given.clip_steps(), given.supervised_steps()) == (7, 0)

@@ -28,8 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seed of the generated data, balancing, detector and training")
     parser.add_argument("--train-steps", type=int, default=d.train_steps,
                         help="CLIP optimisation steps (the learning-rate schedule spans them); "
-                             "default 600, or 2400 where the CPU has native bf16 and CLIP trains "
-                             "in it (a step ~4x cheaper: the demo stays within its ~15 minutes, "
+                             "default 600, or 2400 where the CPU has AMX and CLIP trains in bf16 "
+                             "(a step ~4x cheaper: the demo stays within its ~15 minutes, "
                              "and 4x the steps took shapes from 72%% to 89.5%% in distribution)")
     parser.add_argument("--train-minutes", type=float, default=None, metavar="M",
                         help="instead of --train-steps: as many steps as fit in M minutes, from "
