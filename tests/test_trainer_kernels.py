@@ -99,10 +99,16 @@ def test_1x1_convolution_gemm_equals_the_convolution(monkeypatch, size, dtype, g
     y = vision.conv1x1(conv, x)
     assert bool(calls) == gemm
     assert y.shape == (5, 24, size, size) and y.is_contiguous(memory_format=torch.channels_last)
+    _assert_same_as_conv2d(y, conv, x, padding=0)
+
+
+def _assert_same_as_conv2d(y, conv, x, padding):
+    """``y`` (computed from ``x`` by ``conv``'s weight) equals ``F.conv2d``, and so do the
+    gradients it sends to ``x`` and the weight."""
     ref_x = x.detach().clone().requires_grad_()
     ref_w = conv.weight.detach().clone().requires_grad_()
-    ref = F.conv2d(ref_x, ref_w)
-    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    ref = F.conv2d(ref_x, ref_w, padding=padding)
+    tol = 1e-5 if x.dtype == torch.float32 else 2e-2
     torch.testing.assert_close(y, ref, atol=tol, rtol=tol)
     g = torch.randn_like(ref)
     y.backward(g)
@@ -128,16 +134,7 @@ def test_small_map_convolution_gemm_equals_the_convolution(monkeypatch, size, dt
     y = vision.conv_small_map(conv, x)
     assert calls == [1]
     assert y.shape == (6, 20, *size) and y.is_contiguous(memory_format=layout)
-    ref_x = x.detach().clone().requires_grad_()
-    ref_w = conv.weight.detach().clone().requires_grad_()
-    ref = F.conv2d(ref_x, ref_w, padding=1)
-    tol = 1e-5 if dtype == torch.float32 else 2e-2
-    torch.testing.assert_close(y, ref, atol=tol, rtol=tol)
-    g = torch.randn_like(ref)
-    y.backward(g)
-    ref.backward(g)
-    torch.testing.assert_close(x.grad, ref_x.grad, atol=tol, rtol=tol)
-    torch.testing.assert_close(conv.weight.grad, ref_w.grad, atol=tol * 10, rtol=tol)
+    _assert_same_as_conv2d(y, conv, x, padding=1)
 
 
 def test_small_map_convolution_is_exact_in_float64_and_leaves_other_convolutions_alone():
