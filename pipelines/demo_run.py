@@ -102,8 +102,12 @@ class DemoConfig:
         return 2400 if bf16 and "amx_bf16" in cpu_bf16_flags() else 600
 
     def supervised_steps(self) -> int:
-        """The supervised baseline's steps: ``baseline_steps``, or half of :meth:`clip_steps`."""
-        return self.clip_steps() // 2 if self.baseline_steps is None else self.baseline_steps
+        """The supervised baseline's steps: ``baseline_steps``, or half of :meth:`clip_steps`
+        (300 under ``train_minutes``: the CLIP steps are only known once measured, and the
+        baseline runs first)."""
+        if self.baseline_steps is not None:
+            return self.baseline_steps
+        return 300 if self.train_minutes else self.clip_steps() // 2
 
     def stage_params(self, stage: str) -> dict:
         """The fields a stage's output depends on (its fingerprint, with the stages before it)."""

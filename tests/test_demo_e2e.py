@@ -360,3 +360,4 @@ def test_demo_steps_default_to_four_times_more_where_the_cpu_trains_in_bf16_on_a
         given = DemoConfig(out="unused", train_steps=7, baseline_steps=0)
         assert (given.clip_steps(), given.supervised_steps()) == (7, 0)
         assert DemoConfig(out="unused", train_steps=8).supervised_steps() == 4
+        assert DemoConfig(out="unused", train_minutes=2.0).supervised_steps() == 300

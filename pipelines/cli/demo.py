@@ -55,7 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "3 shifted shape sets)")
     parser.add_argument("--baseline-steps", type=int, default=d.baseline_steps,
                         help="training steps (of 128 images) of the supervised baseline (the robustness "
-                             "comparison; default half the CLIP steps); 0 skips it")
+                             "comparison; default half the CLIP steps, 300 with --train-minutes); 0 "
+                             "skips it")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=d.precision,
                         help="CLIP training precision: auto = bf16 autocast where the CPU has native "
                              "bf16 (amx_bf16 or avx512_bf16), else fp32")
