@@ -95,11 +95,10 @@ class DemoConfig:
         than fp32; AVX512-BF16 alone speeds matrix products up less, so such CPUs keep 600)."""
         if self.train_steps is not None:
             return self.train_steps
-        import torch
-
-        from trainer.precision import cpu_bf16_flags, resolve_precision
-        bf16 = resolve_precision(self.precision, torch.device("cpu"))[0] == "bf16"
-        return 2400 if bf16 and "amx_bf16" in cpu_bf16_flags() else 600
+        from trainer.precision import cpu_bf16_flags
+        # auto resolves to bf16 on any CPU with a native-bf16 flag, AMX's among them
+        bf16_on_amx = self.precision in ("auto", "bf16") and "amx_bf16" in cpu_bf16_flags()
+        return 2400 if bf16_on_amx else 600
 
     def supervised_steps(self) -> int:
         """The supervised baseline's steps: ``baseline_steps``, or half of :meth:`clip_steps`
