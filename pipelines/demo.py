@@ -62,7 +62,7 @@ __all__ = ["STAGES", "DemoConfig", "DemoRun", "run_demo", "summary_line", "evalu
 def web_config(cfg: DemoConfig):
     """The simulated web's WebConfig for this demo (the download stage rebuilds the same web)."""
     from wit_builder.sim.simweb import WebConfig
-    return WebConfig(seed=cfg.seed, scenes=cfg.scenes, dup_groups=cfg.dup_groups)
+    return WebConfig(seed=cfg.seed, scenes=cfg.web_scenes(), dup_groups=cfg.dup_groups)
 
 
 # --- the stages: each returns its summary {"in", "out", "dropped", "note", ...} -----------------

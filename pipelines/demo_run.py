@@ -40,7 +40,11 @@ class DemoConfig:
 
     out: str
     seed: int = 0
-    scenes: int = 8000                  # English query-matching images on the simulated web
+    # English query-matching images on the simulated web (None: :meth:`DemoConfig.web_scenes`,
+    # 8,000, or 16,000 where CLIP trains in bf16 on AMX and so takes 4x the steps: a larger web
+    # pays only with more steps; 600 steps on 16,000 scenes gave +3.3 / +1.5 points, 2,400 steps
+    # took 89.5% / 62.9% on 8,000 scenes to 96.8% / 72.8% on 16,000 (docs/demo.md))
+    scenes: int | None = None
     web_files: int = 2                  # WARC + WAT file pairs ("crawl segments")
     dup_groups: int | None = None       # near-duplicate groups (default: scenes // 40)
     per_query_cap: int | None = None    # default: the simulated web's recommendation
@@ -48,7 +52,7 @@ class DemoConfig:
     image_size: int = 64                # downloaded images (img2dataset's border mode)
     download_processes: int = 2         # two img2dataset shards at a time (one per core)
     download_threads: int = 16
-    download_shard_size: int = 4000     # so the ~7,800 balanced pairs make two download shards
+    download_shard_size: int = 4000     # the ~6,800 balanced pairs of 8,000 scenes: two shards
     detector_steps: int = 450
     detector_batch: int = 64
     detector_image_size: int = 32
@@ -89,16 +93,27 @@ class DemoConfig:
     force: bool = False
     progress: bool = True
 
-    def clip_steps(self) -> int:
-        """CLIP training steps: ``train_steps``, or by default 600, and 2400 when ``precision``
-        resolves to bf16 on a CPU with AMX (its bf16 tiles made the demo's step ~4x cheaper
-        than fp32; AVX512-BF16 alone speeds matrix products up less, so such CPUs keep 600)."""
-        if self.train_steps is not None:
-            return self.train_steps
+    def _bf16_on_amx(self) -> bool:
+        """Whether CLIP trains in bf16 on a CPU with AMX here (``precision`` auto or bf16): its
+        bf16 tiles made the demo's step ~4x cheaper than fp32, which the defaults spend on more
+        steps and a larger web. AVX512-BF16 alone speeds matrix products up less."""
         from trainer.precision import cpu_bf16_flags
         # auto resolves to bf16 on any CPU with a native-bf16 flag, AMX's among them
-        bf16_on_amx = self.precision in ("auto", "bf16") and "amx_bf16" in cpu_bf16_flags()
-        return 2400 if bf16_on_amx else 600
+        return self.precision in ("auto", "bf16") and "amx_bf16" in cpu_bf16_flags()
+
+    def web_scenes(self) -> int:
+        """The simulated web's size: ``scenes``, or by default 8,000, and 16,000 where
+        :meth:`clip_steps` defaults to 2,400 (more images pay only with more steps)."""
+        if self.scenes is not None:
+            return self.scenes
+        return 16000 if self._bf16_on_amx() else 8000
+
+    def clip_steps(self) -> int:
+        """CLIP training steps: ``train_steps``, or by default 600, and 2400 when ``precision``
+        resolves to bf16 on a CPU with AMX (:meth:`_bf16_on_amx`)."""
+        if self.train_steps is not None:
+            return self.train_steps
+        return 2400 if self._bf16_on_amx() else 600
 
     def supervised_steps(self) -> int:
         """The supervised baseline's steps: ``baseline_steps``, or half of :meth:`clip_steps`
@@ -127,6 +142,8 @@ class DemoConfig:
             "report": (),
         }[stage]
         params = {k: getattr(self, k) for k in pick}
+        if "scenes" in params:         # the web that is built, defaults resolved
+            params["scenes"] = self.web_scenes()
         if "train_steps" in params:    # the steps that run, defaults resolved
             params["train_steps"] = self.clip_steps()
         if "baseline_steps" in params:

@@ -314,7 +314,8 @@ def test_train_fingerprint_follows_the_model_configs_contents(tmp_path):
 
 
 def test_demo_precision_option_reaches_the_train_fingerprint_only(capsys):
-    """(and the baseline's through its default steps, half the CLIP steps: fixed here)"""
+    """(and the baseline's through its default steps, half the CLIP steps, and the web's through
+    its default size where the CPU has AMX: both fixed here)"""
     import argparse
 
     import pytest
@@ -329,7 +330,7 @@ def test_demo_precision_option_reaches_the_train_fingerprint_only(capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["--out", "D", "--precision", "fp8"])
     assert "--precision" in capsys.readouterr().err
-    other = DemoConfig(out="D", precision="bf16", train_steps=600)
+    other = DemoConfig(out="D", precision="bf16", train_steps=600, scenes=cfg.web_scenes())
     assert other.stage_params("train") != cfg.stage_params("train")
     for stage in ("generate", "dedup", "baseline", "eval"):
         assert other.stage_params(stage) == cfg.stage_params(stage)
@@ -344,20 +345,25 @@ def test_demo_loads_inline_when_its_threads_take_every_core(monkeypatch):
     assert demo_helpers.loader_workers(1) == 1
 
 
-def test_demo_steps_default_to_four_times_more_where_the_cpu_trains_in_bf16_on_amx(monkeypatch):
+def test_demo_steps_and_web_default_to_more_where_the_cpu_trains_in_bf16_on_amx(monkeypatch):
     from trainer import precision
-    for flags, want in ((["amx_bf16", "avx512_bf16"], (2400, 1200)), (["avx512_bf16"], (600, 300)),
-                        ([], (600, 300))):
+    for flags, want in ((["amx_bf16", "avx512_bf16"], (2400, 1200, 16000)),
+                        (["avx512_bf16"], (600, 300, 8000)), ([], (600, 300, 8000))):
         monkeypatch.setattr(precision, "cpu_bf16_flags", lambda cpuinfo="/proc/cpuinfo": flags)
         cfg = DemoConfig(out="unused")
-        assert (cfg.clip_steps(), cfg.supervised_steps()) == want
+        assert (cfg.clip_steps(), cfg.supervised_steps(), cfg.web_scenes()) == want
         assert cfg.stage_params("train")["train_steps"] == want[0]
         assert cfg.stage_params("baseline")["baseline_steps"] == want[1]
+        assert cfg.stage_params("generate")["scenes"] == want[2]
         # fp32 asked for (4x slower per step there), or bf16 without native instructions: 600
-        assert DemoConfig(out="unused", precision="fp32").clip_steps() == 600
-        assert DemoConfig(out="unused", precision="bf16").clip_steps() == want[0]
-        # given steps win
-        given = DemoConfig(out="unused", train_steps=7, baseline_steps=0)
-        assert (given.clip_steps(), given.supervised_steps()) == (7, 0)
+        # steps on 8,000 scenes
+        fp32 = DemoConfig(out="unused", precision="fp32")
+        assert (fp32.clip_steps(), fp32.web_scenes()) == (600, 8000)
+        bf16 = DemoConfig(out="unused", precision="bf16")
+        assert (bf16.clip_steps(), bf16.web_scenes()) == (want[0], want[2])
+        # given steps and sizes win
+        given = DemoConfig(out="unused", train_steps=7, baseline_steps=0, scenes=300)
+        assert (given.clip_steps(), given.supervised_steps(), given.web_scenes()) == (7, 0, 300)
+        assert given.stage_params("generate")["scenes"] == 300
         assert DemoConfig(out="unused", train_steps=8).supervised_steps() == 4
         assert DemoConfig(out="unused", train_minutes=2.0).supervised_steps() == 300
