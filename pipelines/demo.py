@@ -406,7 +406,8 @@ def _run_demo(cfg: DemoConfig, log: Callable[[str], None]) -> dict:
         log(summary_line(i, stage, run.summary[stage]))
     total = {"seconds": round(time.time() - started, 1), "cpu_seconds": round(cpu_seconds() - cpu0, 1)}
     z = read_json_or_none(run.path("eval", "zeroshot.json")) or {}
-    state = {"config": dataclasses.asdict(cfg), "stages": run.summary, "total": total,
+    state = {"config": dataclasses.asdict(cfg), "resolved": cfg.resolved(), "stages": run.summary,
+             "total": total,
              "zeroshot": {name: {"top1": r.get("top1"), "chance": r.get("chance"), "kind": r.get("kind")}
                           for name, r in z.items()},
              "robustness": read_json_or_none(run.path("eval", "robustness.json"))}

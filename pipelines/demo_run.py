@@ -123,6 +123,14 @@ class DemoConfig:
             return self.baseline_steps
         return 300 if self.train_minutes else self.clip_steps() // 2
 
+    def resolved(self) -> dict:
+        """The sizes the run uses where the configuration left them to the defaults (demo.json
+        records them next to the configuration): the web's scenes, CLIP's steps (None under
+        ``train_minutes``: measured in the train stage) and the baseline's steps."""
+        return {"scenes": self.web_scenes(),
+                "train_steps": None if self.train_minutes else self.clip_steps(),
+                "baseline_steps": self.supervised_steps()}
+
     def stage_params(self, stage: str) -> dict:
         """The fields a stage's output depends on (its fingerprint, with the stages before it)."""
         pick = {

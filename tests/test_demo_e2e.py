@@ -225,6 +225,7 @@ def check_model_and_report(out: str) -> None:
     assert "Robustness to distribution shift" in md and "| supervised |" in md
     state = json.load(open(f"{out}/demo.json"))
     assert list(state["stages"]) == list(STAGES)
+    assert state["resolved"] == {k: SMALL[k] for k in ("scenes", "train_steps", "baseline_steps")}
 
 
 def test_reduced_demo_end_to_end(tmp_path):
@@ -355,6 +356,8 @@ def test_demo_steps_and_web_default_to_more_where_the_cpu_trains_in_bf16_on_amx(
         assert cfg.stage_params("train")["train_steps"] == want[0]
         assert cfg.stage_params("baseline")["baseline_steps"] == want[1]
         assert cfg.stage_params("generate")["scenes"] == want[2]
+        assert cfg.resolved() == {"scenes": want[2], "train_steps": want[0], "baseline_steps": want[1]}
+        assert DemoConfig(out="unused", train_minutes=2.0).resolved()["train_steps"] is None
         # fp32 asked for (4x slower per step there), or bf16 without native instructions: 600
         # steps on 8,000 scenes
         fp32 = DemoConfig(out="unused", precision="fp32")
