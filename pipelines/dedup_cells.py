@@ -7,8 +7,8 @@ between (the sample, the centroids, the edge list: pairs at or above the thresho
     files -> SampleRows          -> WORK/sample.npz              (bottom-k sample + row count)
     launcher: train the quantizer -> WORK/quantizer.pkl
     files -> SearchCells         -> WORK/best/<file>.parquet, WORK/edges/<file>.parquet
-             (pieces joined per search group, and answers merged per file, by combiners: each
-              worker pre-joins its own files' pieces before the shuffle)
+             (pieces joined per search group, and answers merged per file, by JoinPerKey: each
+              worker pre-joins its own files' pieces before the shuffle, up to JOIN_BUDGET bytes)
     launcher: components + representatives from the edges
     files -> CheckRepresentatives -> WORK/check/*.parquet        (only when some member's similarity
                                                                   to its representative is unknown,
@@ -20,6 +20,7 @@ between (the sample, the centroids, the edge list: pairs at or above the thresho
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import pickle
@@ -30,6 +31,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
 
 from pipelines.beam_options import BeamOptions, run_pipeline
 from wit_builder import dedup_cells as dc
@@ -154,30 +157,79 @@ class _AssignFile(beam.DoFn):
             yield group, piece
 
 
-class _Join(beam.CombineFn):
-    """Values of one key joined by ``join`` (a list of values -> one value; associative). As a
-    combiner, not a GroupByKey: each worker joins its own part before the shuffle, which then
-    carries one element per key and worker bundle, not one per key and file (the pieces of a
-    search group come from every file: files x cells elements, quadratic in the corpus)."""
+# Bytes of values one worker joins per key before it sends them on (the pieces of the search
+# groups; the answers per file): bounds what a worker holds however large its bundle. At 1M
+# vectors on 2 local workers (bench/scale.py) 8, 32 and 256 MiB searched equally fast.
+JOIN_BUDGET = 64 << 20
 
+
+def _nbytes(value) -> int:
+    """Approximate size of a value: its numpy arrays (an object array's strings at 64 bytes an
+    element), through tuples, lists and dataclasses (a piece, an ``Answers``)."""
+    if isinstance(value, np.ndarray):
+        return value.nbytes + (64 * value.size if value.dtype == object else 0)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return sum(_nbytes(getattr(value, f.name)) for f in dataclasses.fields(value))
+    if isinstance(value, (tuple, list)):
+        return sum(_nbytes(v) for v in value)
+    return 64
+
+
+class _JoinInBundle(beam.DoFn):
+    """(key, value) -> (key, the values of the key joined by ``join``) within a bundle, before the
+    shuffle. Each worker joins its own part (the pieces of a search group come from every file:
+    sent one by one they would be files x cells elements, quadratic in the corpus), but holds
+    at most ~``budget`` bytes: past it, everything held is sent on, joined, and the table starts
+    empty. (A CombinePerKey lifted by the runner would hold up to 100,000 keys whatever their
+    size: on the DirectRunner a worker's whole share of the corpus.)"""
+
+    def __init__(self, join, budget: int):
+        self.join, self.budget = join, budget
+
+    def start_bundle(self):
+        self.table, self.held = {}, 0
+
+    def process(self, item):
+        key, value = item
+        self.table.setdefault(key, []).append(value)
+        self.held += _nbytes(value)
+        if self.held > self.budget:
+            Metrics.counter("wit.dedup", "join_flushes").inc()
+            yield from self._drain()
+
+    def _drain(self):
+        table, self.table, self.held = self.table, {}, 0
+        for key, values in table.items():
+            yield key, (self.join(values) if len(values) > 1 else values[0])
+
+    def finish_bundle(self):
+        for kv in self._drain():
+            yield WindowedValue(kv, GlobalWindow().max_timestamp(), (GlobalWindow(),))
+
+
+class _JoinGroup(beam.DoFn):
     def __init__(self, join):
         self.join = join
 
-    def create_accumulator(self):
-        return []
+    def process(self, item):
+        key, values = item
+        values = list(values)
+        yield key, (self.join(values) if len(values) > 1 else values[0])
 
-    def add_input(self, acc, value):
-        acc.append(value)
-        return acc
 
-    def merge_accumulators(self, accs):
-        return [v for acc in accs for v in acc]
+class JoinPerKey(beam.PTransform):
+    """(key, value) -> (key, all its values joined by ``join``: a list of values -> one value,
+    associative, any order): joined within each bundle up to ``budget`` bytes, shuffled, joined
+    again (what several workers, or one worker's flushes, sent)."""
 
-    def compact(self, acc):
-        return [self.join(acc)] if len(acc) > 1 else acc
+    def __init__(self, join, budget: int = JOIN_BUDGET):
+        super().__init__()
+        self.join, self.budget = join, budget
 
-    def extract_output(self, acc):
-        return self.join(acc)
+    def expand(self, pairs):
+        return (pairs | "JoinInBundle" >> beam.ParDo(_JoinInBundle(self.join, self.budget))
+                | "Shuffle" >> beam.GroupByKey()
+                | "Join" >> beam.ParDo(_JoinGroup(self.join)))
 
 
 class _SearchGroup(beam.DoFn):
@@ -207,18 +259,19 @@ class _WriteAnswers(beam.DoFn):
 class SearchCells(beam.PTransform):
     """(file index, path) -> per file, WORK/best and WORK/edges parquet (see the module text)."""
 
-    def __init__(self, quantizer_path: str, work: str, threshold: float, k: int, threads: int = 1):
+    def __init__(self, quantizer_path: str, work: str, threshold: float, k: int, threads: int = 1,
+                 join_budget: int | None = None):
         super().__init__()
         self.quantizer_path, self.work, self.threshold, self.k = quantizer_path, work, threshold, k
-        self.threads = threads
+        self.threads, self.join_budget = threads, JOIN_BUDGET if join_budget is None else join_budget
 
     def expand(self, files):
         return (files
                 | "Spread" >> beam.Reshuffle()
                 | "Assign" >> beam.ParDo(_AssignFile(self.quantizer_path))
-                | "ByGroup" >> beam.CombinePerKey(_Join(dc.concat_pieces))
+                | "ByGroup" >> JoinPerKey(dc.concat_pieces, self.join_budget)
                 | "Search" >> beam.ParDo(_SearchGroup(self.threshold, self.k, self.threads))
-                | "ByFile" >> beam.CombinePerKey(_Join(functools.partial(dc.merge_answers, k=self.k)))
+                | "ByFile" >> JoinPerKey(functools.partial(dc.merge_answers, k=self.k), self.join_budget)
                 | "Write" >> beam.ParDo(_WriteAnswers(self.work)))
 
 

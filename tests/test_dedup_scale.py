@@ -302,3 +302,43 @@ def test_one_local_worker_multiplies_on_every_core(monkeypatch):
     assert search_threads(BeamOptions(workers=4)) == 2
     assert search_threads(BeamOptions(workers=16)) == 1
     assert search_threads(BeamOptions(runner="DataflowRunner", workers=1)) == 1
+
+
+def test_a_worker_sends_its_joined_values_on_once_they_pass_the_budget():
+    from pipelines.dedup_cells import _JoinInBundle, _nbytes
+    piece = np.ones(100, np.int64)                       # 800 bytes
+    assert _nbytes((piece, np.array(["a", "b"], object))) == 800 + 2 * 8 + 2 * 64
+    fn = _JoinInBundle(np.concatenate, budget=2000)
+    fn.start_bundle()
+    sent = [list(fn.process((key, piece * key))) for key in (1, 2, 1)]
+    assert sent[:2] == [[], []] and fn.held == 0          # the third value passed 2,000 bytes
+    got = dict(sent[2])
+    assert sorted(got) == [1, 2] and len(got[1]) == 200 and (got[2] == 2).all()
+    assert not list(fn.process((3, piece))) and fn.held == 800
+    rest = [w.value for w in fn.finish_bundle()]
+    assert len(rest) == 1 and rest[0][0] == 3 and (rest[0][1] == 1).all()
+
+
+@pytest.mark.parametrize("budget", [1, 10**9])   # every value sent alone, or all joined first
+def test_join_per_key_joins_every_value_whatever_the_budget(budget):
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from pipelines.dedup_cells import JoinPerKey
+    pairs = [(k % 3, np.array([k])) for k in range(20)]
+    with TestPipeline(runner="DirectRunner") as p:
+        joined = (p | beam.Create(pairs) | JoinPerKey(np.concatenate, budget)
+                  | beam.MapTuple(lambda k, v: (k, sorted(v.tolist()))))
+        assert_that(joined, equal_to([(r, list(range(r, 20, 3))) for r in range(3)]))
+
+
+def test_same_decisions_whatever_a_worker_joins_before_the_shuffle(tmp_path, monkeypatch):
+    import pipelines.dedup_cells as pdc
+    v, _ = planted_embeddings(4000, 32, dup_share=0.2, seed=5)
+    params = dc.CellParams(threshold=THR, exact_below=500, cell_size=500, max_block=400)
+    t1, _ = _run(tmp_path, "joined", v, params, workers=2)
+    monkeypatch.setattr(pdc, "JOIN_BUDGET", 1)           # every piece and answer sent on alone
+    t2, _ = _run(tmp_path, "alone", v, params, workers=2)
+    cols = ["key", "cluster_id", "cluster_size", "kept", "nearest_key", "nearest_similarity"]
+    assert t1.select(cols).to_pylist() == t2.select(cols).to_pylist()
