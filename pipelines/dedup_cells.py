@@ -20,10 +20,12 @@ between (the sample, the centroids, the edge list: pairs at or above the thresho
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
 import pickle
+import threading
 import time
 
 import apache_beam as beam
@@ -67,9 +69,6 @@ def _work_folder(work: str) -> None:
         fs.makedirs(f"{inner}/{sub}", exist_ok=True)
 
 
-_THREADPOOLS = None
-
-
 def search_threads(beam_options: BeamOptions) -> int:
     """Slices each worker multiplies at once: the local cores shared among the DirectRunner's worker
     processes (1 worker on 2 cores: 2); 1 on a distributed runner (Dataflow runs a Python process
@@ -79,18 +78,71 @@ def search_threads(beam_options: BeamOptions) -> int:
     return 1
 
 
-def _one_thread():
-    """numpy's BLAS and OpenMP (faiss) on one thread inside a worker: the parallelism is the
-    workers and, inside one, :func:`search_threads` slices multiplied at once (BLAS threads in each
-    of N workers would put N x cores spinning threads on the cores), and a product's rounding in
-    OpenBLAS depends on its thread count, so one thread keeps the similarities bit-identical for
-    any worker count."""
-    global _THREADPOOLS
-    if _THREADPOOLS is None:             # finding the loaded libraries takes ~10 ms: once a process
-        import faiss  # noqa: F401  (its OpenMP must be loaded to be found)
-        from threadpoolctl import ThreadpoolController
-        _THREADPOOLS = ThreadpoolController()
-    return _THREADPOOLS.limit(limits=1)
+class _OneThread:
+    """numpy's BLAS and OpenMP (faiss) on one thread while a step of the search runs: the
+    parallelism is the workers and, inside one, :func:`search_threads` slices multiplied at once
+    (BLAS threads in each of N workers would put N x cores spinning threads on the cores), and a
+    product's rounding in OpenBLAS depends on its thread count, so one thread keeps the
+    similarities bit-identical for any worker count.
+
+    A worker process may run several bundles at once on threads (the DirectRunner's
+    multi_threading mode; Dataflow's SDK harness threads). A pthreads OpenBLAS (numpy's) has one
+    thread count for the whole process: it is set when the first thread enters and restored when
+    the last one leaves (a count under a lock), so a thread leaving never gives BLAS its threads
+    back while another is inside a product; threadpoolctl lets only one Python thread change it,
+    so the entering (leaving) thread takes that role first. OpenMP's count (faiss, and faiss's
+    OpenMP-built BLAS) belongs to the calling thread: each thread sets and restores its own."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._inside = 0
+        self._shared_limit = None      # the process-wide limit while any thread is inside
+        self._shared = self._per_thread = None
+
+    def _libraries(self):
+        if self._shared is None:          # finding the loaded libraries takes ~10 ms: once a process
+            import faiss  # noqa: F401  (its OpenMP must be loaded to be found)
+            from threadpoolctl import ThreadpoolController
+            every = ThreadpoolController()
+            per_thread = [lib.filepath for lib in every.lib_controllers
+                          if lib.user_api == "openmp" or getattr(lib, "threading_layer", None) == "openmp"]
+            self._per_thread = every.select(filepath=per_thread)
+            self._shared = every.select(filepath=[lib.filepath for lib in every.lib_controllers
+                                                  if lib.filepath not in per_thread])
+        return self._shared, self._per_thread
+
+    @staticmethod
+    def _take_control():
+        """threadpoolctl (3.8+) ignores a pthreads OpenBLAS limit set from any thread but the first
+        one that set it; the caller holds the lock, so it may take that role."""
+        import threadpoolctl
+        clear = getattr(getattr(threadpoolctl, "OpenBLASController", None), "clear_controlling_thread", None)
+        if clear is not None:
+            clear(force=True)
+
+    @contextlib.contextmanager
+    def __call__(self):
+        with self._lock:
+            shared, per_thread = self._libraries()
+            if self._inside == 0:
+                self._take_control()
+                self._shared_limit = shared.limit(limits=1)
+            self._inside += 1
+        own = per_thread.limit(limits=1)
+        try:
+            yield
+        finally:
+            own.restore_original_limits()
+            with self._lock:
+                self._inside -= 1
+                if self._inside == 0:
+                    self._take_control()
+                    self._shared_limit.restore_original_limits()
+                    self._shared_limit = None
+                    self._take_control()
+
+
+_one_thread = _OneThread()
 
 
 def _remove_folder(work: str) -> None:

@@ -342,3 +342,46 @@ def test_same_decisions_whatever_a_worker_joins_before_the_shuffle(tmp_path, mon
     t2, _ = _run(tmp_path, "alone", v, params, workers=2)
     cols = ["key", "cluster_id", "cluster_size", "kept", "nearest_key", "nearest_similarity"]
     assert t1.select(cols).to_pylist() == t2.select(cols).to_pylist()
+
+
+def test_a_thread_leaving_the_search_scope_leaves_blas_on_one_thread_for_a_thread_still_inside():
+    # a worker process may run bundles on several threads (the DirectRunner's multi_threading mode,
+    # Dataflow's harness threads); OpenBLAS's thread count is one setting for the process: the
+    # first thread out must not give BLAS its threads back while another is inside (before, it did,
+    # and a 1M-vector run on 2 threads found 400,232 or 400,854 edges instead of 400,988)
+    import threading
+
+    import faiss  # noqa: F401
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from pipelines.dedup_cells import _one_thread
+
+    def numpy_blas_threads():
+        return [i["num_threads"] for i in threadpool_info()
+                if i["user_api"] == "blas" and "numpy" in i["filepath"]]
+
+    a_inside, b_inside, a_left = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def a():
+        with _one_thread():
+            a_inside.set()
+            b_inside.wait(10)
+        a_left.set()
+
+    def b():
+        a_inside.wait(10)
+        with _one_thread():
+            b_inside.set()
+            a_left.wait(10)
+            seen["b after a left"] = numpy_blas_threads()
+        seen["after both"] = numpy_blas_threads()
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        threads = [threading.Thread(target=a), threading.Thread(target=b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+        assert seen["b after a left"] and set(seen["b after a left"]) == {1}
+        assert set(seen["after both"]) == {2}
