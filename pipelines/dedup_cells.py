@@ -12,9 +12,10 @@ between (the sample, the centroids, the edge list: pairs at or above the thresho
     launcher: components + representatives from the edges
     files -> CheckRepresentatives -> WORK/check/*.parquet        (only when some member's similarity
                                                                   to its representative is unknown,
-                                                                  and more than LAUNCHER_CHECK_FILES
-                                                                  files hold them: else the launcher
-                                                                  reads those files itself)
+                                                                  and the files holding them exceed
+                                                                  LAUNCHER_CHECK_ROWS rows: else the
+                                                                  launcher reads those files itself;
+                                                                  the pipeline reads only them)
     files -> WriteDecisions      -> WORK/decisions/<file>.parquet
     launcher: the parts -> OUT/decisions.parquet (streamed, one part at a time)
 """
@@ -152,14 +153,19 @@ def _remove_folder(work: str) -> None:
 
 
 class _SampleFile(beam.DoFn):
-    def __init__(self, size: int):
-        self.size = size
+    def __init__(self, size: int, cutoff: int | None):
+        self.size, self.cutoff = size, cutoff
 
     def process(self, item):
         index, path = item
         rows = dc.read_rows(path, index)
         h = dc.key_hashes(rows.keys)
-        yield len(rows), dc.bottom(h, rows.ids, rows.vectors, self.size)
+        ids, vectors = rows.ids, rows.vectors
+        if self.cutoff is not None:             # only rows that may be in the sample travel
+            keep = h < self.cutoff
+            h, ids, vectors = h[keep], ids[keep], vectors[keep]
+        Metrics.counter("wit.dedup", "sample_rows_sent").inc(min(len(h), self.size))
+        yield len(rows), dc.bottom(h, ids, vectors, self.size)
 
 
 class _MergeSamples(beam.CombineFn):
@@ -181,14 +187,16 @@ class _MergeSamples(beam.CombineFn):
 
 
 class SampleRows(beam.PTransform):
-    """(file index, path) -> one (rows, (hashes, ids, vectors)) with the bottom ``size`` rows by key hash."""
+    """(file index, path) -> one (rows, (hashes, ids, vectors)) with the bottom ``size`` rows by key
+    hash among the rows whose hash is below ``cutoff`` (None: all rows; see
+    :func:`wit_builder.dedup_cells.sample_cutoff`)."""
 
-    def __init__(self, size: int):
+    def __init__(self, size: int, cutoff: int | None = None):
         super().__init__()
-        self.size = size
+        self.size, self.cutoff = size, cutoff
 
     def expand(self, files):
-        return (files | "Sample" >> beam.ParDo(_SampleFile(self.size))
+        return (files | "Sample" >> beam.ParDo(_SampleFile(self.size, self.cutoff))
                 | "Merge" >> beam.CombineGlobally(_MergeSamples(self.size)))
 
 
@@ -415,7 +423,10 @@ class WriteDecisions(beam.PTransform):
                 | "Decide" >> beam.ParDo(_Decide(self.clusters_path, self.work)))
 
 
-LAUNCHER_CHECK_FILES = 16   # members to check held by at most this many files: the launcher reads them
+# Members to check (and their representatives) held by files of at most this many rows in all: the
+# launcher reads those files itself (~4 µs a row: 2 s at the bound) rather than start a pipeline
+# (~3.4 s before it reads a file). Above it, the pipeline reads only the files that hold them.
+LAUNCHER_CHECK_ROWS = 500_000
 
 
 def _check_on_launcher(files: list[str], ids: np.ndarray, reps: np.ndarray):
@@ -468,18 +479,24 @@ def cluster_files(files: list[str], out: str, params: dc.CellParams,
     files = sorted(files)               # row ids (and so ties) do not depend on the order given
     indexed = list(enumerate(files))
     t0 = time.time()
-    n_meta = 0
+    file_rows = []
     for f in files:
         with open_read(f) as fh:
-            n_meta += pq.ParquetFile(fh).metadata.num_rows
+            file_rows.append(pq.ParquetFile(fh).metadata.num_rows)
+    n_meta = sum(file_rows)
     size = dc.sample_size(n_meta, params)
 
-    def sample(p):
-        (p | "Files" >> beam.Create(indexed) | "SampleRows" >> SampleRows(size)
-         | "Save" >> beam.Map(lambda acc: _write_npz(os.path.join(work, "sample.npz"), n=np.int64(acc[0]),
-                                                     vectors=acc[1][2] if acc[1] else np.zeros((0, 1), np.float32))))
-    run_pipeline(sample, beam_options)
+    def sample(cutoff):
+        return lambda p: (
+            p | "Files" >> beam.Create(indexed) | "SampleRows" >> SampleRows(size, cutoff)
+            | "Save" >> beam.Map(lambda acc: _write_npz(os.path.join(work, "sample.npz"), n=np.int64(acc[0]),
+                                                        vectors=acc[1][2] if acc[1] else np.zeros((0, 1), np.float32))))
+    cutoff = dc.sample_cutoff(n_meta, size)
+    run_pipeline(sample(cutoff), beam_options)
     z = _load_npz(os.path.join(work, "sample.npz"))
+    if cutoff is not None and len(z["vectors"]) < min(size, int(z["n"])):   # too few below it: all rows
+        run_pipeline(sample(None), beam_options)
+        z = _load_npz(os.path.join(work, "sample.npz"))
     n = int(z["n"])
     q = dc.train_quantizer(z["vectors"], n, params)
     qpath = os.path.join(work, "quantizer.pkl")
@@ -495,12 +512,12 @@ def cluster_files(files: list[str], out: str, params: dc.CellParams,
         dc.link_clusters(dc.edges_table(dc.merge_answers([], params.k)), params.threshold)
     checked_ids = checked_sims = None
     holding = np.unique(dc.split_ids(np.concatenate([unknown, reps]))[0]) if len(unknown) else []
-    if 0 < len(holding) <= LAUNCHER_CHECK_FILES:     # a few files hold them: no pipeline to start
-        checked_ids, checked_sims = _check_on_launcher(files, unknown, reps)
+    if len(unknown) and sum(file_rows[int(f)] for f in holding) <= LAUNCHER_CHECK_ROWS:
+        checked_ids, checked_sims = _check_on_launcher(files, unknown, reps)    # no pipeline to start
     elif len(unknown):
         cpath = os.path.join(work, "check.npz")
         _write_npz(cpath, ids=unknown, reps=reps)
-        run_pipeline(lambda p: (p | "Files" >> beam.Create(indexed)
+        run_pipeline(lambda p: (p | "Files" >> beam.Create([indexed[int(f)] for f in holding])
                                 | "CheckRepresentatives" >> CheckRepresentatives(cpath, work, params.max_block)),
                      beam_options)
         checked = _read_folder(os.path.join(work, "check"))

@@ -129,15 +129,22 @@ def test_a_chain_of_near_duplicates_is_not_collapsed(tmp_path):
     assert cluster_vectors(v, THR)["kept"].sum() == 1
 
 
-@pytest.mark.parametrize("launcher_files", [16, 0])    # 0: always the CheckRepresentatives pipeline
-def test_members_without_a_link_to_the_kept_image_are_checked_against_it(tmp_path, monkeypatch, launcher_files):
+@pytest.mark.parametrize("launcher_rows", [500_000, 0])    # 0: always the CheckRepresentatives pipeline
+def test_members_without_a_link_to_the_kept_image_are_checked_against_it(tmp_path, monkeypatch, launcher_rows):
     # 30 copies of one image, k = 4 links each: most have no direct link to the kept one, yet all
     # are similar to it, so all but one are dropped
     import pipelines.dedup_cells as pdc
-    monkeypatch.setattr(pdc, "LAUNCHER_CHECK_FILES", launcher_files)
-    pipelines_run = []
+    monkeypatch.setattr(pdc, "LAUNCHER_CHECK_ROWS", launcher_rows)
+    files_read, pipelines_run = [], []          # per pipeline: the files it read
+    real_read = dc.read_rows
+    monkeypatch.setattr(dc, "read_rows", lambda path, index: (files_read.append(index), real_read(path, index))[1])
     real_run = pdc.run_pipeline
-    monkeypatch.setattr(pdc, "run_pipeline", lambda build, opts: (pipelines_run.append(1), real_run(build, opts))[1])
+
+    def run(build, opts):
+        before = len(files_read)
+        real_run(build, opts)
+        pipelines_run.append(sorted(files_read[before:]))
+    monkeypatch.setattr(pdc, "run_pipeline", run)
     rng = np.random.default_rng(0)
     base = rng.standard_normal(16)
     v = (base + 0.01 * rng.standard_normal((30, 16))).astype(np.float32)
@@ -147,8 +154,11 @@ def test_members_without_a_link_to_the_kept_image_are_checked_against_it(tmp_pat
     got = _by_row(t, 100)
     assert got["kept"][:30].sum() == 1 and (got["cluster_size"][:30] == 30).all()
     assert stats["checked_against_representative"] > 0 and stats["chained"] == 0
-    # sample, search, (check), decisions: the launcher reads the two files holding the members
-    assert len(pipelines_run) == (3 if launcher_files else 4)
+    # sample, search, (check), decisions: the launcher reads the two files holding the members;
+    # the check pipeline reads only those two as well (before, every file)
+    assert len(pipelines_run) == (3 if launcher_rows else 4)
+    if not launcher_rows:
+        assert pipelines_run[2] == [0, 1]
 
 
 def test_no_embedded_rows(tmp_path):
@@ -385,3 +395,51 @@ def test_a_thread_leaving_the_search_scope_leaves_blas_on_one_thread_for_a_threa
             t.join(20)
         assert seen["b after a left"] and set(seen["b after a left"]) == {1}
         assert set(seen["after both"]) == {2}
+
+
+def _sample_with(files, size, cutoff, out):
+    import pickle
+
+    import apache_beam as beam
+    from apache_beam.metrics.metric import MetricsFilter
+
+    from pipelines.beam_options import make_options
+    from pipelines.dedup_cells import SampleRows
+
+    def save(acc):
+        with open(out, "wb") as fh:
+            pickle.dump(acc, fh)
+    p = beam.Pipeline(options=make_options(BeamOptions()))
+    _ = p | beam.Create(list(enumerate(files))) | SampleRows(size, cutoff) | beam.Map(save)
+    result = p.run()
+    result.wait_until_finish()
+    sent = result.metrics().query(MetricsFilter().with_name("sample_rows_sent"))["counters"]
+    with open(out, "rb") as fh:
+        return pickle.load(fh), sum(c.committed for c in sent)
+
+
+def test_the_sample_travels_as_a_few_times_its_size_and_is_the_same_rows(tmp_path):
+    # 30 files of 1,000 rows, a sample of 4,720 (118 cells x 40): each file used to send all its
+    # rows (30,000 in all); below the cutoff ~4 x 4,720 travel, and the bottom rows are the same
+    v, _ = planted_embeddings(30_000, 8, dup_share=0.0, seed=5)
+    files = write_embedding_files(str(tmp_path / "emb"), v, 1000)
+    p = dc.CellParams(threshold=THR, exact_below=1000, cell_size=256)
+    size = dc.sample_size(30_000, p)
+    cutoff = dc.sample_cutoff(30_000, size)
+    assert size == 4720 and cutoff is not None
+    (n_all, (h_all, i_all, _)), sent_all = _sample_with(files, size, None, str(tmp_path / "all.pkl"))
+    (n_cut, (h_cut, i_cut, _)), sent_cut = _sample_with(files, size, cutoff, str(tmp_path / "cut.pkl"))
+    assert n_all == n_cut == 30_000 and len(i_cut) == size
+    np.testing.assert_array_equal(i_all, i_cut)
+    np.testing.assert_array_equal(h_all, h_cut)
+    assert sent_all == 30_000 and 3 * size < sent_cut < 5 * size
+
+
+def test_too_few_rows_below_the_cutoff_sample_again_from_every_row(tmp_path, monkeypatch):
+    v, _ = planted_embeddings(6000, 8, dup_share=0.2, seed=6)
+    p = dc.CellParams(threshold=THR, exact_below=1000, cell_size=256)
+    t_ref, s_ref = _run(tmp_path, "ref", v, p)
+    monkeypatch.setattr(dc, "sample_cutoff", lambda n, size: 1 << 50)    # ~0 rows below it
+    t_low, s_low = _run(tmp_path, "low", v, p)
+    assert s_low["sample"] == s_ref["sample"] == dc.sample_size(6000, p)
+    assert t_low.sort_by("key").equals(t_ref.sort_by("key"))

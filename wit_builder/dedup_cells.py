@@ -174,6 +174,22 @@ def sample_size(n: int, p: CellParams) -> int:
     return int(min(n, p.max_sample, p.sample_per_cell * cell_count(n, p)))
 
 
+HASH_SPACE = 2 ** 63        # key_hashes are uniform over [0, HASH_SPACE)
+
+
+def sample_cutoff(n: int, size: int, slack: float = 4.0) -> int | None:
+    """A key hash below which a row may be in the bottom-``size`` sample of ``n`` rows: each file
+    sends only those, ~``slack`` x ``size`` rows in all (the hashes are uniform), instead of up to
+    ``size`` rows a file (every row, where files hold fewer rows than the sample: the whole
+    corpus went through the merge). None: every row is a candidate. The sample is exact when at
+    least ``size`` rows fall below the cutoff (at slack 4: ~4 x size of them, the shortfall
+    ~2 sqrt(size) standard deviations away); when fewer do (repeated keys), sample again
+    without it."""
+    if n <= 0 or size <= 0 or slack * size >= n:
+        return None
+    return int(min(HASH_SPACE, math.ceil(slack * size / n * HASH_SPACE)))
+
+
 def bottom(hashes: np.ndarray, ids: np.ndarray, vectors: np.ndarray, size: int):
     """The ``size`` rows with the smallest (hash, id): a uniform sample, the same whatever the order
     in which pieces are merged (merge with :func:`merge_bottom`)."""
