@@ -182,8 +182,8 @@ def sample_cutoff(n: int, size: int, slack: float = 4.0) -> int | None:
     sends only those, ~``slack`` x ``size`` rows in all (the hashes are uniform), instead of up to
     ``size`` rows a file (every row, where files hold fewer rows than the sample: the whole
     corpus went through the merge). None: every row is a candidate. The sample is exact when at
-    least ``size`` rows fall below the cutoff (at slack 4: ~4 x size of them, the shortfall
-    ~2 sqrt(size) standard deviations away); when fewer do (repeated keys), sample again
+    least ``size`` rows fall below the cutoff (at slack 4 ~4 x size do, and fewer than ``size``
+    is 1.5 sqrt(size) standard deviations away); when fewer do (repeated keys), sample again
     without it."""
     if n <= 0 or size <= 0 or slack * size >= n:
         return None
