@@ -357,8 +357,8 @@ def test_same_decisions_whatever_a_worker_joins_before_the_shuffle(tmp_path, mon
 def test_a_thread_leaving_the_search_scope_leaves_blas_on_one_thread_for_a_thread_still_inside():
     # a worker process may run bundles on several threads (the DirectRunner's multi_threading mode,
     # Dataflow's harness threads); OpenBLAS's thread count is one setting for the process: the
-    # first thread out must not give BLAS its threads back while another is inside (before, it did,
-    # and a 1M-vector run on 2 threads found 400,232 or 400,854 edges instead of 400,988)
+    # first thread out must not give BLAS its threads back while another is inside (before, it did;
+    # and threadpoolctl ignored the limit from any thread but the first one that set it)
     import threading
 
     import faiss  # noqa: F401
