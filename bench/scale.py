@@ -6,6 +6,7 @@ single-process `cluster_vectors` as the baseline measured in the same run.
     python bench/scale.py --sizes 250000 --baseline-cap 0   # no baseline
     python bench/scale.py --with-stages            # also wit shards and wit collect at two sizes each
     python bench/scale.py --sizes 1000000 --against /tmp/old --pairs 2   # this checkout vs another, A B A B
+    python bench/scale.py --sizes 1000000,2000000,4000000 --floor-only    # the runner's shuffle alone
 
 Data: 256-d synthetic embeddings with planted near-duplicate groups (wit_builder/sim/embedsets.py:
 clustered around topics, 10% of images copies of another at cosine ~0.97), written as embedding
@@ -22,6 +23,11 @@ files of 10,000 rows, the threshold 0.9. Per size:
 * the baseline: `wit_builder.dedup.cluster_vectors` (the single-process search before this
   change: faiss flat below 100k vectors, IVF with nlist = sqrt(n) above) in a child process, on
   --baseline-sizes (125k, 250k), each capped at --baseline-cap seconds.
+* with --runner-floor (or --floor-only): the DirectRunner's own floor for the search stage, i.e.
+  n rows of what every row sends at least once (its id and its float16 vector, DIM x 2 + 8 bytes)
+  through one GroupByKey into the same number of groups as the search's cells, in pieces of
+  FLOOR_PIECE rows, with no dedup code; and the same pipeline with the GroupByKey replaced by a Map
+  (start-up and emitting): the difference is what the runner's shuffle alone costs.
 Targets (issue 12): >= 20,000 vectors/s per core at 4M, growth exponent <= 1.1, worker RSS flat in
 n, recall >= 99% of the exact search's.
 """
@@ -167,6 +173,68 @@ def run_size(n: int, workers: int, tmp: str, sample: int) -> dict:
             "stage_seconds": stats["seconds"]}
 
 
+FLOOR_PIECE = 1000          # rows per shuffled element (~0.5 MB): the size of the search's joined pieces
+
+
+def _floor_rows(index: int, rows: int, groups: int):
+    """One file's worth of (group, (ids, float16 vectors)) pieces: what the search's shuffle carries
+    at the least (keys, pixels and the rows probed in a second cell come on top)."""
+    base = np.full((FLOOR_PIECE, DIM), 0.0625, np.float16)
+    for start in range(0, rows, FLOOR_PIECE):
+        count = min(FLOOR_PIECE, rows - start)
+        ids = np.arange(index * ROWS_PER_FILE + start, index * ROWS_PER_FILE + start + count, dtype=np.int64)
+        yield int(ids[0] // FLOOR_PIECE) % groups, (ids, base[:count] + np.float16(index % 7))
+
+
+def _floor_count(item) -> int:
+    _, pieces = item
+    return sum(len(ids) for ids, _ in pieces)
+
+
+def runner_floor(n: int, workers: int) -> dict:
+    """The DirectRunner's GroupByKey over the bytes every row of the search sends at least once, and
+    the same pipeline without it (module text); seconds are wall time, start-up included."""
+    import apache_beam as beam
+
+    from pipelines.beam_options import BeamOptions, run_pipeline
+    from wit_builder import dedup_cells as dc
+
+    files = -(-n // ROWS_PER_FILE)
+    groups = dc.cell_count(n, dc.CellParams(threshold=THR))
+    opts = BeamOptions(workers=workers, args=("--default_sdk_harness_log_level=WARNING",))
+    counted = {}
+
+    def build(shuffle: bool):
+        def apply(p):
+            pieces = (p | "Files" >> beam.Create(list(range(files))) | "Spread" >> beam.Reshuffle()
+                      | "Pieces" >> beam.FlatMap(lambda f: _floor_rows(f, min(ROWS_PER_FILE, n - f * ROWS_PER_FILE), groups)))
+            grouped = (pieces | "Shuffle" >> beam.GroupByKey()) if shuffle else \
+                (pieces | "NoShuffle" >> beam.Map(lambda kv: (kv[0], [kv[1]])))
+            out = os.path.join(tmp, "count.json")
+            (grouped | "Count" >> beam.Map(_floor_count) | "Sum" >> beam.CombineGlobally(sum)
+             | "Save" >> beam.Map(lambda c: open(out, "w").write(json.dumps(c))))
+        return apply
+
+    secs = {}
+    with tempfile.TemporaryDirectory() as tmp, RssWatch() as watch:
+        for shuffle in (False, True):
+            t = time.time()
+            run_pipeline(build(shuffle), opts)
+            secs[shuffle] = time.time() - t
+            with open(os.path.join(tmp, "count.json")) as fh:
+                counted[shuffle] = json.load(fh)
+    if counted[True] != n or counted[False] != n:
+        raise RuntimeError(f"the floor pipeline counted {counted} rows, not {n}")
+    mb = n * (DIM * 2 + 8) / 2**20
+    cores = min(workers, os.cpu_count() or 1)
+    gbk = secs[True] - secs[False]
+    return {"n": n, "shuffled_mib": round(mb), "groups": groups, "with_groupbykey_s": round(secs[True], 1),
+            "without_s": round(secs[False], 1), "groupbykey_s": round(gbk, 1),
+            "groupbykey_mib_per_s": round(mb / gbk, 1) if gbk > 0 else None,
+            "vectors_per_s_per_core_if_the_search_were_only_this": round(n / secs[True] / cores),
+            **watch.report()}
+
+
 BASELINE = """
 import sys, time, json
 sys.path.insert(0, {root!r})
@@ -249,6 +317,10 @@ def main() -> int:
                     "/tmp/old REV`): time its clustering and this one's on the same files, alternating, "
                     "instead of the runs above")
     ap.add_argument("--pairs", type=int, default=2, help="with --against: A B rounds")
+    ap.add_argument("--runner-floor", action="store_true",
+                    help="also time the DirectRunner's GroupByKey alone on the bytes the search shuffles at "
+                         "the least, at each size (see the module text)")
+    ap.add_argument("--floor-only", action="store_true", help="only the runner's floor at each size (no dedup runs)")
     args = ap.parse_args()
     if args.against:
         print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; DirectRunner, {args.workers} workers", flush=True)
@@ -267,9 +339,14 @@ def main() -> int:
             if time.time() - start > args.budget:
                 print(f"{n}: skipped (budget of {args.budget:.0f} s spent)")
                 continue
-            r = run_size(n, args.workers, tmp, args.sample)
-            rows.append(r)
-            print(json.dumps(r), flush=True)
+            if not args.floor_only:
+                r = run_size(n, args.workers, tmp, args.sample)
+                rows.append(r)
+                print(json.dumps(r), flush=True)
+            if args.runner_floor or args.floor_only:
+                print("runner floor", json.dumps(runner_floor(n, args.workers)), flush=True)
+    if args.floor_only:
+        return 0
     base = []
     if args.baseline_cap > 0:
         for n in [int(x) for x in args.baseline_sizes.split(",")]:

@@ -443,3 +443,19 @@ def test_too_few_rows_below_the_cutoff_sample_again_from_every_row(tmp_path, mon
     t_low, s_low = _run(tmp_path, "low", v, p)
     assert s_low["sample"] == s_ref["sample"] == dc.sample_size(6000, p)
     assert t_low.sort_by("key").equals(t_ref.sort_by("key"))
+
+
+def test_bench_runner_floor_moves_every_row_through_the_shuffle():
+    """bench/scale.py's runner floor (the DirectRunner's GroupByKey alone on what the search shuffles
+    at the least) counts every row, the last, partial file included, with and without the shuffle."""
+    import importlib.util
+    path = os.path.join(os.path.dirname(__file__), "..", "bench", "scale.py")
+    spec = importlib.util.spec_from_file_location("bench_scale", path)
+    scale = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scale)
+    r = scale.runner_floor(25_000, 1)     # 3 files: 10,000 + 10,000 + 5,000 rows; raises if a row is missing
+    assert r["n"] == 25_000 and r["groups"] >= 1
+    assert r["shuffled_mib"] == round(25_000 * (scale.DIM * 2 + 8) / 2**20)
+    pieces = list(scale._floor_rows(2, 5_000, 3))
+    assert sum(len(ids) for _, (ids, _) in pieces) == 5_000 and all(0 <= g < 3 for g, _ in pieces)
+    assert pieces[0][1][1].dtype == np.float16 and pieces[0][1][1].shape == (scale.FLOOR_PIECE, scale.DIM)
