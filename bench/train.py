@@ -18,6 +18,12 @@ plus where the step time goes (forward / backward / optimiser). For ResNet confi
 the image tower's two memory layouts side by side (channels-last, what `wit train` uses, against
 the contiguous NCHW layout), alternating steps in the same run.
 
+With ``--gemm-layouts`` it also times, alone and in the precision's dtype, the three products of
+every linear layer of the transformer blocks at this batch (all blocks but the pooled last one):
+the forward ``x W^T``, the input gradient ``g W`` and the weight gradient ``g^T x`` (the batch's
+tokens as the reduction, the first operand transposed), and says what the step would save if the
+weight gradients ran at the forward products' rate (and, beside OpenCLIP, the ratio that would give).
+
 When ``open_clip`` imports (``--openclip auto``, the default; ``on`` requires it), each model and
 precision is also timed against OpenCLIP's own training step on the same random batch: its
 ``CLIP`` built from the same config (``trainer.export.openclip_model_cfg``), its ``ClipLoss``,
@@ -206,6 +212,46 @@ def wit_step(cfg: dict, batch: int, precision: str, device, channels_last: bool 
     return step
 
 
+def linear_shapes(cfg: dict, batch: int) -> list[tuple[int, int, int, int]]:
+    """(tokens, in, out, layers) of the transformer blocks' linear layers at this batch: q/k/v in
+    one, the attention's output, the MLP's two; the pooled last block of each tower left out."""
+    out = []
+    v, t = cfg["vision_cfg"], cfg["text_cfg"]
+    towers = [(batch * t["context_length"], t["width"], t["layers"])]
+    if not isinstance(v["layers"], (list, tuple)):
+        towers.insert(0, (batch * ((v["image_size"] // v["patch_size"]) ** 2 + 1), v["width"], v["layers"]))
+    for tokens, w, layers in towers:
+        mlp = int(w * cfg.get("mlp_ratio", 4.0))
+        out += [(tokens, w, 3 * w, layers - 1), (tokens, w, w, layers - 1),
+                (tokens, w, mlp, layers - 1), (tokens, mlp, w, layers - 1)]
+    return out
+
+
+def gemm_layouts(cfg: dict, batch: int, dtype, device, reps: int = 5) -> dict:
+    """Seconds per step and FLOP/s of the linear layers' forward, input-gradient and weight-gradient
+    products (see the module text), each timed alone (median of ``reps``)."""
+    secs = {"forward": 0.0, "input_grad": 0.0, "weight_grad": 0.0}
+    flops = 0.0
+    for tokens, i, o, n in linear_shapes(cfg, batch):
+        x = torch.randn(tokens, i, device=device).to(dtype)
+        w = torch.randn(o, i, device=device).to(dtype)
+        g = torch.randn(tokens, o, device=device).to(dtype)
+        for kind, fn in (("forward", lambda: torch.mm(x, w.t())), ("input_grad", lambda: torch.mm(g, w)),
+                         ("weight_grad", lambda: torch.mm(g.t(), x))):
+            fn()
+            ts = []
+            for _ in range(reps):
+                sync(device)
+                t0 = time.perf_counter()
+                fn()
+                sync(device)
+                ts.append(time.perf_counter() - t0)
+            secs[kind] += statistics.median(ts) * n
+        flops += 2 * tokens * i * o * n
+    return {"seconds": secs, "tflops": {k: flops / v / 1e12 for k, v in secs.items()},
+            "weight_grad_saving_at_forward_rate_s": secs["weight_grad"] - secs["forward"]}
+
+
 def side_by_side(steps: dict, rounds: int, warmup: int, device) -> dict:
     """Median seconds per step of each closure, run alternately (A B A B ...)."""
     times = {k: [] for k in steps}
@@ -249,6 +295,9 @@ def main() -> None:
     ap.add_argument("--openclip", choices=("auto", "on", "off"), default="auto",
                     help="also time OpenCLIP's training step side by side (auto: when open_clip "
                          "imports; on: fail if it does not)")
+    ap.add_argument("--gemm-layouts", action="store_true",
+                    help="also time the linear layers' forward, input-gradient and weight-gradient "
+                         "products alone (transformer blocks; see the module text)")
     ap.add_argument("--json", default=None, help="also write the results here")
     a = ap.parse_args()
     device = torch.device(a.device)
@@ -306,6 +355,15 @@ def main() -> None:
                   + f"  [forward {share['forward']:.0%}, backward {share['backward']:.0%}, "
                   f"AdamW {share['optimizer']:.0%}; fused {r['optimizer_s'] * 1e3:.0f} ms vs per-tensor loop "
                   f"{r['optimizer_loop_s'] * 1e3:.0f} ms: {r['optimizer_loop_s'] / r['optimizer_s']:.1f}x]")
+            if a.gemm_layouts:
+                gl = gemm_layouts(cfg, batch, DTYPES[precision], device)
+                r["gemm_layouts"] = gl
+                sec, tf = gl["seconds"], gl["tflops"]
+                print(f"  {precision:5s} linear layers' products alone, per step: forward {sec['forward']:.3f} s "
+                      f"({tf['forward']:.2f} TFLOP/s), input gradients {sec['input_grad']:.3f} s "
+                      f"({tf['input_grad']:.2f}), weight gradients {sec['weight_grad']:.3f} s "
+                      f"({tf['weight_grad']:.2f}); at the forward rate the weight gradients would save "
+                      f"{gl['weight_grad_saving_at_forward_rate_s']:.3f} s of the {r['step_s']:.3f} s step")
             if isinstance(cfg["vision_cfg"]["layers"], (list, tuple)):
                 med = side_by_side({"channels_last": wit_step(cfg, batch, precision, device),
                                     "contiguous": wit_step(cfg, batch, precision, device, channels_last=False)},
@@ -329,6 +387,11 @@ def main() -> None:
                     print(f"  {precision:5s} side by side ({why}, {steps} alternating steps, median): "
                           f"wit {batch / med['wit']:.2f} samples/s, OpenCLIP {batch / med['openclip']:.2f}: "
                           f"wit {med['openclip'] / med['wit']:.2f}x")
+                    if a.gemm_layouts:
+                        bound = med["openclip"] / (med["wit"] - r["gemm_layouts"]["weight_grad_saving_at_forward_rate_s"])
+                        r["openclip"]["ratio_if_weight_grads_at_forward_rate"] = bound
+                        print(f"  {precision:5s} with the weight gradients at the forward rate (and all else "
+                              f"as now): wit {bound:.2f}x")
     if a.json:
         with open(a.json, "w", encoding="utf-8") as fh:
             json.dump(results, fh, indent=1)

@@ -266,3 +266,43 @@ def test_keep_freed_memory_reuses_large_blocks_instead_of_faulting_them_in_again
     pages = 38 * 2 ** 22 // 4096
     assert faults(False) > 2.9 * pages         # 3 steps: all fresh mappings, faulted page by page
     assert faults(True) < pages                # freed blocks reused (8k-25k faults seen)
+
+
+def test_bench_gemm_layouts_time_the_linear_layers_the_blocks_run(monkeypatch):
+    """bench/train.py --gemm-layouts times, per step, the products of exactly the linear layers the
+    transformer blocks run (all but each tower's pooled last block), at their shapes."""
+    import collections
+    import importlib.util
+    import os
+
+    import trainer.model as model_mod
+    spec = importlib.util.spec_from_file_location(
+        "bench_train", os.path.join(os.path.dirname(__file__), "..", "bench", "train.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    torch.manual_seed(0)
+    model, cfg = model_mod.create_model("tiny-vit", vocab_size=100)
+    batch = 3
+    seen, where = collections.Counter(), {"block": None}
+    blocks = [m for m in model.modules() if isinstance(m, layers.ResidualAttentionBlock)]
+    last = {id(t.resblocks[-1]) for t in (model.visual.transformer, model.transformer)}
+    for blk in blocks:
+        blk.register_forward_pre_hook(lambda m, a: where.update(block=None if id(m) in last else m))
+        blk.register_forward_hook(lambda m, a, o: where.update(block=None))
+    real = F.linear
+
+    def recording(x, w, b=None):
+        if where["block"] is not None:
+            seen[(x.numel() // x.shape[-1], w.shape[1], w.shape[0])] += 1
+        return real(x, w, b)
+    monkeypatch.setattr(F, "linear", recording)
+    size = cfg["vision_cfg"]["image_size"]
+    tokens = torch.randint(1, 98, (batch, cfg["text_cfg"]["context_length"]))
+    tokens[:, -1] = 99
+    model(torch.randn(batch, 3, size, size), tokens)
+    expected = collections.Counter()
+    for t, i, o, n in bench.linear_shapes(cfg, batch):
+        expected[(t, i, o)] += n
+    assert seen == expected
+    r = bench.gemm_layouts(cfg, 2, torch.float32, torch.device("cpu"), reps=1)
+    assert set(r["seconds"]) == {"forward", "input_grad", "weight_grad"} and all(v > 0 for v in r["seconds"].values())
