@@ -39,7 +39,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from pipelines.beam_options import BeamOptions, run_pipeline
 from wit_builder import dedup_cells as dc
-from wit_builder.core import atomic_open, atomic_write_parquet, exists, filesystem, glob_files, open_read
+from wit_builder.core import WitError, atomic_open, atomic_write_parquet, exists, filesystem, glob_files, open_read
 from wit_builder.schemas import DECISIONS_SCHEMA
 
 WORK = ".wit-work-cells"
@@ -470,6 +470,51 @@ def _read_folder(folder: str) -> pa.Table | None:
     return pa.concat_tables(tables) if tables else None
 
 
+# The DirectRunner's shuffle in memory, per byte shuffled: the launching process holds ~4.4-5.5x
+# the bytes and each worker its whole share ~2.4x (bench/scale.py --floor-only, Beam 2.78: 1M-4M
+# rows of 256-d float16, 0.5-2 GB shuffled; the whole machine 9-10.5x). The search shuffles
+# every row once (1.1x: rows probed in a second cell) as its float16 vector plus ids, blocks and
+# its key (~90 bytes).
+LOCAL_SHUFFLE_MEMORY = 10.0
+
+
+def local_search_memory(rows: int, dim: int, value_bytes: int = 2) -> int:
+    """Bytes the DirectRunner's processes together hold for the search's shuffle (an estimate;
+    ``value_bytes``: 2 for float16 vectors, 4 where one cell searches exactly in float32)."""
+    return int(LOCAL_SHUFFLE_MEMORY * 1.1 * rows * (value_bytes * dim + 90))
+
+
+def _meminfo() -> dict[str, int]:
+    """/proc/meminfo in bytes ({} where there is none)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            return {k: int(v.split()[0]) * 1024 for k, v in (line.split(":", 1) for line in fh) if v.split()}
+    except (OSError, ValueError):
+        return {}
+
+
+def check_local_memory(rows: int, dim: int, beam_options: BeamOptions, value_bytes: int = 2) -> None:
+    """Before the search on the DirectRunner: a WitError when its shuffle cannot fit this machine's
+    memory and swap (it would be killed mid-run), a warning on stderr when it may not fit what is
+    free now. Distributed runners shuffle outside the workers' memory: no check."""
+    import sys
+
+    info = _meminfo()
+    if not beam_options.is_local or "MemTotal" not in info:
+        return
+    need = local_search_memory(rows, dim, value_bytes)
+    gb = lambda b: f"{b / 1e9:.1f} GB"  # noqa: E731
+    room = info["MemTotal"] + info.get("SwapFree", 0)
+    what = (f"the DirectRunner would hold ~{gb(need)} for the neighbour search's shuffle "
+            f"({rows:,} rows of {dim}-d vectors)")
+    if need > room:
+        raise WitError(f"{what[0].upper()}{what[1:]}, more than this machine's {gb(room)} of memory and swap; run it "
+                       "on a distributed runner (--runner DataflowRunner ...) or on fewer embeddings at a time")
+    free = info.get("MemAvailable", room)
+    if need > free:
+        print(f"wit dedup: warning: {what}, {gb(free)} is available now", file=sys.stderr)
+
+
 def cluster_files(files: list[str], out: str, params: dc.CellParams,
                   beam_options: BeamOptions = BeamOptions(), *, keep_work: bool = False) -> dict:
     """Embedding files -> OUT/decisions.parquet through the four pipelines; returns stats.
@@ -498,6 +543,13 @@ def cluster_files(files: list[str], out: str, params: dc.CellParams,
         run_pipeline(sample(None), beam_options)
         z = _load_npz(os.path.join(work, "sample.npz"))
     n = int(z["n"])
+    if n and z["vectors"].ndim == 2:
+        try:
+            check_local_memory(n, int(z["vectors"].shape[1]), beam_options,
+                               value_bytes=4 if dc.cell_count(n, params) == 1 else 2)
+        except WitError:
+            _remove_folder(work)      # nothing of this run is left (the embedding files stay, reused)
+            raise
     q = dc.train_quantizer(z["vectors"], n, params)
     qpath = os.path.join(work, "quantizer.pkl")
     with atomic_open(qpath) as fh:

@@ -459,3 +459,25 @@ def test_bench_runner_floor_moves_every_row_through_the_shuffle():
     pieces = list(scale._floor_rows(2, 5_000, 3))
     assert sum(len(ids) for _, (ids, _) in pieces) == 5_000 and all(0 <= g < 3 for g, _ in pieces)
     assert pieces[0][1][1].dtype == np.float16 and pieces[0][1][1].shape == (scale.FLOOR_PIECE, scale.DIM)
+
+
+def test_local_search_that_cannot_fit_memory_is_refused_before_it_starts(tmp_path, monkeypatch, capsys):
+    """On the DirectRunner the search's shuffle sits in memory (~10x its bytes, bench/scale.py
+    --floor-only): a run that cannot fit memory and swap stops with one line before the search
+    (not killed mid-run); one that may not fit what is free now warns; other runners are not checked."""
+    import pipelines.dedup_cells as pdc
+    from wit_builder.core import WitError
+    v, _ = planted_embeddings(600, 16, seed=3)
+    params = dc.CellParams(threshold=THR)
+    monkeypatch.setattr(pdc, "_meminfo", lambda: {"MemTotal": 10_000, "SwapFree": 0, "MemAvailable": 5_000})
+    with pytest.raises(WitError, match=r"The DirectRunner would hold ~0\.\d GB .*600 rows of 16-d.*distributed runner") as e:
+        _run(tmp_path, "tight", v, params)
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "tight" / ".wit-work-cells").exists() and not (tmp_path / "tight" / "decisions.parquet").exists()
+    need = pdc.local_search_memory(600, 16, 4)
+    monkeypatch.setattr(pdc, "_meminfo", lambda: {"MemTotal": 10 * need, "SwapFree": 0, "MemAvailable": need // 2})
+    t, _ = _run(tmp_path, "warned", v, params)
+    assert t.num_rows == 600 and "wit dedup: warning: the DirectRunner would hold" in capsys.readouterr().err
+    monkeypatch.setattr(pdc, "_meminfo", lambda: {"MemTotal": 10, "MemAvailable": 1})
+    pdc.check_local_memory(10**9, 256, BeamOptions(runner="DataflowRunner"))   # no check off the DirectRunner
+    assert pdc.local_search_memory(2_000_000, 256) > 10e9                       # 11-13.5 GB measured at 2M
