@@ -191,6 +191,11 @@ def _floor_count(item) -> int:
     return sum(len(ids) for ids, _ in pieces)
 
 
+def _save_json(path: str, value) -> None:
+    with open(path, "w") as fh:
+        json.dump(value, fh)
+
+
 def runner_floor(n: int, workers: int) -> dict:
     """The DirectRunner's GroupByKey over the bytes every row of the search sends at least once, and
     the same pipeline without it (module text); seconds are wall time, start-up included."""
@@ -212,7 +217,7 @@ def runner_floor(n: int, workers: int) -> dict:
                 (pieces | "NoShuffle" >> beam.Map(lambda kv: (kv[0], [kv[1]])))
             out = os.path.join(tmp, "count.json")
             (grouped | "Count" >> beam.Map(_floor_count) | "Sum" >> beam.CombineGlobally(sum)
-             | "Save" >> beam.Map(lambda c: open(out, "w").write(json.dumps(c))))
+             | "Save" >> beam.Map(lambda c: _save_json(out, c)))
         return apply
 
     secs = {}

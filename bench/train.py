@@ -19,7 +19,7 @@ the image tower's two memory layouts side by side (channels-last, what `wit trai
 the contiguous NCHW layout), alternating steps in the same run.
 
 With ``--gemm-layouts`` it also times, alone and in the precision's dtype, the three products of
-every linear layer of the transformer blocks at this batch (all blocks but the pooled last one):
+every linear layer of the transformer blocks at this batch (the pooled last blocks included):
 the forward ``x W^T``, the input gradient ``g W`` and the weight gradient ``g^T x`` (the batch's
 tokens as the reduction, the first operand transposed), and says what the step would save if the
 weight gradients ran at the forward products' rate (and, beside OpenCLIP, the ratio that would give).
@@ -213,8 +213,9 @@ def wit_step(cfg: dict, batch: int, precision: str, device, channels_last: bool 
 
 
 def linear_shapes(cfg: dict, batch: int) -> list[tuple[int, int, int, int]]:
-    """(tokens, in, out, layers) of the transformer blocks' linear layers at this batch: q/k/v in
-    one, the attention's output, the MLP's two; the pooled last block of each tower left out."""
+    """(tokens, in, out, count) of every linear layer the transformer blocks run at this batch: in
+    each full block q/k/v in one product, the attention's output and the MLP's two; in each tower's
+    pooled last block the keys and values over every token and the rest at one row per sample."""
     out = []
     v, t = cfg["vision_cfg"], cfg["text_cfg"]
     towers = [(batch * t["context_length"], t["width"], t["layers"])]
@@ -223,7 +224,8 @@ def linear_shapes(cfg: dict, batch: int) -> list[tuple[int, int, int, int]]:
     for tokens, w, layers in towers:
         mlp = int(w * cfg.get("mlp_ratio", 4.0))
         out += [(tokens, w, 3 * w, layers - 1), (tokens, w, w, layers - 1),
-                (tokens, w, mlp, layers - 1), (tokens, mlp, w, layers - 1)]
+                (tokens, w, mlp, layers - 1), (tokens, mlp, w, layers - 1),
+                (tokens, w, 2 * w, 1), (batch, w, w, 2), (batch, w, mlp, 1), (batch, mlp, w, 1)]
     return out
 
 

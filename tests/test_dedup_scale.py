@@ -453,9 +453,11 @@ def test_bench_runner_floor_moves_every_row_through_the_shuffle():
     spec = importlib.util.spec_from_file_location("bench_scale", path)
     scale = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(scale)
-    r = scale.runner_floor(25_000, 1)     # 3 files: 10,000 + 10,000 + 5,000 rows; raises if a row is missing
-    assert r["n"] == 25_000 and r["groups"] >= 1
-    assert r["shuffled_mib"] == round(25_000 * (scale.DIM * 2 + 8) / 2**20)
+    # 12 files (the last of 5,000 rows) into one group per cell (57), on two worker processes; raises if a
+    # row is missing
+    r = scale.runner_floor(115_000, 2)
+    assert r["n"] == 115_000 and r["groups"] == dc.cell_count(115_000, dc.CellParams(threshold=THR)) > 1
+    assert r["shuffled_mib"] == round(115_000 * (scale.DIM * 2 + 8) / 2**20)
     pieces = list(scale._floor_rows(2, 5_000, 3))
     assert sum(len(ids) for _, (ids, _) in pieces) == 5_000 and all(0 <= g < 3 for g, _ in pieces)
     assert pieces[0][1][1].dtype == np.float16 and pieces[0][1][1].shape == (scale.FLOOR_PIECE, scale.DIM)
@@ -470,10 +472,15 @@ def test_local_search_that_cannot_fit_memory_is_refused_before_it_starts(tmp_pat
     v, _ = planted_embeddings(600, 16, seed=3)
     params = dc.CellParams(threshold=THR)
     monkeypatch.setattr(pdc, "_meminfo", lambda: {"MemTotal": 10_000, "SwapFree": 0, "MemAvailable": 5_000})
-    with pytest.raises(WitError, match=r"The DirectRunner would hold ~0\.\d GB .*600 rows of 16-d.*distributed runner") as e:
+    with pytest.raises(WitError, match=r"The DirectRunner would hold ~0\.\d GB .*600 rows of 16-d.*distributed runner"
+                                      r".*WIT_DEDUP_MEMORY_CHECK=warn") as e:
         _run(tmp_path, "tight", v, params)
     assert "\n" not in str(e.value)
     assert not (tmp_path / "tight" / ".wit-work-cells").exists() and not (tmp_path / "tight" / "decisions.parquet").exists()
+    monkeypatch.setenv("WIT_DEDUP_MEMORY_CHECK", "warn")         # the user's override: a warning instead
+    t, _ = _run(tmp_path, "forced", v, params)
+    assert t.num_rows == 600 and "wit dedup: warning: the DirectRunner would hold" in capsys.readouterr().err
+    monkeypatch.delenv("WIT_DEDUP_MEMORY_CHECK")
     need = pdc.local_search_memory(600, 16, 4)
     monkeypatch.setattr(pdc, "_meminfo", lambda: {"MemTotal": 10 * need, "SwapFree": 0, "MemAvailable": need // 2})
     t, _ = _run(tmp_path, "warned", v, params)

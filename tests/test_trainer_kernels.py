@@ -270,7 +270,7 @@ def test_keep_freed_memory_reuses_large_blocks_instead_of_faulting_them_in_again
 
 def test_bench_gemm_layouts_time_the_linear_layers_the_blocks_run(monkeypatch):
     """bench/train.py --gemm-layouts times, per step, the products of exactly the linear layers the
-    transformer blocks run (all but each tower's pooled last block), at their shapes."""
+    transformer blocks run (the pooled last blocks included), at their shapes."""
     import collections
     import importlib.util
     import os
@@ -285,9 +285,9 @@ def test_bench_gemm_layouts_time_the_linear_layers_the_blocks_run(monkeypatch):
     batch = 3
     seen, where = collections.Counter(), {"block": None}
     blocks = [m for m in model.modules() if isinstance(m, layers.ResidualAttentionBlock)]
-    last = {id(t.resblocks[-1]) for t in (model.visual.transformer, model.transformer)}
+    assert len(blocks) == cfg["vision_cfg"]["layers"] + cfg["text_cfg"]["layers"]
     for blk in blocks:
-        blk.register_forward_pre_hook(lambda m, a: where.update(block=None if id(m) in last else m))
+        blk.register_forward_pre_hook(lambda m, a: where.update(block=m))
         blk.register_forward_hook(lambda m, a, o: where.update(block=None))
     real = F.linear
 
